@@ -1,0 +1,33 @@
+// The gpumgr subcommands. Each lives in its own file and registers its options on a CLI11
+// subcommand; main.cpp holds the dispatch table. Commands run on the main thread.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <string>
+
+namespace gpumgr::cli {
+
+// Options every command accepts.
+struct GlobalOptions {
+  std::string simulate;  // --simulate SPEC: what GPUMGR_SIMULATE does
+};
+
+// A command adds its subcommand to `app` and returns it with the function that runs it once
+// parsed; that function returns the process exit code.
+struct Command {
+  CLI::App* subcommand = nullptr;
+  std::function<int()> run;
+};
+using CommandSetup = Command (*)(CLI::App& app, const GlobalOptions& global);
+
+Command setup_status(CLI::App& app, const GlobalOptions& global);
+Command setup_simulate(CLI::App& app, const GlobalOptions& global);
+
+// Exit codes shared by every command (docs/cli.md).
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitError = 1;       // a runtime failure (backend, daemon, I/O)
+inline constexpr int kExitUsage = 2;       // bad command line or bad input
+inline constexpr int kExitUnavailable = 3; // no daemon / no driver where one was required
+
+}  // namespace gpumgr::cli

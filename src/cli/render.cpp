@@ -1,0 +1,171 @@
+#include "cli/render.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+#include "gpumgr/units.h"
+
+namespace gpumgr::cli {
+namespace {
+
+const char* kReset = "\033[0m";
+const char* kLeased = "\033[32m";   // green
+const char* kForeign = "\033[33m";  // yellow
+const char* kDim = "\033[2m";
+const char* kRed = "\033[31m";
+
+std::string pad(std::string s, std::size_t width, bool right = false) {
+  if (s.size() > width) {
+    s = width > 1 ? s.substr(0, width - 1) + "~" : s.substr(0, width);
+  }
+  const std::string fill(width - s.size(), ' ');
+  return right ? fill + s : s + fill;
+}
+
+std::string gib(std::uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f", static_cast<double>(bytes) / static_cast<double>(kGiB));
+  return buf;
+}
+
+template <typename T>
+std::string opt(const std::optional<T>& v, const char* suffix) {
+  if (!v) return "-";
+  std::ostringstream out;
+  out << *v << suffix;
+  return out.str();
+}
+
+}  // namespace
+
+std::string format_duration(double seconds) {
+  char buf[32];
+  if (seconds < 60) {
+    std::snprintf(buf, sizeof buf, "%.1fs", seconds);
+  } else if (seconds < 3600) {
+    const int s = static_cast<int>(seconds);
+    std::snprintf(buf, sizeof buf, "%dm%02ds", s / 60, s % 60);
+  } else {
+    const int m = static_cast<int>(seconds / 60);
+    std::snprintf(buf, sizeof buf, "%dh%02dm", m / 60, m % 60);
+  }
+  return buf;
+}
+
+std::string memory_bar(const DeviceAccount& d, int width, bool color) {
+  const double total = static_cast<double>(std::max<std::uint64_t>(d.info.total_bytes, 1));
+  const auto cells = [&](std::uint64_t bytes) {
+    return static_cast<int>(std::lround(static_cast<double>(bytes) / total * width));
+  };
+  const int leased = std::min(cells(d.leased_bytes), width);
+  const int foreign = std::min(cells(d.foreign_bytes), width - leased);
+  const int cap = std::min(cells(d.capacity_bytes), width);
+  std::string out = "[";
+  for (int i = 0; i < width; ++i) {
+    char c = '.';
+    const char* col = kDim;
+    if (i < leased) {
+      c = '#';
+      col = kLeased;
+    } else if (i < leased + foreign) {
+      c = '%';
+      col = kForeign;
+    }
+    if (i == cap && cap < width) {
+      c = '|';
+      col = kRed;
+    }
+    if (color) out += col;
+    out += c;
+    if (color) out += kReset;
+  }
+  return out + "]";
+}
+
+std::string render_status(const Snapshot& s, const RenderOptions& o) {
+  std::ostringstream out;
+  const auto now = std::chrono::system_clock::now();
+  out << "gpumgr: " << s.source << ", " << s.backend.name << " backend";
+  if (!s.backend.driver_version.empty()) out << ", driver " << s.backend.driver_version;
+  if (!s.backend.cuda_driver_version.empty()) out << ", CUDA " << s.backend.cuda_driver_version;
+  out << "\nlimit " << static_cast<int>(std::lround(s.config.memory_limit * 100)) << "% of each device, at most "
+      << s.config.max_concurrent_jobs << " concurrent jobs, placement "
+      << placement_policy_name(s.config.placement) << ", queue " << queue_policy_name(s.config.queue)
+      << "\n\n";
+
+  // Fixed columns take 78 characters; the memory bar gets the rest (at least 10).
+  const int bar = std::clamp(o.width - 80, 10, 60);
+  out << pad("GPU", 4) << pad("NAME", 24) << pad("MEMORY  # leased  % outside  . free  | capacity",
+                                                 static_cast<std::size_t>(bar + 3))
+      << pad("USED/TOTAL GiB", 15) << pad("CAP", 6, true) << pad("UTIL", 6, true)
+      << pad("TEMP", 6, true) << pad("POWER", 8, true) << "  HEALTH\n";
+  for (const auto& d : s.devices) {
+    const DeviceInfo& i = d.info;
+    std::string power = "-";
+    if (i.power_draw_w) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.0fW", *i.power_draw_w);
+      power = buf;
+    }
+    out << pad(std::to_string(i.index), 4) << pad(i.name, 23) << " " << memory_bar(d, bar, o.color)
+        << " " << pad(gib(i.used_bytes) + "/" + gib(i.total_bytes), 15)
+        << pad(gib(d.capacity_bytes), 6, true) << pad(opt(i.gpu_utilization_percent, "%"), 6, true)
+        << pad(opt(i.temperature_c, "C"), 6, true) << pad(power, 8, true) << "  "
+        << (i.healthy ? "ok" : "UNHEALTHY: " + i.health_reason) << "\n";
+    out << "    leased " << format_bytes(d.leased_bytes) << " in " << d.active_leases
+        << " lease(s), outside " << format_bytes(d.foreign_bytes) << ", admissible "
+        << format_bytes(d.admissible_bytes) << (d.reserved_for_head ? ", reserved for the queue's head" : "")
+        << "\n";
+  }
+
+  auto limit_rows = [&](std::size_t n) {
+    return o.max_rows < 0 ? n : std::min(n, static_cast<std::size_t>(o.max_rows));
+  };
+  out << "\nLEASES (" << s.leases.size() << ")\n";
+  if (!s.leases.empty()) {
+    out << "  " << pad("JOB", 20) << pad("GPUS", 8) << pad("SIZE", 11, true) << pad("PID", 8, true)
+        << pad("UID", 6, true) << pad("AGE", 9, true) << pad("WAITED", 9, true) << "  COMMAND\n";
+    for (std::size_t k = 0; k < limit_rows(s.leases.size()); ++k) {
+      const auto& l = s.leases[k];
+      std::string gpus;
+      for (const int d : l.devices) gpus += (gpus.empty() ? "" : ",") + std::to_string(d);
+      const double age = std::chrono::duration<double>(now - l.granted_at).count();
+      out << "  " << pad(l.job_id, 20) << pad(gpus, 8) << pad(format_bytes(l.bytes), 11, true)
+          << pad(std::to_string(l.pid), 8, true) << pad(std::to_string(l.uid), 6, true)
+          << pad(format_duration(std::max(0.0, age)), 9, true)
+          << pad(format_duration(l.waited_s), 9, true) << "  " << l.command << "\n";
+    }
+    if (limit_rows(s.leases.size()) < s.leases.size()) {
+      out << "  ... " << s.leases.size() - limit_rows(s.leases.size()) << " more\n";
+    }
+  }
+  out << "\nQUEUE (" << s.queue.size() << ")\n";
+  if (!s.queue.empty()) {
+    out << "  " << pad("POS", 5) << pad("JOB", 20) << pad("SIZE", 11, true) << pad("GPUS", 6, true)
+        << pad("PRIO", 6, true) << pad("PID", 8, true) << pad("WAITED", 9, true) << "  COMMAND\n";
+    for (std::size_t k = 0; k < limit_rows(s.queue.size()); ++k) {
+      const auto& w = s.queue[k];
+      out << "  " << pad(std::to_string(w.position), 5) << pad(w.job_id, 20)
+          << pad(format_bytes(w.bytes), 11, true) << pad(std::to_string(w.gpus), 6, true)
+          << pad(std::to_string(w.priority), 6, true) << pad(std::to_string(w.pid), 8, true)
+          << pad(format_duration(w.waited_s), 9, true) << "  " << w.command << "\n";
+    }
+    if (limit_rows(s.queue.size()) < s.queue.size()) {
+      out << "  ... " << s.queue.size() - limit_rows(s.queue.size()) << " more\n";
+    }
+  }
+  const LedgerStats& st = s.stats;
+  out << "\nSTATS  processed " << st.jobs_processed() << " (succeeded " << st.jobs_succeeded
+      << ", failed " << st.jobs_failed << "), rejected " << st.jobs_rejected << ", timed out "
+      << st.jobs_timed_out << ", cancelled " << st.jobs_cancelled << "; active " << st.active_jobs
+      << " (peak " << st.peak_active_jobs << ")\n";
+  out << "       hold time mean " << format_duration(st.hold_seconds.mean()) << ", max "
+      << format_duration(st.hold_seconds.max) << "; wait mean "
+      << format_duration(st.wait_seconds.mean()) << ", max " << format_duration(st.wait_seconds.max)
+      << "\n";
+  return out.str();
+}
+
+}  // namespace gpumgr::cli

@@ -1,0 +1,77 @@
+// gpumgr status [--json]: devices, leases, queue and statistics, from the daemon when one is
+// configured (GPUMGR_SOCKET or --socket), else from an in-process look at the devices.
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "cli/render.h"
+#include "core/snapshot_json.h"
+#include "gpumgr/manager.h"
+
+namespace gpumgr::cli {
+
+int exit_code_for(const Status& status) {
+  switch (status.code()) {
+    case ErrorCode::kOk:
+      return kExitOk;
+    case ErrorCode::kInvalidArgument:
+    case ErrorCode::kNotFound:
+      return kExitUsage;
+    case ErrorCode::kUnavailable:
+      return kExitUnavailable;
+    default:
+      return kExitError;
+  }
+}
+
+Command setup_status(CLI::App& app, const GlobalOptions& global) {
+  struct Options {
+    bool json = false;
+    std::string device = "auto";
+    std::string socket;
+    double memory_limit = 0.8;
+    int max_concurrent_jobs = 3;
+  };
+  auto opts = std::make_shared<Options>();
+  CLI::App* sub = app.add_subcommand("status", "Show devices, leases, the queue and statistics");
+  sub->add_flag("--json", opts->json, "Print the documented JSON (docs/status-json.md)");
+  sub->add_option("--device", opts->device, "Device selector: auto, cuda, cuda:N or cpu");
+  sub->add_option("--socket", opts->socket, "Ask the daemon at this socket (as GPUMGR_SOCKET)");
+  sub->add_option("--memory-limit", opts->memory_limit,
+                  "Share of each device leases may hold, for an in-process look (0 < F <= 1)");
+  sub->add_option("--max-concurrent-jobs", opts->max_concurrent_jobs,
+                  "Concurrency limit, for an in-process look");
+  sub->footer(
+      "Exit codes: 0 ok; 1 backend failure; 2 bad arguments; 3 no driver or daemon reachable.");
+  return {sub, [opts, &global]() -> int {
+            ManagerOptions mo;
+            mo.device = opts->device;
+            mo.simulate = global.simulate;
+            mo.socket = opts->socket;
+            mo.memory_limit = opts->memory_limit;
+            mo.max_concurrent_jobs = opts->max_concurrent_jobs;
+            auto manager = Manager::create(mo);
+            if (!manager.ok()) {
+              std::fprintf(stderr, "gpumgr status: %s\n", manager.status().message().c_str());
+              return exit_code_for(manager.status());
+            }
+            auto snap = manager.value()->snapshot();
+            if (!snap.ok()) {
+              std::fprintf(stderr, "gpumgr status: %s\n", snap.status().message().c_str());
+              return exit_code_for(snap.status());
+            }
+            if (opts->json) {
+              std::cout << to_json(snap.value()).dump(2) << "\n";
+              return kExitOk;
+            }
+            RenderOptions ro;
+            ro.color = ::isatty(STDOUT_FILENO) != 0;
+            if (const char* cols = std::getenv("COLUMNS"); cols != nullptr) ro.width = std::atoi(cols);
+            std::cout << render_status(snap.value(), ro);
+            return kExitOk;
+          }};
+}
+
+}  // namespace gpumgr::cli

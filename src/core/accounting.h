@@ -1,0 +1,21 @@
+// The accounting model of docs/accounting.md as pure functions, shared by the ledger, the
+// daemon and the tests. Any thread may call them.
+#pragma once
+
+#include <cstdint>
+#include <set>
+
+#include "gpumgr/device.h"
+
+namespace gpumgr::core {
+
+// capacity_d = floor(memory_limit * total_d): what leases may ever hold on the device.
+std::uint64_t capacity_bytes(std::uint64_t total_bytes, double memory_limit);
+
+// foreign_d: memory in use by processes that hold no lease on the device. Where the backend
+// lists processes, the sum over processes whose pid is not in `holder_pids`; else used_d
+// minus what lease holders are known to use (`holders_known_usage`), never below 0.
+std::uint64_t foreign_bytes(const DeviceInfo& info, const std::set<std::uint32_t>& holder_pids,
+                            std::uint64_t holders_known_usage);
+
+}  // namespace gpumgr::core

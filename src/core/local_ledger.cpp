@@ -1,0 +1,506 @@
+#include "core/local_ledger.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "core/accounting.h"
+
+namespace gpumgr::core {
+namespace {
+using Calls = std::vector<std::function<void()>>;
+
+void run_all(Calls& calls) {
+  for (auto& call : calls) call();
+  calls.clear();
+}
+}  // namespace
+
+Histogram make_time_histogram() {
+  Histogram h;
+  h.bounds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600};
+  h.counts.assign(h.bounds.size() + 1, 0);
+  return h;
+}
+
+void observe(Histogram& h, double value) {
+  for (std::size_t i = 0; i < h.bounds.size(); ++i) {
+    if (value <= h.bounds[i]) ++h.counts[i];
+  }
+  ++h.counts.back();
+  h.min = h.count == 0 ? value : std::min(h.min, value);
+  h.max = h.count == 0 ? value : std::max(h.max, value);
+  ++h.count;
+  h.sum += value;
+}
+
+TimeNs LocalLedger::now_ns() { return to_ns(std::chrono::steady_clock::now()); }
+
+TimeNs LocalLedger::to_ns(SteadyTime t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
+StatusOr<std::shared_ptr<LocalLedger>> LocalLedger::create(std::shared_ptr<DeviceBackend> backend,
+                                                           const LedgerConfig& config,
+                                                           int pinned_device) {
+  if (!backend) return InvalidArgument("no device backend given");
+  if (Status s = validate_config(config); !s.ok()) return s;
+  auto devices = backend->query();
+  if (!devices.ok()) return devices.status();
+  if (devices->empty()) return Unavailable("the " + backend->info().name + " backend has no devices");
+  if (pinned_device < -1 || pinned_device >= static_cast<int>(devices->size())) {
+    return NotFound("device " + std::to_string(pinned_device) + " does not exist; devices are 0.." +
+                    std::to_string(devices->size() - 1));
+  }
+  return std::shared_ptr<LocalLedger>(
+      new LocalLedger(std::move(backend), config, pinned_device, std::move(devices).value()));
+}
+
+LocalLedger::LocalLedger(std::shared_ptr<DeviceBackend> backend, const LedgerConfig& config,
+                         int pinned_device, std::vector<DeviceInfo> devices)
+    : backend_(std::move(backend)),
+      config_(config),
+      pinned_device_(pinned_device),
+      backend_info_(backend_->info()),
+      self_{static_cast<std::uint32_t>(::getpid()), static_cast<std::uint32_t>(::getuid())},
+      scheduler_(SchedulerConfig{config.max_concurrent_jobs, config.placement, config.queue},
+                 devices.size()) {
+  {
+    MutexLock lock(mutex_);
+    stats_.hold_seconds = make_time_histogram();
+    stats_.wait_seconds = make_time_histogram();
+    apply_devices_locked(std::move(devices));
+    last_refresh_ = now_ns();
+  }
+  housekeeper_ = std::thread([this] { housekeeper_loop(); });
+}
+
+LocalLedger::~LocalLedger() {
+  Calls calls;
+  {
+    MutexLock lock(mutex_);
+    stopping_ = true;
+    for (auto& [job_id, done] : pending_) {
+      calls.push_back([d = std::move(done)] {
+        d(Status(ErrorCode::kUnavailable, "the ledger is shutting down"));
+      });
+    }
+    pending_.clear();
+  }
+  housekeeper_cv_.notify_all();
+  housekeeper_.join();
+  run_all(calls);
+}
+
+void LocalLedger::apply_devices_locked(std::vector<DeviceInfo> devices) {
+  const std::size_t n = std::min(devices.size(), scheduler_.device_count());
+  for (std::size_t i = 0; i < n; ++i) {
+    const int d = static_cast<int>(i);
+    scheduler_.set_device(d, capacity_bytes(devices[i].total_bytes, config_.memory_limit),
+                          foreign_bytes_locked(d, devices[i]), devices[i].healthy);
+  }
+  devices_ = std::move(devices);
+}
+
+void LocalLedger::apply_backend_failure_locked(const Status& failure) {
+  // The driver itself stopped answering: keep the last reading but choose no device until
+  // it answers again.
+  for (std::size_t i = 0; i < devices_.size(); ++i) {
+    devices_[i].healthy = false;
+    devices_[i].health_reason = "backend failure: " + failure.message();
+    const auto& st = scheduler_.device(static_cast<int>(i));
+    scheduler_.set_device(static_cast<int>(i), st.capacity, st.foreign, false);
+  }
+}
+
+std::uint64_t LocalLedger::foreign_bytes_locked(int device, const DeviceInfo& info) const {
+  std::set<std::uint32_t> holders;
+  for (const auto& [job_id, lease] : scheduler_.active()) {
+    if (std::find(lease.devices.begin(), lease.devices.end(), device) != lease.devices.end()) {
+      holders.insert(lease.holder.pid);
+    }
+  }
+  std::uint64_t holders_known_usage = 0;
+  if (!info.processes_known && own_usage_ && holders.count(self_.pid) != 0) {
+    holders_known_usage = own_usage_(device).value_or(0);
+  }
+  return foreign_bytes(info, holders, holders_known_usage);
+}
+
+Status LocalLedger::refresh() {
+  MutexLock serial(refresh_mutex_);
+  auto reading = backend_->query();
+  Calls calls;
+  {
+    MutexLock lock(mutex_);
+    if (reading.ok()) {
+      apply_devices_locked(std::move(reading).value());
+    } else {
+      apply_backend_failure_locked(reading.status());
+    }
+    last_refresh_ = now_ns();
+    schedule_locked(last_refresh_, calls);
+  }
+  run_all(calls);
+  return reading.ok() ? Status::Ok() : reading.status();
+}
+
+void LocalLedger::refresh_if_stale() {
+  bool stale = false;
+  {
+    MutexLock lock(mutex_);
+    stale = now_ns() - last_refresh_ >=
+            std::chrono::duration_cast<std::chrono::nanoseconds>(config_.poll_interval).count();
+  }
+  if (stale) (void)refresh();
+}
+
+void LocalLedger::set_own_usage_provider(
+    std::function<std::optional<std::uint64_t>(int device)> provider) {
+  MutexLock lock(mutex_);
+  own_usage_ = std::move(provider);
+}
+
+LeaseInfo LocalLedger::lease_info_locked(const std::string& job_id, TimeNs now) const {
+  const auto& lease = scheduler_.active().at(job_id);
+  LeaseInfo info;
+  info.job_id = job_id;
+  info.devices = lease.devices;
+  info.bytes = lease.bytes;
+  info.priority = lease.priority;
+  info.pid = lease.holder.pid;
+  info.uid = lease.holder.uid;
+  info.command = lease.command;
+  const auto held = std::chrono::nanoseconds(now - lease.granted_at);
+  info.granted_at = std::chrono::system_clock::now() -
+                    std::chrono::duration_cast<std::chrono::system_clock::duration>(held);
+  info.waited_s = static_cast<double>(lease.granted_at - lease.requested_at) / 1e9;
+  return info;
+}
+
+void LocalLedger::schedule_locked(TimeNs now, Calls& calls) {
+  handle_grants_locked(scheduler_.schedule(now), now, calls);
+}
+
+void LocalLedger::handle_grants_locked(const std::vector<Grant>& grants, TimeNs now,
+                                       Calls& calls) {
+  for (const Grant& g : grants) {
+    stats_.active_jobs = scheduler_.active_count();
+    stats_.peak_active_jobs = std::max(stats_.peak_active_jobs, stats_.active_jobs);
+    observe(stats_.wait_seconds, static_cast<double>(g.granted_at - g.requested_at) / 1e9);
+    auto it = pending_.find(g.job_id);
+    if (it == pending_.end()) continue;
+    calls.push_back([done = std::move(it->second), info = lease_info_locked(g.job_id, now)] {
+      done(info);
+    });
+    pending_.erase(it);
+  }
+}
+
+void LocalLedger::finish_dropped_locked(const std::vector<Dropped>& dropped, Calls& calls) {
+  for (const Dropped& d : dropped) {
+    if (d.reason.code() == ErrorCode::kTimedOut) ++stats_.jobs_timed_out;
+    if (d.reason.code() == ErrorCode::kCancelled) ++stats_.jobs_cancelled;
+    auto it = pending_.find(d.job_id);
+    if (it == pending_.end()) continue;
+    calls.push_back([done = std::move(it->second), reason = d.reason] { done(reason); });
+    pending_.erase(it);
+  }
+}
+
+StatusOr<LeaseInfo> LocalLedger::try_acquire(const LeaseRequest& request) {
+  return try_acquire_as(request, self_);
+}
+
+StatusOr<LeaseInfo> LocalLedger::try_acquire_as(const LeaseRequest& request, Holder holder) {
+  refresh_if_stale();
+  LeaseRequest r = request;
+  if (pinned_device_ >= 0 && r.device == -1) r.device = pinned_device_;
+  MutexLock lock(mutex_);
+  if (pinned_device_ >= 0 && r.device != pinned_device_) {
+    return InvalidArgument("this manager is pinned to device " + std::to_string(pinned_device_) +
+                           "; job asked for device " + std::to_string(r.device));
+  }
+  const TimeNs now = now_ns();
+  auto grant = scheduler_.try_start(r, holder, now);
+  if (!grant.ok()) {
+    const ErrorCode code = grant.status().code();
+    if (code == ErrorCode::kResourceExhausted || code == ErrorCode::kNeverFits) {
+      ++stats_.jobs_rejected;
+    }
+    return grant.status();
+  }
+  Calls none;  // a direct grant has no pending callback
+  handle_grants_locked({grant.value()}, now, none);
+  return lease_info_locked(r.job_id, now);
+}
+
+void LocalLedger::acquire_async(const LeaseRequest& request, Holder holder,
+                                std::optional<SteadyTime> deadline, Done done) {
+  refresh_if_stale();
+  LeaseRequest r = request;
+  if (pinned_device_ >= 0 && r.device == -1) r.device = pinned_device_;
+  Calls calls;
+  {
+    MutexLock lock(mutex_);
+    const TimeNs now = now_ns();
+    Status bad;
+    if (stopping_) {
+      bad = Status(ErrorCode::kUnavailable, "the ledger is shutting down");
+    } else if (pinned_device_ >= 0 && r.device != pinned_device_) {
+      bad = InvalidArgument("this manager is pinned to device " + std::to_string(pinned_device_) +
+                            "; job asked for device " + std::to_string(r.device));
+    } else {
+      bad = scheduler_.check(r);
+      if (bad.code() == ErrorCode::kNeverFits) ++stats_.jobs_rejected;
+    }
+    if (!bad.ok()) {
+      calls.push_back([&done, bad] { done(bad); });
+    } else if (deadline && to_ns(*deadline) <= now) {
+      // No time to wait: take it now if the queue allows, else time out at once.
+      auto grant = scheduler_.try_start(r, holder, now);
+      if (grant.ok()) {
+        Calls none;  // a direct grant has no pending callback
+        handle_grants_locked({grant.value()}, now, none);
+        calls.push_back([&done, info = lease_info_locked(r.job_id, now)] { done(info); });
+      } else {
+        ++stats_.jobs_timed_out;
+        calls.push_back([&done, s = grant.status()] {
+          done(Status(ErrorCode::kTimedOut, "no time to wait: " + s.message()));
+        });
+      }
+    } else {
+      pending_.emplace(r.job_id, std::move(done));
+      std::optional<TimeNs> deadline_ns;
+      if (deadline) deadline_ns = to_ns(*deadline);
+      // enqueue() runs a scheduling pass: the request itself may start at once.
+      handle_grants_locked(scheduler_.enqueue(r, holder, now, deadline_ns).value(), now, calls);
+      housekeeper_cv_.notify_all();
+    }
+  }
+  run_all(calls);
+}
+
+StatusOr<LeaseInfo> LocalLedger::acquire(const LeaseRequest& request, const WaitOptions& wait) {
+  if (wait.cancel && wait.cancel->cancelled()) {
+    return Status(ErrorCode::kCancelled, "cancelled before it was queued");
+  }
+  struct Slot {
+    std::mutex mutex;
+    std::condition_variable cv;
+    std::optional<StatusOr<LeaseInfo>> result;
+  };
+  auto slot = std::make_shared<Slot>();
+  acquire_async(request, self_, wait.deadline, [slot](StatusOr<LeaseInfo> result) {
+    std::lock_guard lock(slot->mutex);
+    slot->result.emplace(std::move(result));
+    slot->cv.notify_all();
+  });
+  std::optional<std::uint64_t> subscription;
+  if (wait.cancel) {
+    CancelToken token = *wait.cancel;
+    subscription = token.subscribe([this, id = request.job_id] { (void)cancel(id); });
+  }
+  std::unique_lock lock(slot->mutex);
+  slot->cv.wait(lock, [&] { return slot->result.has_value(); });
+  StatusOr<LeaseInfo> result = std::move(*slot->result);
+  lock.unlock();
+  if (subscription) {
+    CancelToken token = *wait.cancel;
+    token.unsubscribe(*subscription);
+  }
+  return result;
+}
+
+Status LocalLedger::release_locked(std::string_view job_id, JobOutcome outcome,
+                                   std::optional<std::uint32_t> requester_uid, Calls& calls) {
+  const auto it = scheduler_.active().find(std::string(job_id));
+  if (it == scheduler_.active().end()) {
+    return NotFound("no active lease for job '" + std::string(job_id) + "'");
+  }
+  if (requester_uid && *requester_uid != 0 && *requester_uid != it->second.holder.uid) {
+    return Status(ErrorCode::kPermissionDenied,
+                  "job '" + std::string(job_id) + "' is held by uid " +
+                      std::to_string(it->second.holder.uid) + "; uid " +
+                      std::to_string(*requester_uid) + " may not release it");
+  }
+  const TimeNs now = now_ns();
+  auto released = scheduler_.release(job_id, now);
+  if (!released.ok()) return released.status();
+  if (outcome == JobOutcome::kSucceeded) {
+    ++stats_.jobs_succeeded;
+  } else {
+    ++stats_.jobs_failed;
+  }
+  observe(stats_.hold_seconds, static_cast<double>(released->held_ns) / 1e9);
+  stats_.active_jobs = scheduler_.active_count();
+  // The holder's own usage no longer shields it from the foreign count, and the freed
+  // memory may let waiters start.
+  for (std::size_t i = 0; i < devices_.size(); ++i) {
+    const int d = static_cast<int>(i);
+    const auto& st = scheduler_.device(d);
+    scheduler_.set_device(d, st.capacity, foreign_bytes_locked(d, devices_[i]), st.healthy);
+  }
+  schedule_locked(now, calls);
+  return Status::Ok();
+}
+
+Status LocalLedger::release(std::string_view job_id, JobOutcome outcome) {
+  Calls calls;
+  Status s;
+  {
+    MutexLock lock(mutex_);
+    s = release_locked(job_id, outcome, std::nullopt, calls);
+  }
+  run_all(calls);
+  return s;
+}
+
+Status LocalLedger::release_as(std::string_view job_id, JobOutcome outcome,
+                               std::uint32_t requester_uid) {
+  Calls calls;
+  Status s;
+  {
+    MutexLock lock(mutex_);
+    s = release_locked(job_id, outcome, requester_uid, calls);
+  }
+  run_all(calls);
+  return s;
+}
+
+Status LocalLedger::cancel(std::string_view job_id) { return cancel_as(job_id, 0); }
+
+Status LocalLedger::cancel_as(std::string_view job_id, std::uint32_t requester_uid) {
+  Calls calls;
+  {
+    MutexLock lock(mutex_);
+    if (!scheduler_.is_waiting(job_id)) {
+      return NotFound("no waiting request for job '" + std::string(job_id) + "'");
+    }
+    for (const auto* w : scheduler_.waiters()) {
+      if (w->request.job_id == job_id && requester_uid != 0 && w->holder.uid != requester_uid) {
+        return Status(ErrorCode::kPermissionDenied,
+                      "job '" + std::string(job_id) + "' was queued by uid " +
+                          std::to_string(w->holder.uid) + "; uid " +
+                          std::to_string(requester_uid) + " may not cancel it");
+      }
+    }
+    Status s = scheduler_.cancel(job_id);
+    if (!s.ok()) return s;
+    finish_dropped_locked(
+        {Dropped{std::string(job_id), Status(ErrorCode::kCancelled,
+                                             "job '" + std::string(job_id) + "' was cancelled")}},
+        calls);
+    schedule_locked(now_ns(), calls);  // the head may have changed
+  }
+  run_all(calls);
+  return Status::Ok();
+}
+
+StatusOr<bool> LocalLedger::can_admit(std::uint64_t bytes, int gpus, int device) {
+  refresh_if_stale();
+  if (pinned_device_ >= 0 && device == -1) device = pinned_device_;
+  MutexLock lock(mutex_);
+  Status s = scheduler_.check_shape(bytes, gpus, device);
+  if (s.code() == ErrorCode::kNeverFits) return false;
+  if (!s.ok()) return s;
+  if (scheduler_.active_count() >= config_.max_concurrent_jobs) return false;
+  // Fits now on some healthy devices, ignoring the queue (a status question, not a grant).
+  int fitting = 0;
+  for (std::size_t i = 0; i < scheduler_.device_count(); ++i) {
+    const auto& st = scheduler_.device(static_cast<int>(i));
+    if (device >= 0 && device != static_cast<int>(i)) continue;
+    if (st.healthy && st.admissible() >= bytes) ++fitting;
+  }
+  return fitting >= gpus;
+}
+
+StatusOr<Snapshot> LocalLedger::snapshot() {
+  (void)refresh();
+  MutexLock lock(mutex_);
+  Snapshot snap;
+  snap.backend = backend_info_;
+  snap.config = config_;
+  snap.taken_at = std::chrono::system_clock::now();
+  snap.source = description();
+  const TimeNs now = now_ns();
+  const auto& reserved = scheduler_.reserved_devices();
+  for (std::size_t i = 0; i < devices_.size(); ++i) {
+    const auto& st = scheduler_.device(static_cast<int>(i));
+    DeviceAccount acct;
+    acct.info = devices_[i];
+    acct.capacity_bytes = st.capacity;
+    acct.leased_bytes = st.leased;
+    acct.foreign_bytes = st.foreign;
+    acct.admissible_bytes = st.admissible();
+    acct.peak_leased_bytes = st.peak_leased;
+    acct.active_leases = st.leases;
+    acct.reserved_for_head =
+        std::find(reserved.begin(), reserved.end(), static_cast<int>(i)) != reserved.end();
+    snap.devices.push_back(std::move(acct));
+  }
+  for (const auto& [job_id, lease] : scheduler_.active()) {
+    snap.leases.push_back(lease_info_locked(job_id, now));
+  }
+  std::sort(snap.leases.begin(), snap.leases.end(),
+            [](const LeaseInfo& a, const LeaseInfo& b) { return a.granted_at < b.granted_at; });
+  int position = 0;
+  for (const auto* w : scheduler_.waiters()) {
+    WaiterInfo info;
+    info.job_id = w->request.job_id;
+    info.bytes = w->request.bytes;
+    info.gpus = w->request.gpus;
+    info.priority = w->request.priority;
+    info.device = w->request.device;
+    info.position = position++;
+    info.pid = w->holder.pid;
+    info.uid = w->holder.uid;
+    info.command = w->request.command;
+    info.waited_s = static_cast<double>(now - w->requested_at) / 1e9;
+    snap.queue.push_back(std::move(info));
+  }
+  snap.stats = stats_;
+  snap.stats.active_jobs = scheduler_.active_count();
+  return snap;
+}
+
+void LocalLedger::housekeeper_loop() NO_THREAD_SAFETY_ANALYSIS {
+  const TimeNs poll_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(config_.poll_interval).count();
+  MutexLock lock(mutex_);
+  while (!stopping_) {
+    std::optional<TimeNs> wake = scheduler_.next_deadline();
+    if (scheduler_.waiting_count() > 0) {
+      const TimeNs poll_at = last_refresh_ + poll_ns;
+      wake = wake ? std::min(*wake, poll_at) : poll_at;
+    }
+    if (wake) {
+      housekeeper_cv_.wait_until(lock.native(),
+                                 SteadyTime(std::chrono::nanoseconds(*wake)));
+    } else {
+      housekeeper_cv_.wait(lock.native());
+    }
+    if (stopping_) break;
+    Calls calls;
+    TimeNs now = now_ns();
+    finish_dropped_locked(scheduler_.expire(now), calls);
+    // While anyone waits, outside processes may free memory: poll the backend.
+    if (scheduler_.waiting_count() > 0 && now - last_refresh_ >= poll_ns) {
+      lock.native().unlock();
+      run_all(calls);
+      (void)refresh();
+      lock.native().lock();
+      now = now_ns();
+    }
+    schedule_locked(now, calls);
+    if (!calls.empty()) {
+      lock.native().unlock();
+      run_all(calls);
+      lock.native().lock();
+    }
+  }
+}
+
+}  // namespace gpumgr::core

@@ -1,0 +1,114 @@
+// LocalLedger: the in-process Ledger. It owns a Scheduler (the decisions), polls the device
+// backend (the facts), keeps the statistics, and turns grants into callbacks or wake-ups.
+// The daemon serves every client through one LocalLedger, using the *_as and async entry
+// points that carry the holder's identity from the kernel.
+//
+// Every public method may be called from any thread. Callbacks passed to acquire_async run
+// on the thread that caused the grant (a releasing caller, or the housekeeper thread), after
+// the ledger's mutex is released; they may call back into the ledger.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "core/scheduler.h"
+#include "gpumgr/device.h"
+#include "gpumgr/ledger.h"
+#include "util/thread_annotations.h"
+
+namespace gpumgr::core {
+
+class LocalLedger final : public Ledger {
+ public:
+  using Done = std::function<void(StatusOr<LeaseInfo>)>;
+  using SteadyTime = std::chrono::steady_clock::time_point;
+
+  static StatusOr<std::shared_ptr<LocalLedger>> create(std::shared_ptr<DeviceBackend> backend,
+                                                       const LedgerConfig& config,
+                                                       int pinned_device = -1);
+  ~LocalLedger() override;
+  LocalLedger(const LocalLedger&) = delete;
+  LocalLedger& operator=(const LocalLedger&) = delete;
+
+  // Ledger, on behalf of this process.
+  StatusOr<LeaseInfo> try_acquire(const LeaseRequest& request) override;
+  StatusOr<LeaseInfo> acquire(const LeaseRequest& request, const WaitOptions& wait) override;
+  Status release(std::string_view job_id, JobOutcome outcome) override;
+  Status cancel(std::string_view job_id) override;
+  StatusOr<bool> can_admit(std::uint64_t bytes, int gpus, int device) override;
+  StatusOr<Snapshot> snapshot() override;
+
+  // On behalf of another process (the daemon's clients).
+  StatusOr<LeaseInfo> try_acquire_as(const LeaseRequest& request, Holder holder);
+  // Queues a request; `done` runs exactly once: with the lease, or with kTimedOut,
+  // kCancelled, or a validation error (then before this returns, on this thread).
+  void acquire_async(const LeaseRequest& request, Holder holder, std::optional<SteadyTime> deadline,
+                     Done done);
+  // `requester_uid` may release only its own uid's leases, unless it is root (0).
+  Status release_as(std::string_view job_id, JobOutcome outcome, std::uint32_t requester_uid);
+  Status cancel_as(std::string_view job_id, std::uint32_t requester_uid);
+
+  // Queries the backend now and schedules whatever that lets start.
+  Status refresh();
+  // Attributes this process's own device memory (e.g. torch's reserved bytes) to its
+  // leases where the backend cannot list processes; see docs/accounting.md.
+  void set_own_usage_provider(std::function<std::optional<std::uint64_t>(int device)> provider);
+
+  std::string description() const { return "in-process"; }
+
+ private:
+  LocalLedger(std::shared_ptr<DeviceBackend> backend, const LedgerConfig& config,
+              int pinned_device, std::vector<DeviceInfo> devices);
+
+  // Applies a backend reading to the scheduler (capacity, foreign, health).
+  void apply_devices_locked(std::vector<DeviceInfo> devices) REQUIRES(mutex_);
+  void apply_backend_failure_locked(const Status& failure) REQUIRES(mutex_);
+  std::uint64_t foreign_bytes_locked(int device, const DeviceInfo& info) const REQUIRES(mutex_);
+  // Refreshes when the last reading is older than the poll interval.
+  void refresh_if_stale();
+  // Runs a scheduling pass and collects the callbacks of those granted.
+  void schedule_locked(TimeNs now, std::vector<std::function<void()>>& calls) REQUIRES(mutex_);
+  // Records grants in the statistics and queues the callbacks of those that waited.
+  void handle_grants_locked(const std::vector<Grant>& grants, TimeNs now,
+                            std::vector<std::function<void()>>& calls) REQUIRES(mutex_);
+  void finish_dropped_locked(const std::vector<Dropped>& dropped,
+                             std::vector<std::function<void()>>& calls) REQUIRES(mutex_);
+  LeaseInfo lease_info_locked(const std::string& job_id, TimeNs now) const REQUIRES(mutex_);
+  Status release_locked(std::string_view job_id, JobOutcome outcome,
+                        std::optional<std::uint32_t> requester_uid,
+                        std::vector<std::function<void()>>& calls) REQUIRES(mutex_);
+  void housekeeper_loop();
+  static TimeNs now_ns();
+  static TimeNs to_ns(SteadyTime t);
+
+  const std::shared_ptr<DeviceBackend> backend_;
+  const LedgerConfig config_;
+  const int pinned_device_;
+  const BackendInfo backend_info_;
+  const Holder self_;
+
+  Mutex refresh_mutex_;  // serialises backend queries, which run outside mutex_
+  mutable Mutex mutex_;
+  Scheduler scheduler_ GUARDED_BY(mutex_);
+  std::vector<DeviceInfo> devices_ GUARDED_BY(mutex_);  // the last reading
+  TimeNs last_refresh_ GUARDED_BY(mutex_) = 0;
+  std::unordered_map<std::string, Done> pending_ GUARDED_BY(mutex_);  // waiters' callbacks
+  LedgerStats stats_ GUARDED_BY(mutex_);
+  std::function<std::optional<std::uint64_t>(int)> own_usage_ GUARDED_BY(mutex_);
+  bool stopping_ GUARDED_BY(mutex_) = false;
+  std::condition_variable housekeeper_cv_;
+  std::thread housekeeper_;
+};
+
+// Default histogram bounds (seconds) for wait and hold times.
+Histogram make_time_histogram();
+void observe(Histogram& histogram, double value);
+
+}  // namespace gpumgr::core

@@ -1,0 +1,357 @@
+#include "gpumgr/manager.h"
+
+#include <cstdlib>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+
+#include "core/local_ledger.h"
+#include "cuda/cuda_driver.h"
+#include "util/thread_annotations.h"
+
+namespace gpumgr {
+namespace detail {
+
+// The shared state behind a Manager and its Leases. Leases hold it by shared_ptr, so a
+// lease that outlives its Manager can still be returned. Any thread may call it.
+class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
+ public:
+  ManagerCore(ManagerOptions options, std::shared_ptr<Ledger> ledger, std::string device_string,
+              bool uses_gpu, std::string note, int pinned_device)
+      : options_(std::move(options)),
+        ledger_(std::move(ledger)),
+        device_string_(std::move(device_string)),
+        uses_gpu_(uses_gpu),
+        note_(std::move(note)),
+        pinned_device_(pinned_device) {}
+
+  const ManagerOptions& options() const { return options_; }
+  const std::shared_ptr<Ledger>& ledger() const { return ledger_; }
+  const std::string& device_string() const { return device_string_; }
+  bool uses_gpu() const { return uses_gpu_; }
+  const std::string& note() const { return note_; }
+
+  LeaseRequest pin(LeaseRequest request) const {
+    if (pinned_device_ >= 0 && request.device == -1) request.device = pinned_device_;
+    return request;
+  }
+
+  StatusOr<Lease> make_lease(StatusOr<LeaseInfo> info) {
+    if (!info.ok()) return info.status();
+    {
+      MutexLock lock(mutex_);
+      devices_of_[info->job_id] = info->devices;
+      for (const int d : info->devices) used_devices_.insert(d);
+    }
+    return Lease(shared_from_this(), std::move(info).value());
+  }
+
+  Status release(std::string_view job_id, JobOutcome outcome) {
+    Status s = ledger_->release(job_id, outcome);
+    std::vector<int> devices;
+    {
+      MutexLock lock(mutex_);
+      auto it = devices_of_.find(std::string(job_id));
+      if (it != devices_of_.end()) {
+        if (s.ok() || s.code() == ErrorCode::kNotFound) devices = std::move(it->second);
+        devices_of_.erase(it);
+      }
+    }
+    for (const int d : devices) cleanup(d);
+    return s;
+  }
+
+  void cleanup(int device) {
+    std::function<void(int)> hook;
+    {
+      MutexLock lock(mutex_);
+      hook = cleanup_hook_;
+    }
+    if (hook) hook(device);
+  }
+
+  void run_cleanup(int device) {
+    if (device >= 0) return cleanup(device);
+    std::set<int> devices;
+    {
+      MutexLock lock(mutex_);
+      devices = used_devices_;
+    }
+    if (devices.empty()) devices.insert(pinned_device_ >= 0 ? pinned_device_ : 0);
+    for (const int d : devices) cleanup(d);
+  }
+
+  void set_cleanup_hook(std::function<void(int)> hook) {
+    MutexLock lock(mutex_);
+    cleanup_hook_ = std::move(hook);
+  }
+
+  void set_provider(std::function<std::optional<FrameworkMemory>(int)> provider) {
+    {
+      MutexLock lock(mutex_);
+      provider_ = provider;
+    }
+    // Where the backend cannot list processes, this process's framework memory is what its
+    // own leases use: tell the in-process ledger so it is not counted as outside use.
+    if (auto* local = dynamic_cast<core::LocalLedger*>(ledger_.get()); local != nullptr) {
+      if (!provider) {
+        local->set_own_usage_provider(nullptr);
+      } else {
+        local->set_own_usage_provider([provider](int d) -> std::optional<std::uint64_t> {
+          auto mem = provider(d);
+          if (!mem) return std::nullopt;
+          return mem->reserved_bytes;
+        });
+      }
+    }
+  }
+
+  std::optional<FrameworkMemory> framework_memory(int device) const {
+    std::function<std::optional<FrameworkMemory>(int)> provider;
+    {
+      MutexLock lock(mutex_);
+      provider = provider_;
+    }
+    if (!provider) return std::nullopt;
+    return provider(device);
+  }
+
+ private:
+  const ManagerOptions options_;
+  const std::shared_ptr<Ledger> ledger_;
+  const std::string device_string_;
+  const bool uses_gpu_;
+  const std::string note_;
+  const int pinned_device_;
+
+  mutable Mutex mutex_;
+  std::unordered_map<std::string, std::vector<int>> devices_of_ GUARDED_BY(mutex_);
+  std::set<int> used_devices_ GUARDED_BY(mutex_);
+  std::function<void(int)> cleanup_hook_ GUARDED_BY(mutex_);
+  std::function<std::optional<FrameworkMemory>(int)> provider_ GUARDED_BY(mutex_);
+};
+
+}  // namespace detail
+
+// ---- Lease ----
+
+Lease::Lease(std::shared_ptr<detail::ManagerCore> core, LeaseInfo info)
+    : core_(std::move(core)), info_(std::move(info)) {}
+
+Lease::Lease(Lease&& other) noexcept
+    : core_(std::move(other.core_)),
+      info_(std::move(other.info_)),
+      outcome_(other.outcome_),
+      released_(other.released_) {
+  other.core_.reset();
+  other.released_ = true;
+}
+
+Lease& Lease::operator=(Lease&& other) noexcept {
+  if (this != &other) {
+    if (held()) (void)release();
+    core_ = std::move(other.core_);
+    info_ = std::move(other.info_);
+    outcome_ = other.outcome_;
+    released_ = other.released_;
+    other.core_.reset();
+    other.released_ = true;
+  }
+  return *this;
+}
+
+Lease::~Lease() {
+  if (held()) (void)release();
+}
+
+Status Lease::release() { return release(outcome_); }
+
+Status Lease::release(JobOutcome outcome) {
+  if (!held()) return Status::Ok();
+  released_ = true;
+  outcome_ = outcome;
+  Status s = core_->release(info_.job_id, outcome);
+  // Released elsewhere already (by job id): still released, which is what was asked.
+  return s.code() == ErrorCode::kNotFound ? Status::Ok() : s;
+}
+
+// ---- Manager ----
+
+std::string describe_option_difference(const ManagerOptions& a, const ManagerOptions& b) {
+  std::ostringstream out;
+  auto field = [&](const char* name, const auto& x, const auto& y) {
+    if (x == y) return;
+    if (out.tellp() > 0) out << "; ";
+    out << name << ": " << x << " in use, " << y << " requested";
+  };
+  field("device", a.device, b.device);
+  field("max_concurrent_jobs", a.max_concurrent_jobs, b.max_concurrent_jobs);
+  field("memory_limit", a.memory_limit, b.memory_limit);
+  field("placement", placement_policy_name(a.placement), placement_policy_name(b.placement));
+  field("queue", queue_policy_name(a.queue), queue_policy_name(b.queue));
+  field("simulate", a.simulate, b.simulate);
+  field("socket", a.socket, b.socket);
+  return out.str();
+}
+
+namespace {
+
+LedgerConfig ledger_config(const ManagerOptions& o) {
+  LedgerConfig c;
+  c.max_concurrent_jobs = o.max_concurrent_jobs;
+  c.memory_limit = o.memory_limit;
+  c.placement = o.placement;
+  c.queue = o.queue;
+  c.poll_interval = o.poll_interval;
+  return c;
+}
+
+std::string socket_path(const ManagerOptions& o) {
+  if (o.in_process_only) return {};
+  if (!o.socket.empty()) return o.socket;
+  const char* env = std::getenv("GPUMGR_SOCKET");
+  return env != nullptr ? env : "";
+}
+
+}  // namespace
+
+Manager::Manager(std::shared_ptr<detail::ManagerCore> core) : core_(std::move(core)) {}
+Manager::~Manager() = default;
+
+StatusOr<std::unique_ptr<Manager>> Manager::create(const ManagerOptions& options) {
+  if (Status s = validate_config(ledger_config(options)); !s.ok()) return s;
+  auto selector = parse_device_selector(options.device);
+  if (!selector.ok()) return selector.status();
+  if (const std::string socket = socket_path(options); !socket.empty()) {
+    auto ledger = connect_daemon(socket);
+    if (!ledger.ok()) return ledger.status();
+    std::string device = "cuda";
+    if (selector->kind == DeviceSelector::Kind::kCpu) device = "cpu";
+    if (selector->index >= 0) device = "cuda:" + std::to_string(selector->index);
+    auto snap = ledger.value()->snapshot();
+    if (!snap.ok()) return snap.status();
+    if (snap->backend.name == "cpu") device = "cpu";
+    const bool gpu = device != "cpu";
+    auto core = std::make_shared<detail::ManagerCore>(options, std::move(ledger).value(), device,
+                                                      gpu, "daemon at " + socket,
+                                                      selector->index);
+    return std::unique_ptr<Manager>(new Manager(std::move(core)));
+  }
+  auto selection = open_backend(options.device, options.simulate);
+  if (!selection.ok()) return selection.status();
+  const bool cpu = selection->backend->info().name == "cpu";
+  auto ledger = core::LocalLedger::create(selection->backend, ledger_config(options),
+                                          selection->pinned_device);
+  if (!ledger.ok()) return ledger.status();
+  std::string device = cpu ? "cpu" : "cuda";
+  if (selection->pinned_device >= 0) device = "cuda:" + std::to_string(selection->pinned_device);
+  auto core = std::make_shared<detail::ManagerCore>(options, std::move(ledger).value(), device,
+                                                    !cpu, selection->note,
+                                                    selection->pinned_device);
+  return std::unique_ptr<Manager>(new Manager(std::move(core)));
+}
+
+StatusOr<std::unique_ptr<Manager>> Manager::create(const ManagerOptions& options,
+                                                   std::shared_ptr<DeviceBackend> backend) {
+  if (Status s = validate_config(ledger_config(options)); !s.ok()) return s;
+  auto selector = parse_device_selector(options.device);
+  if (!selector.ok()) return selector.status();
+  if (!backend) return InvalidArgument("no device backend given");
+  const bool cpu = backend->info().name == "cpu";
+  if (selector->kind == DeviceSelector::Kind::kCuda && cpu) {
+    return Unavailable("device '" + options.device + "' asked for a GPU but the backend is the CPU");
+  }
+  auto ledger = core::LocalLedger::create(backend, ledger_config(options), selector->index);
+  if (!ledger.ok()) return ledger.status();
+  std::string device = cpu ? "cpu" : "cuda";
+  if (selector->index >= 0) device = "cuda:" + std::to_string(selector->index);
+  auto core = std::make_shared<detail::ManagerCore>(options, std::move(ledger).value(), device,
+                                                    !cpu, backend->info().name + " backend",
+                                                    selector->index);
+  return std::unique_ptr<Manager>(new Manager(std::move(core)));
+}
+
+StatusOr<std::unique_ptr<Manager>> Manager::create_with_ledger(const ManagerOptions& options,
+                                                               std::shared_ptr<Ledger> ledger,
+                                                               std::string device_string) {
+  if (!ledger) return InvalidArgument("no ledger given");
+  auto selector = parse_device_selector(device_string == "cpu" ? "cpu" : device_string);
+  if (!selector.ok()) return selector.status();
+  const bool gpu = device_string != "cpu";
+  auto core = std::make_shared<detail::ManagerCore>(options, std::move(ledger), device_string, gpu,
+                                                    "custom ledger", selector->index);
+  return std::unique_ptr<Manager>(new Manager(std::move(core)));
+}
+
+const ManagerOptions& Manager::options() const { return core_->options(); }
+const std::string& Manager::device_string() const { return core_->device_string(); }
+bool Manager::uses_gpu() const { return core_->uses_gpu(); }
+const std::string& Manager::selection_note() const { return core_->note(); }
+
+StatusOr<bool> Manager::can_admit(std::uint64_t bytes, int gpus) {
+  LeaseRequest probe = core_->pin(LeaseRequest{});
+  return core_->ledger()->can_admit(bytes, gpus, probe.device);
+}
+
+StatusOr<Lease> Manager::try_acquire(const LeaseRequest& request) {
+  return core_->make_lease(core_->ledger()->try_acquire(core_->pin(request)));
+}
+
+StatusOr<Lease> Manager::acquire(const LeaseRequest& request, const WaitOptions& wait) {
+  return core_->make_lease(core_->ledger()->acquire(core_->pin(request), wait));
+}
+
+Status Manager::release(std::string_view job_id, JobOutcome outcome) {
+  return core_->release(job_id, outcome);
+}
+
+Status Manager::cancel(std::string_view job_id) { return core_->ledger()->cancel(job_id); }
+
+StatusOr<Snapshot> Manager::snapshot() { return core_->ledger()->snapshot(); }
+
+void Manager::set_cleanup_hook(std::function<void(int)> hook) {
+  core_->set_cleanup_hook(std::move(hook));
+}
+
+void Manager::run_cleanup(int device) { core_->run_cleanup(device); }
+
+void Manager::set_framework_memory_provider(
+    std::function<std::optional<FrameworkMemory>(int device)> provider) {
+  core_->set_provider(std::move(provider));
+}
+
+std::optional<FrameworkMemory> Manager::framework_memory(int device) const {
+  return core_->framework_memory(device);
+}
+
+Status Manager::synchronize(int device) {
+  if (!uses_gpu()) {
+    return Unavailable("device synchronisation needs a GPU; this manager runs on the CPU");
+  }
+  auto snap = snapshot();
+  if (!snap.ok()) return snap.status();
+  if (device < 0 || static_cast<std::size_t>(device) >= snap->devices.size()) {
+    return NotFound("device " + std::to_string(device) + " does not exist");
+  }
+  const DeviceInfo& info = snap->devices[static_cast<std::size_t>(device)].info;
+  if (info.kind == DeviceKind::kSimulated) return Status::Ok();  // nothing runs there
+  if (Status s = cuda::driver_status(); !s.ok()) return s;
+  return cuda::synchronize_device(info.pci_bus_id);
+}
+
+std::shared_ptr<Ledger> Manager::ledger() const { return core_->ledger(); }
+
+StatusOr<Manager*> default_manager(const ManagerOptions& options, std::string* difference) {
+  static Mutex mutex;
+  static std::unique_ptr<Manager> instance;
+  MutexLock lock(mutex);
+  if (!instance) {
+    auto created = Manager::create(options);
+    if (!created.ok()) return created.status();
+    instance = std::move(created).value();
+  }
+  if (difference != nullptr) *difference = describe_option_difference(instance->options(), options);
+  return instance.get();
+}
+
+}  // namespace gpumgr

@@ -1,0 +1,343 @@
+#include "core/scheduler.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "gpumgr/units.h"
+
+namespace gpumgr::core {
+namespace {
+constexpr std::size_t kMaxJobIdLength = 256;
+}  // namespace
+
+Scheduler::Scheduler(SchedulerConfig config, std::size_t device_count)
+    : config_(config), devices_(device_count), allowed_(device_count, true) {}
+
+void Scheduler::set_device(int device, std::uint64_t capacity, std::uint64_t foreign,
+                           bool healthy) {
+  DeviceState& d = devices_.at(static_cast<std::size_t>(device));
+  d.capacity = capacity;
+  d.foreign = foreign;
+  d.healthy = healthy;
+}
+
+std::uint64_t Scheduler::capacity_rank(int gpus) const {
+  std::vector<std::uint64_t> caps;
+  caps.reserve(devices_.size());
+  for (const auto& d : devices_) caps.push_back(d.capacity);
+  if (gpus < 1 || static_cast<std::size_t>(gpus) > caps.size()) return 0;
+  std::nth_element(caps.begin(), caps.begin() + (gpus - 1), caps.end(), std::greater<>());
+  return caps[static_cast<std::size_t>(gpus - 1)];
+}
+
+Status Scheduler::check(const LeaseRequest& request) const {
+  if (request.job_id.empty()) return InvalidArgument("job id must not be empty");
+  if (request.job_id.size() > kMaxJobIdLength) {
+    return InvalidArgument("job id is " + std::to_string(request.job_id.size()) +
+                           " characters long; the limit is " + std::to_string(kMaxJobIdLength));
+  }
+  for (const char c : request.job_id) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return InvalidArgument("job id must not contain control characters");
+    }
+  }
+  if (Status s = check_shape(request.bytes, request.gpus, request.device); !s.ok()) return s;
+  if (active_.count(request.job_id) != 0 || waiting_index_.count(request.job_id) != 0) {
+    return Status(ErrorCode::kAlreadyExists,
+                  "job id '" + request.job_id + "' is already in use by an active or waiting job");
+  }
+  return Status::Ok();
+}
+
+Status Scheduler::check_shape(std::uint64_t bytes, int gpus, int device) const {
+  if (bytes == 0) return InvalidArgument("requested VRAM must be positive, got 0");
+  const int count = static_cast<int>(devices_.size());
+  if (gpus < 1 || gpus > count) {
+    return InvalidArgument("gpus must be between 1 and " + std::to_string(count) +
+                           " (the number of devices), got " + std::to_string(gpus));
+  }
+  if (device < -1 || device >= count) {
+    return NotFound("device " + std::to_string(device) + " does not exist; devices are 0.." +
+                    std::to_string(count - 1));
+  }
+  if (device >= 0 && gpus != 1) {
+    return InvalidArgument("a job pinned to one device cannot ask for " +
+                           std::to_string(gpus) + " GPUs");
+  }
+  const std::uint64_t limit =
+      device >= 0 ? devices_[static_cast<std::size_t>(device)].capacity
+                          : capacity_rank(gpus);
+  if (bytes > limit) {
+    std::string where = device >= 0
+                            ? "device " + std::to_string(device) + "'s capacity"
+                            : (gpus == 1 ? "the largest device capacity"
+                                                 : "the capacity of the " +
+                                                       std::to_string(gpus) +
+                                                       " largest devices");
+    return Status(ErrorCode::kNeverFits, "request of " + format_bytes(bytes) +
+                                             " per device can never fit: " + where + " is " +
+                                             format_bytes(limit));
+  }
+  return Status::Ok();
+}
+
+std::vector<int> Scheduler::place(const LeaseRequest& request,
+                                  const std::vector<bool>& allowed) const {
+  std::vector<int> candidates;
+  for (std::size_t i = 0; i < devices_.size(); ++i) {
+    const int index = static_cast<int>(i);
+    if (!allowed[i] || !devices_[i].healthy) continue;
+    if (request.device >= 0 && request.device != index) continue;
+    if (devices_[i].admissible() >= request.bytes) candidates.push_back(index);
+  }
+  if (candidates.size() < static_cast<std::size_t>(request.gpus)) return {};
+  auto adm = [this](int d) { return devices_[static_cast<std::size_t>(d)].admissible(); };
+  switch (config_.placement) {
+    case PlacementPolicy::kBestFit:
+      std::stable_sort(candidates.begin(), candidates.end(),
+                       [&](int a, int b) { return adm(a) < adm(b); });
+      break;
+    case PlacementPolicy::kSpread:
+      std::stable_sort(candidates.begin(), candidates.end(),
+                       [&](int a, int b) { return adm(a) > adm(b); });
+      break;
+    case PlacementPolicy::kFirstFit:
+      break;  // already in index order
+  }
+  candidates.resize(static_cast<std::size_t>(request.gpus));
+  std::sort(candidates.begin(), candidates.end());
+  return candidates;
+}
+
+std::uint64_t Scheduler::threshold(const ClassKey& cls, const std::vector<bool>& allowed) const {
+  if (cls.device >= 0) {
+    const auto i = static_cast<std::size_t>(cls.device);
+    return allowed[i] && devices_[i].healthy ? devices_[i].admissible() : 0;
+  }
+  std::vector<std::uint64_t> adm;
+  adm.reserve(devices_.size());
+  for (std::size_t i = 0; i < devices_.size(); ++i) {
+    if (allowed[i] && devices_[i].healthy) adm.push_back(devices_[i].admissible());
+  }
+  const auto k = static_cast<std::size_t>(cls.gpus);
+  if (adm.size() < k) return 0;
+  std::nth_element(adm.begin(), adm.begin() + static_cast<std::ptrdiff_t>(k - 1), adm.end(),
+                   std::greater<>());
+  return adm[k - 1];
+}
+
+void Scheduler::grant(const std::string& job_id, const LeaseRequest& request, Holder holder,
+                      const std::vector<int>& devices, TimeNs requested_at, TimeNs now) {
+  for (const int d : devices) {
+    DeviceState& dev = devices_[static_cast<std::size_t>(d)];
+    dev.leased += request.bytes;
+    dev.peak_leased = std::max(dev.peak_leased, dev.leased);
+    ++dev.leases;
+  }
+  ActiveLease lease;
+  lease.devices = devices;
+  lease.bytes = request.bytes;
+  lease.priority = request.priority;
+  lease.holder = holder;
+  lease.command = request.command;
+  lease.requested_at = requested_at;
+  lease.granted_at = now;
+  active_.emplace(job_id, std::move(lease));
+}
+
+void Scheduler::update_reservation() {
+  if (queue_.empty()) {
+    reserved_for_.clear();
+    reserved_.clear();
+    std::fill(allowed_.begin(), allowed_.end(), true);
+    return;
+  }
+  const Waiter& head = queue_.begin()->second;
+  const LeaseRequest& r = head.request;
+  bool keep = reserved_for_ == r.job_id && !reserved_.empty();
+  for (const int d : reserved_) {
+    if (!devices_[static_cast<std::size_t>(d)].healthy) keep = false;
+  }
+  if (keep) return;
+
+  // Reserve the devices where the head will fit soonest: the smallest shortfall between
+  // what it needs and what is admissible there now. Sticky until the head changes or a
+  // reserved device fails, so that memory released there accumulates for the head.
+  std::vector<int> candidates;
+  for (std::size_t i = 0; i < devices_.size(); ++i) {
+    const int index = static_cast<int>(i);
+    if (!devices_[i].healthy || devices_[i].capacity < r.bytes) continue;
+    if (r.device >= 0 && r.device != index) continue;
+    candidates.push_back(index);
+  }
+  auto shortfall = [&](int d) {
+    const std::uint64_t adm = devices_[static_cast<std::size_t>(d)].admissible();
+    return adm >= r.bytes ? 0 : r.bytes - adm;
+  };
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [&](int a, int b) { return shortfall(a) < shortfall(b); });
+  reserved_for_ = r.job_id;
+  reserved_.clear();
+  if (candidates.size() >= static_cast<std::size_t>(r.gpus)) {
+    reserved_.assign(candidates.begin(), candidates.begin() + r.gpus);
+    std::sort(reserved_.begin(), reserved_.end());
+  }
+  std::fill(allowed_.begin(), allowed_.end(), true);
+  for (const int d : reserved_) allowed_[static_cast<std::size_t>(d)] = false;
+}
+
+StatusOr<Grant> Scheduler::try_start(const LeaseRequest& request, Holder holder, TimeNs now) {
+  if (Status s = check(request); !s.ok()) return s;
+  if (limit_reached()) {
+    return Status(ErrorCode::kResourceExhausted,
+                  "concurrency limit reached: " + std::to_string(active_count()) + " of " +
+                      std::to_string(config_.max_concurrent_jobs) + " jobs are active");
+  }
+  std::vector<int> devices;
+  if (queue_.empty()) {
+    devices = place(request, std::vector<bool>(devices_.size(), true));
+  } else if (config_.queue == QueuePolicy::kFifo) {
+    return Status(ErrorCode::kResourceExhausted,
+                  std::to_string(queue_.size()) + " earlier job(s) wait and the queue is FIFO");
+  } else {
+    update_reservation();
+    // A request that outranks the head would be the head itself: it may use any device.
+    const bool outranks = request.priority > queue_.begin()->second.request.priority;
+    devices = place(request, outranks ? std::vector<bool>(devices_.size(), true) : allowed_);
+  }
+  if (devices.empty()) {
+    std::uint64_t best = 0;
+    for (const auto& d : devices_) {
+      if (d.healthy) best = std::max(best, d.admissible());
+    }
+    std::string msg = "request of " + format_bytes(request.bytes) + " on " +
+                      std::to_string(request.gpus) + " GPU(s) does not fit now: the most " +
+                      "admissible memory on a healthy device is " + format_bytes(best);
+    if (!queue_.empty()) msg += ", and " + std::to_string(queue_.size()) + " job(s) wait";
+    return Status(ErrorCode::kResourceExhausted, msg);
+  }
+  grant(request.job_id, request, holder, devices, now, now);
+  return Grant{request.job_id, devices, request.bytes, now, now};
+}
+
+StatusOr<std::vector<Grant>> Scheduler::enqueue(const LeaseRequest& request, Holder holder,
+                                                TimeNs now, std::optional<TimeNs> deadline) {
+  if (Status s = check(request); !s.ok()) return s;
+  const Key key{-request.priority, next_seq_++};
+  Waiter waiter{request, holder, now, deadline, key.seq};
+  fit_[key.neg_priority][ClassKey{request.gpus, request.device}].push_back(key.seq,
+                                                                         request.bytes);
+  waiting_index_.emplace(request.job_id, key);
+  if (deadline) deadlines_.emplace(*deadline, key);
+  queue_.emplace(key, std::move(waiter));
+  return schedule(now);
+}
+
+void Scheduler::remove_waiter(std::map<Key, Waiter>::iterator it) {
+  const Key key = it->first;
+  const Waiter& w = it->second;
+  auto level = fit_.find(key.neg_priority);
+  auto cls = level->second.find(ClassKey{w.request.gpus, w.request.device});
+  cls->second.erase(key.seq);
+  if (cls->second.empty()) level->second.erase(cls);
+  if (level->second.empty()) fit_.erase(level);
+  if (w.deadline) deadlines_.erase({*w.deadline, key});
+  waiting_index_.erase(w.request.job_id);
+  if (reserved_for_ == w.request.job_id) {
+    reserved_for_.clear();
+    reserved_.clear();
+    std::fill(allowed_.begin(), allowed_.end(), true);
+  }
+  queue_.erase(it);
+}
+
+StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now) {
+  auto it = active_.find(std::string(job_id));
+  if (it == active_.end()) {
+    return NotFound("no active lease for job '" + std::string(job_id) + "'");
+  }
+  const ActiveLease& lease = it->second;
+  for (const int d : lease.devices) {
+    DeviceState& dev = devices_[static_cast<std::size_t>(d)];
+    dev.leased -= lease.bytes;
+    --dev.leases;
+  }
+  Released out{lease.devices, lease.bytes, now - lease.granted_at, lease.holder};
+  active_.erase(it);
+  return out;
+}
+
+Status Scheduler::cancel(std::string_view job_id) {
+  auto idx = waiting_index_.find(std::string(job_id));
+  if (idx == waiting_index_.end()) {
+    return NotFound("no waiting request for job '" + std::string(job_id) + "'");
+  }
+  remove_waiter(queue_.find(idx->second));
+  return Status::Ok();
+}
+
+std::vector<Dropped> Scheduler::expire(TimeNs now) {
+  std::vector<Dropped> out;
+  while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+    const Key key = deadlines_.begin()->second;
+    auto it = queue_.find(key);
+    const double waited_s = static_cast<double>(now - it->second.requested_at) / 1e9;
+    out.push_back({it->second.request.job_id,
+                   Status(ErrorCode::kTimedOut, "timed out after waiting " +
+                                                    std::to_string(waited_s) + " s for " +
+                                                    format_bytes(it->second.request.bytes))});
+    remove_waiter(it);
+  }
+  return out;
+}
+
+std::optional<TimeNs> Scheduler::next_deadline() const {
+  if (deadlines_.empty()) return std::nullopt;
+  return deadlines_.begin()->first;
+}
+
+std::vector<Grant> Scheduler::schedule(TimeNs now) {
+  std::vector<Grant> grants;
+  const std::vector<bool> all(devices_.size(), true);
+  while (!queue_.empty() && !limit_reached()) {
+    auto head = queue_.begin();
+    std::vector<int> devices = place(head->second.request, all);
+    auto chosen = head;
+    if (devices.empty()) {
+      if (config_.queue == QueuePolicy::kFifo) break;
+      update_reservation();
+      // Backfill: the earliest waiter, in queue order, that fits on unreserved devices.
+      std::optional<Key> found;
+      for (const auto& [neg_priority, classes] : fit_) {
+        for (const auto& [cls, index] : classes) {
+          const auto seq = index.first_at_most(threshold(cls, allowed_));
+          if (seq && (!found || *seq < found->seq)) found = Key{neg_priority, *seq};
+        }
+        if (found) break;
+      }
+      if (!found) break;
+      chosen = queue_.find(*found);
+      devices = place(chosen->second.request, allowed_);
+      if (devices.empty()) break;  // cannot happen: the index and place() agree
+    }
+    const Waiter& w = chosen->second;
+    grant(w.request.job_id, w.request, w.holder, devices, w.requested_at, now);
+    grants.push_back(Grant{w.request.job_id, devices, w.request.bytes, w.requested_at, now});
+    remove_waiter(chosen);
+  }
+  if (queue_.empty()) update_reservation();
+  return grants;
+}
+
+std::vector<const Scheduler::Waiter*> Scheduler::waiters() const {
+  std::vector<const Waiter*> out;
+  out.reserve(queue_.size());
+  for (const auto& [key, waiter] : queue_) out.push_back(&waiter);
+  return out;
+}
+
+bool Scheduler::is_waiting(std::string_view job_id) const {
+  return waiting_index_.count(std::string(job_id)) != 0;
+}
+
+}  // namespace gpumgr::core

@@ -1,0 +1,197 @@
+// Scheduler: the ledger's decision core. It holds the accounting of every device, the active
+// leases and the wait queue, and decides who starts where. It knows no threads and no real
+// clock: every call passes the current time, so that the in-process ledger (steady clock),
+// the daemon (through that ledger) and `gpumgr simulate` (a virtual clock) run this same
+// code.
+//
+// Not thread-safe: its owner serialises every call (LocalLedger holds its mutex).
+//
+// Rules (docs/scheduling.md explains them in full):
+// - Admission: a lease of r bytes fits device d when r <= admissible_d = capacity_d -
+//   leased_d - foreign_d and fewer than max_concurrent_jobs leases are active.
+// - Order: higher priority first; first come, first served within a priority.
+// - Backfill (the default queue policy): the head of the queue reserves the devices where it
+//   will fit soonest (the smallest shortfall). A later job may start ahead of the head only
+//   on devices the head has not reserved, so that no job placed after the head began waiting
+//   can delay it: the head starts as soon as enough is released on its reserved devices.
+// - FIFO: nothing starts while an earlier job waits.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "core/fit_index.h"
+#include "gpumgr/ledger.h"
+#include "gpumgr/status.h"
+
+namespace gpumgr::core {
+
+// Nanoseconds on the owner's clock (steady clock, or a virtual one).
+using TimeNs = std::int64_t;
+
+struct Holder {
+  std::uint32_t pid = 0;
+  std::uint32_t uid = 0;
+};
+
+struct SchedulerConfig {
+  int max_concurrent_jobs = 3;
+  PlacementPolicy placement = PlacementPolicy::kBestFit;
+  QueuePolicy queue = QueuePolicy::kBackfill;
+};
+
+// A lease that was granted by a scheduling pass (or at once).
+struct Grant {
+  std::string job_id;
+  std::vector<int> devices;
+  std::uint64_t bytes = 0;
+  TimeNs requested_at = 0;
+  TimeNs granted_at = 0;
+};
+
+// A waiting request that left the queue without a lease.
+struct Dropped {
+  std::string job_id;
+  Status reason;  // kTimedOut, kCancelled, kNeverFits (devices changed)
+};
+
+// What release() returns: the released lease, for statistics and cleanup.
+struct Released {
+  std::vector<int> devices;
+  std::uint64_t bytes = 0;
+  TimeNs held_ns = 0;
+  Holder holder;
+};
+
+class Scheduler {
+ public:
+  Scheduler(SchedulerConfig config, std::size_t device_count);
+
+  const SchedulerConfig& config() const { return config_; }
+  std::size_t device_count() const { return devices_.size(); }
+
+  // Sets what the hardware says about a device. Call schedule() afterwards: more room may
+  // let waiters start.
+  void set_device(int device, std::uint64_t capacity, std::uint64_t foreign, bool healthy);
+
+  // Checks a request against the devices and the active and waiting jobs, changing nothing:
+  // bad fields (empty id, 0 bytes, gpus < 1 or > devices, unknown pinned device),
+  // kAlreadyExists, kNeverFits.
+  Status check(const LeaseRequest& request) const;
+  // The size part of check(): bytes, gpus, pinned device and kNeverFits.
+  Status check_shape(std::uint64_t bytes, int gpus, int device) const;
+
+  // Starts a job now if it fits without delaying anyone who waits (as a backfill would);
+  // kResourceExhausted otherwise. Runs check() first.
+  StatusOr<Grant> try_start(const LeaseRequest& request, Holder holder, TimeNs now);
+
+  // Queues a request (after check()); it starts at once if the queue allows. The grants of
+  // the pass this triggers are returned (the request's own, if it started, among them).
+  StatusOr<std::vector<Grant>> enqueue(const LeaseRequest& request, Holder holder, TimeNs now,
+                                       std::optional<TimeNs> deadline);
+
+  // Releases an active lease. kNotFound for an unknown job. Call schedule() afterwards.
+  StatusOr<Released> release(std::string_view job_id, TimeNs now);
+
+  // Removes a waiting request. kNotFound when no such job waits. Call schedule() afterwards
+  // (the head may have changed).
+  Status cancel(std::string_view job_id);
+
+  // Removes the waiters whose deadline is <= now.
+  std::vector<Dropped> expire(TimeNs now);
+  // The earliest deadline among waiters, if any.
+  std::optional<TimeNs> next_deadline() const;
+
+  // Grants every waiter that may start now, in order, and returns those grants.
+  std::vector<Grant> schedule(TimeNs now);
+
+  // Read access for snapshots and tests.
+  struct DeviceState {
+    std::uint64_t capacity = 0;
+    std::uint64_t leased = 0;
+    std::uint64_t foreign = 0;
+    std::uint64_t peak_leased = 0;
+    int leases = 0;
+    bool healthy = true;
+    std::uint64_t admissible() const {
+      const std::uint64_t taken = leased + foreign;
+      return taken >= capacity ? 0 : capacity - taken;
+    }
+  };
+  struct ActiveLease {
+    std::vector<int> devices;
+    std::uint64_t bytes = 0;
+    int priority = 0;
+    Holder holder;
+    std::string command;
+    TimeNs requested_at = 0;
+    TimeNs granted_at = 0;
+  };
+  struct Waiter {
+    LeaseRequest request;
+    Holder holder;
+    TimeNs requested_at = 0;
+    std::optional<TimeNs> deadline;
+    std::uint64_t seq = 0;
+  };
+
+  const DeviceState& device(int index) const { return devices_.at(static_cast<std::size_t>(index)); }
+  const std::unordered_map<std::string, ActiveLease>& active() const { return active_; }
+  int active_count() const { return static_cast<int>(active_.size()); }
+  std::size_t waiting_count() const { return queue_.size(); }
+  // Waiters in queue order (the head first).
+  std::vector<const Waiter*> waiters() const;
+  bool is_waiting(std::string_view job_id) const;
+  // Devices held back for the head of the queue (empty when none).
+  const std::vector<int>& reserved_devices() const { return reserved_; }
+
+ private:
+  // Queue order: higher priority first, then arrival.
+  struct Key {
+    int neg_priority;
+    std::uint64_t seq;
+    friend auto operator<=>(const Key&, const Key&) = default;
+  };
+  // Waiters that compete for the same kind of placement share a fit index.
+  struct ClassKey {
+    int gpus;
+    int device;  // pinned device or -1
+    friend auto operator<=>(const ClassKey&, const ClassKey&) = default;
+  };
+
+  // The devices a request would get now among `allowed`, by the placement policy; empty
+  // when it does not fit.
+  std::vector<int> place(const LeaseRequest& request, const std::vector<bool>& allowed) const;
+  // The largest k-th admissible figure among allowed devices, for a fit-index query.
+  std::uint64_t threshold(const ClassKey& cls, const std::vector<bool>& allowed) const;
+  void grant(const std::string& job_id, const LeaseRequest& request, Holder holder,
+             const std::vector<int>& devices, TimeNs requested_at, TimeNs now);
+  void remove_waiter(std::map<Key, Waiter>::iterator it);
+  // Chooses the head's reserved devices (sticky while they stay valid); fills allowed_ with
+  // the devices others may use.
+  void update_reservation();
+  bool limit_reached() const { return active_count() >= config_.max_concurrent_jobs; }
+  std::uint64_t capacity_rank(int gpus) const;  // the gpus-th largest capacity
+
+  SchedulerConfig config_;
+  std::vector<DeviceState> devices_;
+  std::unordered_map<std::string, ActiveLease> active_;
+  std::map<Key, Waiter> queue_;
+  std::unordered_map<std::string, Key> waiting_index_;
+  std::set<std::pair<TimeNs, Key>> deadlines_;
+  std::map<int, std::map<ClassKey, FitIndex>> fit_;  // by -priority, then class
+  std::uint64_t next_seq_ = 0;
+
+  std::string reserved_for_;
+  std::vector<int> reserved_;
+  std::vector<bool> allowed_;  // devices not reserved for the head
+};
+
+}  // namespace gpumgr::core
