@@ -140,7 +140,8 @@ template <typename Body>
 Status with_primary_context(const Driver& d, CUdevice device, Body body) {
   CUcontext ctx = nullptr;
   CUresult rc = d.primary_retain(&ctx, device);
-  if (rc != kCudaSuccess) return Unavailable("cuDevicePrimaryCtxRetain failed: " + error_text(d, rc));
+  if (rc != kCudaSuccess)
+    return Unavailable("cuDevicePrimaryCtxRetain failed: " + error_text(d, rc));
   rc = d.push(ctx);
   if (rc != kCudaSuccess) {
     d.primary_release(device);

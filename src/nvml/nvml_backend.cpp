@@ -125,8 +125,7 @@ std::optional<std::uint64_t> process_used_bytes(const DeviceInfo& device, std::u
 
 NvmlBackend::NvmlBackend(std::unique_ptr<nvml::NvmlLibrary> lib) : lib_(std::move(lib)) {}
 
-StatusOr<std::shared_ptr<NvmlBackend>> NvmlBackend::create(
-    std::unique_ptr<nvml::NvmlLibrary> lib) {
+StatusOr<std::shared_ptr<NvmlBackend>> NvmlBackend::create(std::unique_ptr<nvml::NvmlLibrary> lib) {
   const nvml::Api& api = lib->api();
   unsigned count = 0;
   const Return rc = api.device_count(&count);
@@ -198,7 +197,8 @@ Return NvmlBackend::refresh(Slot& slot, unsigned index) {
   if (api.utilization != nullptr) {
     nvml::Utilization u{};
     rc = api.utilization(slot.handle, &u);
-    d.gpu_utilization_percent = rc == nvml::kSuccess ? std::optional<unsigned>(u.gpu) : std::nullopt;
+    d.gpu_utilization_percent =
+        rc == nvml::kSuccess ? std::optional<unsigned>(u.gpu) : std::nullopt;
     d.memory_utilization_percent =
         rc == nvml::kSuccess ? std::optional<unsigned>(u.memory) : std::nullopt;
   }
@@ -289,8 +289,8 @@ void NvmlBackend::read_processes(nvml::Device handle, DeviceInfo& out) const {
   // Graphics contexts (Xorg, a desktop session) hold device memory too. A process with both
   // kinds of context appears in both lists with the same figure, so keep the larger, once.
   std::vector<ProcessUsage> graphics;
-  if (process_list(api.graphics_processes_v3, api.graphics_processes_v2,
-                   api.graphics_processes_v1, handle, graphics) == nvml::kSuccess) {
+  if (process_list(api.graphics_processes_v3, api.graphics_processes_v2, api.graphics_processes_v1,
+                   handle, graphics) == nvml::kSuccess) {
     for (const ProcessUsage& g : graphics) {
       auto it = std::find_if(out.processes.begin(), out.processes.end(),
                              [&](const ProcessUsage& p) { return p.pid == g.pid; });

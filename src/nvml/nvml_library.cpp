@@ -3,9 +3,9 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <functional>
-#include <array>
 #include <string_view>
 
 namespace gpumgr::nvml {
@@ -32,8 +32,7 @@ std::vector<EntryPoint> entry_points(Api& a) {
       {{"nvmlShutdown"}, kRequired, into(a.shutdown)},
       {{"nvmlErrorString"}, kOptional, into(a.error_string)},
       {{"nvmlDeviceGetCount_v2", "nvmlDeviceGetCount"}, kRequired, into(a.device_count)},
-      {{"nvmlDeviceGetHandleByIndex_v2", "nvmlDeviceGetHandleByIndex"}, kRequired,
-       into(a.handle)},
+      {{"nvmlDeviceGetHandleByIndex_v2", "nvmlDeviceGetHandleByIndex"}, kRequired, into(a.handle)},
       {{"nvmlDeviceGetUUID"}, kRequired, into(a.uuid)},
       {{"nvmlDeviceGetName"}, kRequired, into(a.name)},
       {{"nvmlDeviceGetPciInfo_v3", "nvmlDeviceGetPciInfo_v2"}, kOptional, into(a.pci_info)},
@@ -42,7 +41,8 @@ std::vector<EntryPoint> entry_points(Api& a) {
       {{"nvmlDeviceGetUtilizationRates"}, kOptional, into(a.utilization)},
       {{"nvmlDeviceGetTemperature"}, kOptional, into(a.temperature)},
       {{"nvmlDeviceGetPowerUsage"}, kOptional, into(a.power_usage)},
-      {{"nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetPowerManagementLimit"}, kOptional,
+      {{"nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetPowerManagementLimit"},
+       kOptional,
        into(a.power_limit)},
       {{"nvmlDeviceGetCudaComputeCapability"}, kOptional, into(a.compute_capability)},
       {{"nvmlDeviceGetComputeRunningProcesses_v3"}, kOptional, into(a.compute_processes_v3)},
@@ -53,7 +53,8 @@ std::vector<EntryPoint> entry_points(Api& a) {
       {{"nvmlDeviceGetGraphicsRunningProcesses"}, kOptional, into(a.graphics_processes_v1)},
       {{"nvmlSystemGetDriverVersion"}, kOptional, into(a.driver_version)},
       {{"nvmlSystemGetNVMLVersion"}, kOptional, into(a.nvml_version)},
-      {{"nvmlSystemGetCudaDriverVersion_v2", "nvmlSystemGetCudaDriverVersion"}, kOptional,
+      {{"nvmlSystemGetCudaDriverVersion_v2", "nvmlSystemGetCudaDriverVersion"},
+       kOptional,
        into(a.cuda_driver_version)},
   };
 }
@@ -67,38 +68,70 @@ std::string dl_error_text() {
 
 const char* error_name(Return code) {
   switch (code) {
-    case kSuccess: return "NVML_SUCCESS";
-    case kErrorUninitialized: return "NVML_ERROR_UNINITIALIZED";
-    case kErrorInvalidArgument: return "NVML_ERROR_INVALID_ARGUMENT";
-    case kErrorNotSupported: return "NVML_ERROR_NOT_SUPPORTED";
-    case kErrorNoPermission: return "NVML_ERROR_NO_PERMISSION";
-    case kErrorAlreadyInitialized: return "NVML_ERROR_ALREADY_INITIALIZED";
-    case kErrorNotFound: return "NVML_ERROR_NOT_FOUND";
-    case kErrorInsufficientSize: return "NVML_ERROR_INSUFFICIENT_SIZE";
-    case kErrorInsufficientPower: return "NVML_ERROR_INSUFFICIENT_POWER";
-    case kErrorDriverNotLoaded: return "NVML_ERROR_DRIVER_NOT_LOADED";
-    case kErrorTimeout: return "NVML_ERROR_TIMEOUT";
-    case kErrorIrqIssue: return "NVML_ERROR_IRQ_ISSUE";
-    case kErrorLibraryNotFound: return "NVML_ERROR_LIBRARY_NOT_FOUND";
-    case kErrorFunctionNotFound: return "NVML_ERROR_FUNCTION_NOT_FOUND";
-    case kErrorCorruptedInforom: return "NVML_ERROR_CORRUPTED_INFOROM";
-    case kErrorGpuIsLost: return "NVML_ERROR_GPU_IS_LOST";
-    case kErrorResetRequired: return "NVML_ERROR_RESET_REQUIRED";
-    case kErrorOperatingSystem: return "NVML_ERROR_OPERATING_SYSTEM";
-    case kErrorLibRmVersionMismatch: return "NVML_ERROR_LIB_RM_VERSION_MISMATCH";
-    case kErrorInUse: return "NVML_ERROR_IN_USE";
-    case kErrorMemory: return "NVML_ERROR_MEMORY";
-    case kErrorNoData: return "NVML_ERROR_NO_DATA";
-    case kErrorVgpuEccNotEnabled: return "NVML_ERROR_VGPU_ECC_NOT_ENABLED";
-    case kErrorInsufficientResources: return "NVML_ERROR_INSUFFICIENT_RESOURCES";
-    case kErrorFreqNotSupported: return "NVML_ERROR_FREQ_NOT_SUPPORTED";
-    case kErrorArgumentVersionMismatch: return "NVML_ERROR_ARGUMENT_VERSION_MISMATCH";
-    case kErrorDeprecated: return "NVML_ERROR_DEPRECATED";
-    case kErrorNotReady: return "NVML_ERROR_NOT_READY";
-    case kErrorGpuNotFound: return "NVML_ERROR_GPU_NOT_FOUND";
-    case kErrorInvalidState: return "NVML_ERROR_INVALID_STATE";
-    case kErrorUnknown: return "NVML_ERROR_UNKNOWN";
-    default: return "unrecognised NVML error";
+    case kSuccess:
+      return "NVML_SUCCESS";
+    case kErrorUninitialized:
+      return "NVML_ERROR_UNINITIALIZED";
+    case kErrorInvalidArgument:
+      return "NVML_ERROR_INVALID_ARGUMENT";
+    case kErrorNotSupported:
+      return "NVML_ERROR_NOT_SUPPORTED";
+    case kErrorNoPermission:
+      return "NVML_ERROR_NO_PERMISSION";
+    case kErrorAlreadyInitialized:
+      return "NVML_ERROR_ALREADY_INITIALIZED";
+    case kErrorNotFound:
+      return "NVML_ERROR_NOT_FOUND";
+    case kErrorInsufficientSize:
+      return "NVML_ERROR_INSUFFICIENT_SIZE";
+    case kErrorInsufficientPower:
+      return "NVML_ERROR_INSUFFICIENT_POWER";
+    case kErrorDriverNotLoaded:
+      return "NVML_ERROR_DRIVER_NOT_LOADED";
+    case kErrorTimeout:
+      return "NVML_ERROR_TIMEOUT";
+    case kErrorIrqIssue:
+      return "NVML_ERROR_IRQ_ISSUE";
+    case kErrorLibraryNotFound:
+      return "NVML_ERROR_LIBRARY_NOT_FOUND";
+    case kErrorFunctionNotFound:
+      return "NVML_ERROR_FUNCTION_NOT_FOUND";
+    case kErrorCorruptedInforom:
+      return "NVML_ERROR_CORRUPTED_INFOROM";
+    case kErrorGpuIsLost:
+      return "NVML_ERROR_GPU_IS_LOST";
+    case kErrorResetRequired:
+      return "NVML_ERROR_RESET_REQUIRED";
+    case kErrorOperatingSystem:
+      return "NVML_ERROR_OPERATING_SYSTEM";
+    case kErrorLibRmVersionMismatch:
+      return "NVML_ERROR_LIB_RM_VERSION_MISMATCH";
+    case kErrorInUse:
+      return "NVML_ERROR_IN_USE";
+    case kErrorMemory:
+      return "NVML_ERROR_MEMORY";
+    case kErrorNoData:
+      return "NVML_ERROR_NO_DATA";
+    case kErrorVgpuEccNotEnabled:
+      return "NVML_ERROR_VGPU_ECC_NOT_ENABLED";
+    case kErrorInsufficientResources:
+      return "NVML_ERROR_INSUFFICIENT_RESOURCES";
+    case kErrorFreqNotSupported:
+      return "NVML_ERROR_FREQ_NOT_SUPPORTED";
+    case kErrorArgumentVersionMismatch:
+      return "NVML_ERROR_ARGUMENT_VERSION_MISMATCH";
+    case kErrorDeprecated:
+      return "NVML_ERROR_DEPRECATED";
+    case kErrorNotReady:
+      return "NVML_ERROR_NOT_READY";
+    case kErrorGpuNotFound:
+      return "NVML_ERROR_GPU_NOT_FOUND";
+    case kErrorInvalidState:
+      return "NVML_ERROR_INVALID_STATE";
+    case kErrorUnknown:
+      return "NVML_ERROR_UNKNOWN";
+    default:
+      return "unrecognised NVML error";
   }
 }
 

@@ -41,8 +41,8 @@ struct Api {
   GetProcessesFn graphics_processes_v3 = nullptr;  // (optional, each of the three)
   GetProcessesFn graphics_processes_v2 = nullptr;
   GetProcessesFn graphics_processes_v1 = nullptr;
-  SystemGetStringFn driver_version = nullptr;  // nvmlSystemGetDriverVersion   (optional)
-  SystemGetStringFn nvml_version = nullptr;    // nvmlSystemGetNVMLVersion     (optional)
+  SystemGetStringFn driver_version = nullptr;    // nvmlSystemGetDriverVersion   (optional)
+  SystemGetStringFn nvml_version = nullptr;      // nvmlSystemGetNVMLVersion     (optional)
   SystemGetIntFn cuda_driver_version = nullptr;  // ..GetCudaDriverVersion_v2, v1 (optional)
 };
 

@@ -24,8 +24,7 @@ inline constexpr unsigned long long kMiB = 1024ULL * 1024ULL;
 // Device i uses 1000*(i+1) MiB of which 256 MiB are reserved by the driver.
 inline std::string eight_gpu_box() {
   static const char* const kBus[8] = {"18", "2A", "3A", "5D", "9A", "AB", "BA", "DB"};
-  std::string s =
-      "driver_version 550.54.15\nnvml_version 12.550.54.15\ncuda_version 12040\n";
+  std::string s = "driver_version 550.54.15\nnvml_version 12.550.54.15\ncuda_version 12040\n";
   for (int i = 0; i < 8; ++i) {
     const bool h100 = i < 4;
     s += "device\n";
