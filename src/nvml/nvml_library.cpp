@@ -155,14 +155,14 @@ StatusOr<std::unique_ptr<NvmlLibrary>> NvmlLibrary::open(
       break;
     }
     if (!tried.empty()) tried += "; ";
-    tried += dl_error_text();
+    // dlerror names the file for most failures; say it where it does not.
+    std::string why = dl_error_text();
+    if (why.find(path) == std::string::npos) why = path + ": " + why;
+    tried += why;
   }
   if (lib->handle_ == nullptr) {
     if (candidates.empty()) return Unavailable("NVML unavailable: no library path to try");
-    // dlerror usually names the path; say it anyway for the env-var case where it may not.
-    std::string names;
-    for (const std::string& path : candidates) names += (names.empty() ? "" : ", ") + path;
-    return Unavailable("NVML unavailable (tried " + names + "): " + tried);
+    return Unavailable("NVML unavailable: " + tried);
   }
 
   for (const EntryPoint& entry : entry_points(lib->api_)) {

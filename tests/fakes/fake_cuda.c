@@ -44,10 +44,18 @@ FAKE_EXPORT CUresult cuInit(unsigned flags) {
 }
 FAKE_EXPORT CUresult cuGetErrorString(CUresult error, const char** text) {
   switch (error) {
-    case CUDA_SUCCESS: *text = "no error"; break;
-    case CUDA_ERROR_INVALID_DEVICE: *text = "invalid device ordinal"; break;
-    case CUDA_ERROR_INVALID_CONTEXT: *text = "invalid device context"; break;
-    default: *text = "unknown error"; break;
+    case CUDA_SUCCESS:
+      *text = "no error";
+      break;
+    case CUDA_ERROR_INVALID_DEVICE:
+      *text = "invalid device ordinal";
+      break;
+    case CUDA_ERROR_INVALID_CONTEXT:
+      *text = "invalid device context";
+      break;
+    default:
+      *text = "unknown error";
+      break;
   }
   return CUDA_SUCCESS;
 }

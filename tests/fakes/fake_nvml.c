@@ -55,13 +55,32 @@ enum {
 };
 
 enum call {
-  CALL_HANDLE, CALL_UUID, CALL_NAME, CALL_PCI, CALL_MEMORY, CALL_UTILIZATION,
-  CALL_TEMPERATURE, CALL_POWER_USAGE, CALL_POWER_LIMIT, CALL_COMPUTE_CAPABILITY,
-  CALL_COMPUTE_PROCESSES, CALL_GRAPHICS_PROCESSES, CALL_COUNT_
+  CALL_HANDLE,
+  CALL_UUID,
+  CALL_NAME,
+  CALL_PCI,
+  CALL_MEMORY,
+  CALL_UTILIZATION,
+  CALL_TEMPERATURE,
+  CALL_POWER_USAGE,
+  CALL_POWER_LIMIT,
+  CALL_COMPUTE_CAPABILITY,
+  CALL_COMPUTE_PROCESSES,
+  CALL_GRAPHICS_PROCESSES,
+  CALL_COUNT_
 };
-static const char* const call_names[CALL_COUNT_] = {
-    "handle", "uuid", "name", "pci", "memory", "utilization", "temperature", "power_usage",
-    "power_limit", "compute_capability", "compute_processes", "graphics_processes"};
+static const char* const call_names[CALL_COUNT_] = {"handle",
+                                                    "uuid",
+                                                    "name",
+                                                    "pci",
+                                                    "memory",
+                                                    "utilization",
+                                                    "temperature",
+                                                    "power_usage",
+                                                    "power_limit",
+                                                    "compute_capability",
+                                                    "compute_processes",
+                                                    "graphics_processes"};
 
 #define MAX_DEVICES 16
 #define MAX_PROCESSES 64
@@ -141,28 +160,48 @@ FAKE_EXPORT int fake_nvml_reload(void) {
       d->cc_major = 8;
       continue;
     }
-    if (strcmp(key, "driver_version") == 0) copy_value(driver_version, sizeof driver_version, rest);
-    else if (strcmp(key, "nvml_version") == 0) copy_value(nvml_version, sizeof nvml_version, rest);
-    else if (strcmp(key, "cuda_version") == 0) cuda_version = atoi(rest);
-    else if (strcmp(key, "init_error") == 0) init_error = atoi(rest);
-    else if (strcmp(key, "count_error") == 0) count_error = atoi(rest);
-    else if (strcmp(key, "memory_v2_mismatch") == 0) memory_v2_mismatch = atoi(rest);
-    else if (strcmp(key, "process_v3_stride") == 0) process_v3_stride = atoi(rest);
-    else if (d == NULL) continue;
-    else if (strcmp(key, "uuid") == 0) copy_value(d->uuid, sizeof d->uuid, rest);
-    else if (strcmp(key, "name") == 0) copy_value(d->name, sizeof d->name, rest);
-    else if (strcmp(key, "bus_id") == 0) copy_value(d->bus_id, sizeof d->bus_id, rest);
-    else if (strcmp(key, "memory_total_mib") == 0) d->total = parse_mib(rest);
-    else if (strcmp(key, "memory_used_mib") == 0) d->used = parse_mib(rest);
-    else if (strcmp(key, "memory_reserved_mib") == 0) d->reserved = parse_mib(rest);
-    else if (strcmp(key, "utilization") == 0) sscanf(rest, "%u %u", &d->util_gpu, &d->util_mem);
-    else if (strcmp(key, "temperature") == 0) d->temperature = (unsigned)atoi(rest);
-    else if (strcmp(key, "power_usage_mw") == 0) d->power_mw = (unsigned)atoi(rest);
-    else if (strcmp(key, "power_limit_mw") == 0) d->limit_mw = (unsigned)atoi(rest);
+    if (strcmp(key, "driver_version") == 0)
+      copy_value(driver_version, sizeof driver_version, rest);
+    else if (strcmp(key, "nvml_version") == 0)
+      copy_value(nvml_version, sizeof nvml_version, rest);
+    else if (strcmp(key, "cuda_version") == 0)
+      cuda_version = atoi(rest);
+    else if (strcmp(key, "init_error") == 0)
+      init_error = atoi(rest);
+    else if (strcmp(key, "count_error") == 0)
+      count_error = atoi(rest);
+    else if (strcmp(key, "memory_v2_mismatch") == 0)
+      memory_v2_mismatch = atoi(rest);
+    else if (strcmp(key, "process_v3_stride") == 0)
+      process_v3_stride = atoi(rest);
+    else if (d == NULL)
+      continue;
+    else if (strcmp(key, "uuid") == 0)
+      copy_value(d->uuid, sizeof d->uuid, rest);
+    else if (strcmp(key, "name") == 0)
+      copy_value(d->name, sizeof d->name, rest);
+    else if (strcmp(key, "bus_id") == 0)
+      copy_value(d->bus_id, sizeof d->bus_id, rest);
+    else if (strcmp(key, "memory_total_mib") == 0)
+      d->total = parse_mib(rest);
+    else if (strcmp(key, "memory_used_mib") == 0)
+      d->used = parse_mib(rest);
+    else if (strcmp(key, "memory_reserved_mib") == 0)
+      d->reserved = parse_mib(rest);
+    else if (strcmp(key, "utilization") == 0)
+      sscanf(rest, "%u %u", &d->util_gpu, &d->util_mem);
+    else if (strcmp(key, "temperature") == 0)
+      d->temperature = (unsigned)atoi(rest);
+    else if (strcmp(key, "power_usage_mw") == 0)
+      d->power_mw = (unsigned)atoi(rest);
+    else if (strcmp(key, "power_limit_mw") == 0)
+      d->limit_mw = (unsigned)atoi(rest);
     else if (strcmp(key, "compute_capability") == 0)
       sscanf(rest, "%d %d", &d->cc_major, &d->cc_minor);
-    else if (strcmp(key, "process") == 0) add_process(d->procs, &d->nproc, rest);
-    else if (strcmp(key, "graphics_process") == 0) add_process(d->gprocs, &d->ngproc, rest);
+    else if (strcmp(key, "process") == 0)
+      add_process(d->procs, &d->nproc, rest);
+    else if (strcmp(key, "graphics_process") == 0)
+      add_process(d->gprocs, &d->ngproc, rest);
     else if (strcmp(key, "error") == 0) {
       char name[64] = "";
       int code = 0, i;
@@ -212,16 +251,26 @@ FAKE_EXPORT nvmlReturn_t nvmlShutdown(void) {
 
 FAKE_EXPORT const char* nvmlErrorString(nvmlReturn_t r) {
   switch (r) {
-    case NVML_SUCCESS: return "Success";
-    case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
-    case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
-    case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
-    case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
-    case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded";
-    case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
-    case NVML_ERROR_ARGUMENT_VERSION_MISMATCH: return "Argument version mismatch";
-    case NVML_ERROR_UNKNOWN: return "Unknown Error";
-    default: return "Unknown Error";
+    case NVML_SUCCESS:
+      return "Success";
+    case NVML_ERROR_UNINITIALIZED:
+      return "Uninitialized";
+    case NVML_ERROR_INVALID_ARGUMENT:
+      return "Invalid Argument";
+    case NVML_ERROR_NOT_SUPPORTED:
+      return "Not Supported";
+    case NVML_ERROR_INSUFFICIENT_SIZE:
+      return "Insufficient Size";
+    case NVML_ERROR_DRIVER_NOT_LOADED:
+      return "Driver Not Loaded";
+    case NVML_ERROR_GPU_IS_LOST:
+      return "GPU is lost";
+    case NVML_ERROR_ARGUMENT_VERSION_MISMATCH:
+      return "Argument version mismatch";
+    case NVML_ERROR_UNKNOWN:
+      return "Unknown Error";
+    default:
+      return "Unknown Error";
   }
 }
 
@@ -256,7 +305,7 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetName(void* h, char* out, unsigned length) 
   return r != NVML_SUCCESS ? r : copy_string(out, length, d->name);
 }
 
-struct pci_info {  /* nvmlPciInfo_t as taken by _v2 and _v3 */
+struct pci_info { /* nvmlPciInfo_t as taken by _v2 and _v3 */
   char busIdLegacy[16];
   unsigned domain, bus, device, pciDeviceId, pciSubSystemId;
   char busId[32];

@@ -3,7 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "fake_nvml_fixture.h"
 #include "gpumgr/backends.h"
@@ -380,6 +383,33 @@ TEST_F(NvmlBackendTest, WholeLibraryFailureIsAnError) {
   ASSERT_EQ(partial.size(), 2u);
   EXPECT_TRUE(partial[0].healthy);
   EXPECT_FALSE(partial[1].healthy);
+}
+
+TEST_F(NvmlBackendTest, ConcurrentQueriesAgree) {
+  use(kFakeNvml, eight_gpu_box());
+  auto backend = open_ok();
+  ASSERT_NE(backend, nullptr);
+  std::atomic<int> good{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int q = 0; q < 50; ++q) {
+        auto devices = backend->query();
+        if (devices.ok() && devices->size() == 8 && (*devices)[7].used_bytes == (8000 - 256) * kMiB)
+          ++good;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(good.load(), 200);
+}
+
+TEST_F(NvmlBackendTest, MissingDefaultLibrariesAreAllNamed) {
+  auto lib = nvml::NvmlLibrary::open({"/nonexistent/a/libnvidia-ml.so.1", "/nonexistent/b.so"});
+  ASSERT_FALSE(lib.ok());
+  EXPECT_EQ(lib.status().code(), ErrorCode::kUnavailable);
+  EXPECT_NE(lib.status().message().find("/nonexistent/a/libnvidia-ml.so.1"), std::string::npos);
+  EXPECT_NE(lib.status().message().find("/nonexistent/b.so"), std::string::npos);
 }
 
 TEST(NvmlFormat, CudaDriverVersion) {
