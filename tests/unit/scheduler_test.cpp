@@ -1,0 +1,397 @@
+// The scheduler's rules on a virtual clock: admission, queue order, backfill that never
+// delays the head, FIFO, multi-GPU all-or-nothing, placement policies, pinning, health,
+// deadlines and cancellation. No threads and no sleeps: every time is passed explicitly.
+#include "core/scheduler.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <random>
+
+#include "core/fit_index.h"
+#include "gpumgr/units.h"
+
+namespace gpumgr::core {
+namespace {
+
+constexpr TimeNs kSecond = 1'000'000'000;
+
+LeaseRequest req(std::string id, std::uint64_t gib, int priority = 0, int gpus = 1,
+                 int device = -1) {
+  LeaseRequest r;
+  r.job_id = std::move(id);
+  r.bytes = gib * kGiB;
+  r.priority = priority;
+  r.gpus = gpus;
+  r.device = device;
+  return r;
+}
+
+// A scheduler over devices with the given capacities (GiB), nothing foreign.
+Scheduler make(std::vector<std::uint64_t> caps_gib, QueuePolicy queue = QueuePolicy::kBackfill,
+               PlacementPolicy placement = PlacementPolicy::kBestFit, int max_jobs = 1000) {
+  Scheduler s(SchedulerConfig{max_jobs, placement, queue}, caps_gib.size());
+  for (std::size_t i = 0; i < caps_gib.size(); ++i) {
+    s.set_device(static_cast<int>(i), caps_gib[i] * kGiB, 0, true);
+  }
+  return s;
+}
+
+std::vector<std::string> ids(const std::vector<Grant>& grants) {
+  std::vector<std::string> out;
+  for (const auto& g : grants) out.push_back(g.job_id);
+  return out;
+}
+
+Grant start(Scheduler& s, const LeaseRequest& r, TimeNs now = 0) {
+  auto g = s.try_start(r, Holder{1, 1}, now);
+  EXPECT_TRUE(g.ok()) << g.status().to_string();
+  return g.ok() ? g.value() : Grant{};
+}
+
+std::vector<Grant> wait(Scheduler& s, const LeaseRequest& r, TimeNs now = 0,
+                        std::optional<TimeNs> deadline = std::nullopt) {
+  auto g = s.enqueue(r, Holder{1, 1}, now, deadline);
+  EXPECT_TRUE(g.ok()) << g.status().to_string();
+  return g.ok() ? g.value() : std::vector<Grant>{};
+}
+
+TEST(Scheduler, AdmitsExactlyUpToAdmissibleMemory) {
+  Scheduler s = make({10});
+  s.set_device(0, 10 * kGiB, 3 * kGiB, true);  // 3 GiB used by an outside process
+  EXPECT_EQ(s.device(0).admissible(), 7 * kGiB);
+  auto too_big = s.try_start(req("a", 8), Holder{}, 0);
+  EXPECT_EQ(too_big.status().code(), ErrorCode::kResourceExhausted);
+  Grant g = start(s, req("b", 7));
+  EXPECT_EQ(g.devices, std::vector<int>{0});
+  EXPECT_EQ(s.device(0).admissible(), 0u);
+  EXPECT_EQ(s.device(0).leased, 7 * kGiB);
+}
+
+TEST(Scheduler, HigherPriorityFirstThenFirstComeFirstServed) {
+  Scheduler s = make({10});
+  start(s, req("hold", 10));
+  EXPECT_TRUE(wait(s, req("b", 5, 0)).empty());
+  EXPECT_TRUE(wait(s, req("c", 5, 1)).empty());
+  EXPECT_TRUE(wait(s, req("d", 5, 0)).empty());
+  ASSERT_TRUE(s.release("hold", kSecond).ok());
+  // c outranks b; b came before d; only two 5 GiB jobs fit.
+  EXPECT_EQ(ids(s.schedule(kSecond)), (std::vector<std::string>{"c", "b"}));
+  EXPECT_TRUE(s.is_waiting("d"));
+}
+
+TEST(Scheduler, BackfillUsesOnlyDevicesTheHeadHasNotReserved) {
+  Scheduler s = make({10, 10});
+  start(s, req("a", 8));  // best-fit: device 0
+  start(s, req("b", 9));  // device 1 (device 0 has only 2 left)
+  ASSERT_EQ(s.active().at("b").devices, std::vector<int>{1});
+  // Head h needs 6: shortfall 4 on device 0, 5 on device 1: it reserves device 0.
+  EXPECT_TRUE(wait(s, req("h", 6)).empty());
+  EXPECT_EQ(s.reserved_devices(), std::vector<int>{0});
+  // A 1 GiB job would fit on either device, but may only use device 1.
+  EXPECT_EQ(ids(wait(s, req("s", 1))), std::vector<std::string>{"s"});
+  EXPECT_EQ(s.active().at("s").devices, std::vector<int>{1});
+  // A 2 GiB job fits only on the reserved device 0: it waits behind h.
+  EXPECT_TRUE(wait(s, req("t", 2)).empty());
+  EXPECT_EQ(s.device(0).leased, 8 * kGiB);
+  // Releasing a lease on the reserved device starts h at once, then t fits beside it.
+  ASSERT_TRUE(s.release("a", kSecond).ok());
+  EXPECT_EQ(ids(s.schedule(kSecond)), (std::vector<std::string>{"h", "t"}));
+  EXPECT_EQ(s.active().at("h").devices, std::vector<int>{0});
+  EXPECT_EQ(s.active().at("t").devices, std::vector<int>{0});
+}
+
+TEST(Scheduler, FifoStartsNothingWhileAnEarlierJobWaits) {
+  Scheduler s = make({10, 10}, QueuePolicy::kFifo);
+  start(s, req("a", 8));
+  start(s, req("b", 9));
+  EXPECT_TRUE(wait(s, req("h", 6)).empty());
+  EXPECT_TRUE(wait(s, req("s", 1)).empty());  // would fit, but h is first
+  auto direct = s.try_start(req("x", 1), Holder{}, 0);
+  EXPECT_EQ(direct.status().code(), ErrorCode::kResourceExhausted);
+  ASSERT_TRUE(s.release("a", kSecond).ok());
+  EXPECT_EQ(ids(s.schedule(kSecond)), (std::vector<std::string>{"h", "s"}));
+}
+
+TEST(Scheduler, AStreamOfSmallJobsNeverDelaysTheHead) {
+  Scheduler s = make({10, 10});
+  start(s, req("big0", 6));
+  start(s, req("big1", 6));  // 4 GiB left on each device
+  EXPECT_TRUE(wait(s, req("head", 8)).empty());
+  const std::vector<int> reserved = s.reserved_devices();
+  ASSERT_EQ(reserved.size(), 1u);
+  const int other = 1 - reserved[0];
+  // Many small jobs arrive and finish; they only ever land on the unreserved device.
+  for (int i = 0; i < 50; ++i) {
+    const std::string id = "small" + std::to_string(i);
+    auto grants = wait(s, req(id, 1), i * kSecond);
+    ASSERT_EQ(ids(grants), std::vector<std::string>{id});
+    EXPECT_EQ(grants[0].devices, std::vector<int>{other});
+    ASSERT_TRUE(s.release(id, i * kSecond + 1).ok());
+    EXPECT_TRUE(s.schedule(i * kSecond + 1).empty());
+  }
+  EXPECT_EQ(s.device(reserved[0]).leased, 6 * kGiB);  // nothing joined the reserved device
+  ASSERT_TRUE(s.release(reserved[0] == 0 ? "big0" : "big1", 100 * kSecond).ok());
+  EXPECT_EQ(ids(s.schedule(100 * kSecond)), std::vector<std::string>{"head"});
+}
+
+TEST(Scheduler, MultiGpuJobsAreAllOrNothing) {
+  Scheduler s = make({10, 10, 10});
+  start(s, req("a", 8, 0, 1, 1));
+  start(s, req("b", 8, 0, 1, 2));
+  // Needs 6 GiB on each of two devices: only device 0 has room, so it holds nothing.
+  EXPECT_TRUE(wait(s, req("pair", 6, 0, 2)).empty());
+  EXPECT_EQ(s.device(0).leased, 0u);
+  ASSERT_TRUE(s.release("b", kSecond).ok());
+  auto grants = s.schedule(kSecond);
+  ASSERT_EQ(ids(grants), std::vector<std::string>{"pair"});
+  EXPECT_EQ(grants[0].devices, (std::vector<int>{0, 2}));
+  EXPECT_EQ(s.device(0).leased, 6 * kGiB);
+  EXPECT_EQ(s.device(2).leased, 6 * kGiB);
+  ASSERT_TRUE(s.release("pair", 2 * kSecond).ok());
+  EXPECT_EQ(s.device(0).leased, 0u);
+  EXPECT_EQ(s.device(2).leased, 0u);
+}
+
+TEST(Scheduler, PlacementPolicies) {
+  // Admissible: 6, 2, 9 GiB. A 2 GiB job: best-fit -> 1, spread -> 2, first-fit -> 0.
+  for (auto [policy, expected] :
+       std::vector<std::pair<PlacementPolicy, int>>{{PlacementPolicy::kBestFit, 1},
+                                                    {PlacementPolicy::kSpread, 2},
+                                                    {PlacementPolicy::kFirstFit, 0}}) {
+    Scheduler s = make({10, 10, 10}, QueuePolicy::kBackfill, policy);
+    s.set_device(0, 10 * kGiB, 4 * kGiB, true);
+    s.set_device(1, 10 * kGiB, 8 * kGiB, true);
+    s.set_device(2, 10 * kGiB, 1 * kGiB, true);
+    EXPECT_EQ(start(s, req("j", 2)).devices, std::vector<int>{expected})
+        << placement_policy_name(policy);
+  }
+}
+
+TEST(Scheduler, PinnedJobsUseOnlyTheirDevice) {
+  Scheduler s = make({10, 10});
+  EXPECT_EQ(start(s, req("p", 4, 0, 1, 1)).devices, std::vector<int>{1});
+  start(s, req("fill", 6, 0, 1, 1));
+  EXPECT_TRUE(wait(s, req("q", 1, 0, 1, 1)).empty());  // device 0 is empty but not allowed
+  ASSERT_TRUE(s.release("p", 1).ok());
+  auto grants = s.schedule(1);
+  ASSERT_EQ(ids(grants), std::vector<std::string>{"q"});
+  EXPECT_EQ(grants[0].devices, std::vector<int>{1});
+}
+
+TEST(Scheduler, UnhealthyDevicesAreNeverChosenAndReturnOnRecovery) {
+  Scheduler s = make({10, 10});
+  s.set_device(0, 10 * kGiB, 0, false);
+  EXPECT_EQ(start(s, req("a", 9)).devices, std::vector<int>{1});
+  EXPECT_TRUE(wait(s, req("b", 5)).empty());  // device 0 has room but is lost
+  EXPECT_TRUE(s.schedule(1).empty());         // a spurious pass changes nothing
+  s.set_device(0, 10 * kGiB, 0, true);
+  auto grants = s.schedule(2);
+  ASSERT_EQ(ids(grants), std::vector<std::string>{"b"});
+  EXPECT_EQ(grants[0].devices, std::vector<int>{0});
+}
+
+TEST(Scheduler, RequestsThatCanNeverFitFailAtOnce) {
+  Scheduler s = make({10, 5});
+  EXPECT_EQ(s.check(req("a", 11)).code(), ErrorCode::kNeverFits);
+  EXPECT_EQ(s.check(req("b", 6, 0, 2)).code(), ErrorCode::kNeverFits);  // 2nd largest is 5
+  EXPECT_EQ(s.check(req("c", 6, 0, 1, 1)).code(), ErrorCode::kNeverFits);
+  EXPECT_TRUE(s.check(req("d", 5, 0, 2)).ok());
+  EXPECT_EQ(s.enqueue(req("e", 11), Holder{}, 0, std::nullopt).status().code(),
+            ErrorCode::kNeverFits);
+  EXPECT_EQ(s.waiting_count(), 0u);
+  // Even an unhealthy large device counts: it may recover, so waiting can help.
+  s.set_device(0, 10 * kGiB, 0, false);
+  EXPECT_TRUE(s.check(req("f", 8)).ok());
+}
+
+TEST(Scheduler, BadRequestsChangeNothing) {
+  Scheduler s = make({10, 10});
+  start(s, req("dup", 1));
+  const struct {
+    LeaseRequest request;
+    ErrorCode code;
+  } cases[] = {
+      {req("", 1), ErrorCode::kInvalidArgument},
+      {req("zero", 0), ErrorCode::kInvalidArgument},
+      {req("gpus0", 1, 0, 0), ErrorCode::kInvalidArgument},
+      {req("gpus3", 1, 0, 3), ErrorCode::kInvalidArgument},
+      {req("dev9", 1, 0, 1, 9), ErrorCode::kNotFound},
+      {req("devneg", 1, 0, 1, -2), ErrorCode::kNotFound},
+      {req("pin2", 1, 0, 2, 0), ErrorCode::kInvalidArgument},
+      {req("dup", 1), ErrorCode::kAlreadyExists},
+      {req(std::string("ctl\x01"), 1), ErrorCode::kInvalidArgument},
+      {req(std::string(300, 'x'), 1), ErrorCode::kInvalidArgument},
+  };
+  for (const auto& c : cases) {
+    EXPECT_EQ(s.enqueue(c.request, Holder{}, 0, std::nullopt).status().code(), c.code)
+        << c.request.job_id;
+    EXPECT_EQ(s.try_start(c.request, Holder{}, 0).status().code(), c.code) << c.request.job_id;
+  }
+  EXPECT_EQ(s.active_count(), 1);
+  EXPECT_EQ(s.waiting_count(), 0u);
+  EXPECT_EQ(s.device(0).leased + s.device(1).leased, 1 * kGiB);
+  EXPECT_EQ(s.release("nope", 0).status().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(s.cancel("nope").code(), ErrorCode::kNotFound);
+}
+
+TEST(Scheduler, DeadlinesExpireInOrder) {
+  Scheduler s = make({10});
+  start(s, req("hold", 10));
+  wait(s, req("late", 1), 0, 5 * kSecond);
+  wait(s, req("early", 1), 0, 2 * kSecond);
+  wait(s, req("forever", 1), 0);
+  EXPECT_EQ(s.next_deadline(), 2 * kSecond);
+  EXPECT_TRUE(s.expire(2 * kSecond - 1).empty());
+  auto dropped = s.expire(2 * kSecond);
+  ASSERT_EQ(dropped.size(), 1u);
+  EXPECT_EQ(dropped[0].job_id, "early");
+  EXPECT_EQ(dropped[0].reason.code(), ErrorCode::kTimedOut);
+  EXPECT_EQ(s.next_deadline(), 5 * kSecond);
+  dropped = s.expire(100 * kSecond);
+  ASSERT_EQ(dropped.size(), 1u);
+  EXPECT_EQ(dropped[0].job_id, "late");
+  EXPECT_FALSE(s.next_deadline().has_value());
+  EXPECT_TRUE(s.is_waiting("forever"));
+}
+
+TEST(Scheduler, CancellingTheHeadLetsTheNextJobUseItsReservation) {
+  Scheduler s = make({10, 10});
+  start(s, req("a", 8));
+  start(s, req("b", 9));
+  wait(s, req("h", 6));
+  wait(s, req("t", 2));  // fits only on h's reserved device 0
+  EXPECT_TRUE(s.is_waiting("t"));
+  ASSERT_TRUE(s.cancel("h").ok());
+  EXPECT_FALSE(s.is_waiting("h"));
+  EXPECT_EQ(ids(s.schedule(1)), std::vector<std::string>{"t"});
+  EXPECT_EQ(s.active().at("t").devices, std::vector<int>{0});
+}
+
+TEST(Scheduler, ConcurrencyLimitHoldsEvenWithMemoryFree) {
+  Scheduler s = make({100}, QueuePolicy::kBackfill, PlacementPolicy::kBestFit, 2);
+  start(s, req("a", 1));
+  start(s, req("b", 1));
+  EXPECT_EQ(s.try_start(req("c", 1), Holder{}, 0).status().code(), ErrorCode::kResourceExhausted);
+  EXPECT_TRUE(wait(s, req("c", 1)).empty());
+  ASSERT_TRUE(s.release("a", 1).ok());
+  EXPECT_EQ(ids(s.schedule(1)), std::vector<std::string>{"c"});
+  EXPECT_EQ(s.active_count(), 2);
+}
+
+TEST(Scheduler, DirectStartsRespectTheHeadsReservation) {
+  Scheduler s = make({10, 10});
+  start(s, req("a", 8));
+  start(s, req("b", 9));
+  wait(s, req("h", 6));  // reserves device 0 (2 GiB admissible)
+  EXPECT_EQ(s.try_start(req("x", 2), Holder{}, 0).status().code(), ErrorCode::kResourceExhausted);
+  EXPECT_EQ(start(s, req("y", 1)).devices, std::vector<int>{1});
+  // A job that outranks the head would be the head: it may take device 0.
+  EXPECT_EQ(start(s, req("vip", 2, 5)).devices, std::vector<int>{0});
+}
+
+TEST(Scheduler, PeakLeasedIsTracked) {
+  Scheduler s = make({10});
+  start(s, req("a", 3));
+  start(s, req("b", 4));
+  ASSERT_TRUE(s.release("a", 1).ok());
+  start(s, req("c", 1));
+  EXPECT_EQ(s.device(0).leased, 5 * kGiB);
+  EXPECT_EQ(s.device(0).peak_leased, 7 * kGiB);
+}
+
+// After every pass the queue is "settled": the head cannot start anywhere, and no other
+// waiter fits on the devices the head has not reserved (under FIFO: the head cannot start).
+// Leases never exceed capacity (outside use may grow after a grant, so leased + foreign
+// may). Checked against a brute-force reading of the state.
+void expect_settled(const Scheduler& s) {
+  for (std::size_t d = 0; d < s.device_count(); ++d) {
+    const auto& dev = s.device(static_cast<int>(d));
+    EXPECT_LE(dev.leased, dev.capacity) << "device " << d;
+  }
+  if (s.waiting_count() == 0 || s.active_count() >= s.config().max_concurrent_jobs) return;
+  auto fits = [&](const LeaseRequest& r, bool respect_reservation) {
+    int n = 0;
+    const auto& reserved = s.reserved_devices();
+    for (std::size_t d = 0; d < s.device_count(); ++d) {
+      const int di = static_cast<int>(d);
+      if (r.device >= 0 && r.device != di) continue;
+      if (respect_reservation && std::find(reserved.begin(), reserved.end(), di) != reserved.end())
+        continue;
+      const auto& dev = s.device(di);
+      if (dev.healthy && dev.admissible() >= r.bytes) ++n;
+    }
+    return n >= r.gpus;
+  };
+  const auto waiters = s.waiters();
+  EXPECT_FALSE(fits(waiters[0]->request, false)) << "head " << waiters[0]->request.job_id;
+  if (s.config().queue == QueuePolicy::kFifo) return;
+  for (std::size_t i = 1; i < waiters.size(); ++i) {
+    EXPECT_FALSE(fits(waiters[i]->request, true)) << "waiter " << waiters[i]->request.job_id;
+  }
+}
+
+TEST(Scheduler, RandomOperationsKeepTheQueueSettled) {
+  for (const QueuePolicy policy : {QueuePolicy::kBackfill, QueuePolicy::kFifo}) {
+    std::mt19937 rng(42);
+    Scheduler s = make({16, 16, 24, 8}, policy, PlacementPolicy::kBestFit, 6);
+    std::vector<std::string> active;
+    int next = 0;
+    for (int step = 0; step < 3000; ++step) {
+      const TimeNs now = step * kSecond;
+      const int op = static_cast<int>(rng() % 10);
+      if (op < 5) {
+        LeaseRequest r = req("j" + std::to_string(next++), 1 + rng() % 12,
+                             static_cast<int>(rng() % 3), 1 + static_cast<int>(rng() % 6 == 0));
+        if (rng() % 8 == 0) r.device = static_cast<int>(rng() % 4), r.gpus = 1;
+        if (!s.check(r).ok()) continue;
+        for (const auto& g : wait(s, r, now)) active.push_back(g.job_id);
+      } else if (op < 9 && !active.empty()) {
+        const std::size_t k = rng() % active.size();
+        ASSERT_TRUE(s.release(active[k], now).ok());
+        active.erase(active.begin() + static_cast<std::ptrdiff_t>(k));
+        for (const auto& g : s.schedule(now)) active.push_back(g.job_id);
+      } else {
+        const int d = static_cast<int>(rng() % 4);
+        const auto& dev = s.device(d);
+        s.set_device(d, dev.capacity, (rng() % 4) * kGiB, rng() % 5 != 0);
+        for (const auto& g : s.schedule(now)) active.push_back(g.job_id);
+      }
+      expect_settled(s);
+      ASSERT_EQ(static_cast<std::size_t>(s.active_count()), active.size());
+      if (HasFailure()) return;
+    }
+  }
+}
+
+TEST(FitIndex, FindsTheEarliestEntryAtMostALimitLikeAScan) {
+  std::mt19937 rng(7);
+  FitIndex index;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> model;  // (seq, bytes) in order
+  std::uint64_t seq = 0;
+  for (int step = 0; step < 20000; ++step) {
+    if (model.empty() || rng() % 3 != 0) {
+      const std::uint64_t bytes = 1 + rng() % 1000;
+      index.push_back(seq, bytes);
+      model.emplace_back(seq++, bytes);
+    } else {
+      const std::size_t k = rng() % model.size();
+      ASSERT_TRUE(index.erase(model[k].first));
+      model.erase(model.begin() + static_cast<std::ptrdiff_t>(k));
+    }
+    const std::uint64_t limit = rng() % 1000;
+    std::optional<std::uint64_t> expected;
+    for (const auto& [s, b] : model) {
+      if (b <= limit) {
+        expected = s;
+        break;
+      }
+    }
+    ASSERT_EQ(index.first_at_most(limit), expected) << "step " << step;
+    ASSERT_EQ(index.size(), model.size());
+  }
+  EXPECT_FALSE(index.erase(seq + 1));
+}
+
+}  // namespace
+}  // namespace gpumgr::core
