@@ -2,8 +2,8 @@
 //
 // Destroying a Lease releases it (as succeeded unless mark_failed() was called); release()
 // is idempotent. A Lease keeps the manager's core alive, so a lease that outlives its
-// Manager is still returned to the ledger when it is released. A Lease object itself is not synchronised: use one from one thread at a time (moving it to
-// another thread is fine).
+// Manager is still returned to the ledger when it is released. A Lease object itself is not
+// synchronised: use one from one thread at a time (moving it to another thread is fine).
 #pragma once
 
 #include <cstdint>

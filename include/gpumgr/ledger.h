@@ -49,8 +49,8 @@ struct LeaseRequest {
   std::string job_id;  // unique among active and waiting jobs; must not be empty
   std::uint64_t bytes = 0;
   int gpus = 1;
-  int priority = 0;  // higher first
-  int device = -1;   // pin to this device index; -1: the placement policy chooses
+  int priority = 0;     // higher first
+  int device = -1;      // pin to this device index; -1: the placement policy chooses
   std::string command;  // what the holder runs, for status displays (optional)
 };
 

@@ -17,17 +17,17 @@ namespace gpumgr {
 
 enum class ErrorCode {
   kOk = 0,
-  kInvalidArgument,    // the caller passed something malformed or out of range
-  kNotFound,           // unknown job id, device, ...
-  kAlreadyExists,      // duplicate active job id
-  kNeverFits,          // larger than every device's capacity: waiting cannot help
-  kResourceExhausted,  // does not fit right now (non-blocking acquire)
-  kTimedOut,           // a waiting acquire's deadline passed
-  kCancelled,          // a waiting acquire was cancelled
-  kUnavailable,        // a backend, driver or daemon cannot be reached
-  kPermissionDenied,   // not the holder of the lease
-  kFailedPrecondition, // the operation does not apply in the current state
-  kInternal,           // a bug
+  kInvalidArgument,     // the caller passed something malformed or out of range
+  kNotFound,            // unknown job id, device, ...
+  kAlreadyExists,       // duplicate active job id
+  kNeverFits,           // larger than every device's capacity: waiting cannot help
+  kResourceExhausted,   // does not fit right now (non-blocking acquire)
+  kTimedOut,            // a waiting acquire's deadline passed
+  kCancelled,           // a waiting acquire was cancelled
+  kUnavailable,         // a backend, driver or daemon cannot be reached
+  kPermissionDenied,    // not the holder of the lease
+  kFailedPrecondition,  // the operation does not apply in the current state
+  kInternal,            // a bug
 };
 
 // Stable lower-case name of a code ("invalid_argument"), used in JSON and the wire protocol.
@@ -64,7 +64,7 @@ inline Status Unavailable(std::string m) { return {ErrorCode::kUnavailable, std:
 template <typename T>
 class [[nodiscard]] StatusOr {
  public:
-  StatusOr(T value) : value_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  StatusOr(T value) : value_(std::move(value)) {}         // NOLINT(google-explicit-constructor)
   StatusOr(Status status) : status_(std::move(status)) {  // NOLINT(google-explicit-constructor)
     assert(!status_.ok() && "StatusOr needs a value or a non-OK status");
     if (status_.ok()) status_ = Status(ErrorCode::kInternal, "StatusOr built from an OK status");

@@ -26,8 +26,8 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global);
 
 // Exit codes shared by every command (docs/cli.md).
 inline constexpr int kExitOk = 0;
-inline constexpr int kExitError = 1;       // a runtime failure (backend, daemon, I/O)
-inline constexpr int kExitUsage = 2;       // bad command line or bad input
-inline constexpr int kExitUnavailable = 3; // no daemon / no driver where one was required
+inline constexpr int kExitError = 1;        // a runtime failure (backend, daemon, I/O)
+inline constexpr int kExitUsage = 2;        // bad command line or bad input
+inline constexpr int kExitUnavailable = 3;  // no daemon / no driver where one was required
 
 }  // namespace gpumgr::cli

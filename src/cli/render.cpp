@@ -90,15 +90,15 @@ std::string render_status(const Snapshot& s, const RenderOptions& o) {
   out << "gpumgr: " << s.source << ", " << s.backend.name << " backend";
   if (!s.backend.driver_version.empty()) out << ", driver " << s.backend.driver_version;
   if (!s.backend.cuda_driver_version.empty()) out << ", CUDA " << s.backend.cuda_driver_version;
-  out << "\nlimit " << static_cast<int>(std::lround(s.config.memory_limit * 100)) << "% of each device, at most "
-      << s.config.max_concurrent_jobs << " concurrent jobs, placement "
-      << placement_policy_name(s.config.placement) << ", queue " << queue_policy_name(s.config.queue)
-      << "\n\n";
+  out << "\nlimit " << static_cast<int>(std::lround(s.config.memory_limit * 100))
+      << "% of each device, at most " << s.config.max_concurrent_jobs
+      << " concurrent jobs, placement " << placement_policy_name(s.config.placement) << ", queue "
+      << queue_policy_name(s.config.queue) << "\n\n";
 
   // Fixed columns take 78 characters; the memory bar gets the rest (at least 10).
   const int bar = std::clamp(o.width - 80, 10, 60);
-  out << pad("GPU", 4) << pad("NAME", 24) << pad("MEMORY  # leased  % outside  . free  | capacity",
-                                                 static_cast<std::size_t>(bar + 3))
+  out << pad("GPU", 4) << pad("NAME", 24)
+      << pad("MEMORY  # leased  % outside  . free  | capacity", static_cast<std::size_t>(bar + 3))
       << pad("USED/TOTAL GiB", 15) << pad("CAP", 6, true) << pad("UTIL", 6, true)
       << pad("TEMP", 6, true) << pad("POWER", 8, true) << "  HEALTH\n";
   for (const auto& d : s.devices) {
@@ -116,8 +116,8 @@ std::string render_status(const Snapshot& s, const RenderOptions& o) {
         << (i.healthy ? "ok" : "UNHEALTHY: " + i.health_reason) << "\n";
     out << "    leased " << format_bytes(d.leased_bytes) << " in " << d.active_leases
         << " lease(s), outside " << format_bytes(d.foreign_bytes) << ", admissible "
-        << format_bytes(d.admissible_bytes) << (d.reserved_for_head ? ", reserved for the queue's head" : "")
-        << "\n";
+        << format_bytes(d.admissible_bytes)
+        << (d.reserved_for_head ? ", reserved for the queue's head" : "") << "\n";
   }
 
   auto limit_rows = [&](std::size_t n) {

@@ -68,7 +68,8 @@ Command setup_status(CLI::App& app, const GlobalOptions& global) {
             }
             RenderOptions ro;
             ro.color = ::isatty(STDOUT_FILENO) != 0;
-            if (const char* cols = std::getenv("COLUMNS"); cols != nullptr) ro.width = std::atoi(cols);
+            if (const char* cols = std::getenv("COLUMNS"); cols != nullptr)
+              ro.width = std::atoi(cols);
             std::cout << render_status(snap.value(), ro);
             return kExitOk;
           }};

@@ -30,10 +30,10 @@ class FitIndex {
   void set(std::size_t slot, std::uint64_t bytes);
   void rebuild(std::size_t capacity);
 
-  std::size_t capacity_ = 0;            // leaves in the tree (a power of two)
-  std::size_t used_ = 0;                // slots handed out so far (live or erased)
-  std::vector<std::uint64_t> tree_;     // tree_[capacity_ + slot] is a leaf
-  std::vector<std::uint64_t> seq_of_;   // by slot
+  std::size_t capacity_ = 0;           // leaves in the tree (a power of two)
+  std::size_t used_ = 0;               // slots handed out so far (live or erased)
+  std::vector<std::uint64_t> tree_;    // tree_[capacity_ + slot] is a leaf
+  std::vector<std::uint64_t> seq_of_;  // by slot
   std::unordered_map<std::uint64_t, std::size_t> slot_of_;  // live entries only
 };
 

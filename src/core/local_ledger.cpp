@@ -49,7 +49,8 @@ StatusOr<std::shared_ptr<LocalLedger>> LocalLedger::create(std::shared_ptr<Devic
   if (Status s = validate_config(config); !s.ok()) return s;
   auto devices = backend->query();
   if (!devices.ok()) return devices.status();
-  if (devices->empty()) return Unavailable("the " + backend->info().name + " backend has no devices");
+  if (devices->empty())
+    return Unavailable("the " + backend->info().name + " backend has no devices");
   if (pinned_device < -1 || pinned_device >= static_cast<int>(devices->size())) {
     return NotFound("device " + std::to_string(pinned_device) + " does not exist; devices are 0.." +
                     std::to_string(devices->size() - 1));
@@ -184,17 +185,15 @@ void LocalLedger::schedule_locked(TimeNs now, Calls& calls) {
   handle_grants_locked(scheduler_.schedule(now), now, calls);
 }
 
-void LocalLedger::handle_grants_locked(const std::vector<Grant>& grants, TimeNs now,
-                                       Calls& calls) {
+void LocalLedger::handle_grants_locked(const std::vector<Grant>& grants, TimeNs now, Calls& calls) {
   for (const Grant& g : grants) {
     stats_.active_jobs = scheduler_.active_count();
     stats_.peak_active_jobs = std::max(stats_.peak_active_jobs, stats_.active_jobs);
     observe(stats_.wait_seconds, static_cast<double>(g.granted_at - g.requested_at) / 1e9);
     auto it = pending_.find(g.job_id);
     if (it == pending_.end()) continue;
-    calls.push_back([done = std::move(it->second), info = lease_info_locked(g.job_id, now)] {
-      done(info);
-    });
+    calls.push_back(
+        [done = std::move(it->second), info = lease_info_locked(g.job_id, now)] { done(info); });
     pending_.erase(it);
   }
 }
@@ -383,15 +382,15 @@ Status LocalLedger::cancel_as(std::string_view job_id, std::uint32_t requester_u
       if (w->request.job_id == job_id && requester_uid != 0 && w->holder.uid != requester_uid) {
         return Status(ErrorCode::kPermissionDenied,
                       "job '" + std::string(job_id) + "' was queued by uid " +
-                          std::to_string(w->holder.uid) + "; uid " +
-                          std::to_string(requester_uid) + " may not cancel it");
+                          std::to_string(w->holder.uid) + "; uid " + std::to_string(requester_uid) +
+                          " may not cancel it");
       }
     }
     Status s = scheduler_.cancel(job_id);
     if (!s.ok()) return s;
     finish_dropped_locked(
-        {Dropped{std::string(job_id), Status(ErrorCode::kCancelled,
-                                             "job '" + std::string(job_id) + "' was cancelled")}},
+        {Dropped{std::string(job_id),
+                 Status(ErrorCode::kCancelled, "job '" + std::string(job_id) + "' was cancelled")}},
         calls);
     schedule_locked(now_ns(), calls);  // the head may have changed
   }
@@ -477,8 +476,7 @@ void LocalLedger::housekeeper_loop() NO_THREAD_SAFETY_ANALYSIS {
       wake = wake ? std::min(*wake, poll_at) : poll_at;
     }
     if (wake) {
-      housekeeper_cv_.wait_until(lock.native(),
-                                 SteadyTime(std::chrono::nanoseconds(*wake)));
+      housekeeper_cv_.wait_until(lock.native(), SteadyTime(std::chrono::nanoseconds(*wake)));
     } else {
       housekeeper_cv_.wait(lock.native());
     }

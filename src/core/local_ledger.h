@@ -64,8 +64,8 @@ class LocalLedger final : public Ledger {
   std::string description() const { return "in-process"; }
 
  private:
-  LocalLedger(std::shared_ptr<DeviceBackend> backend, const LedgerConfig& config,
-              int pinned_device, std::vector<DeviceInfo> devices);
+  LocalLedger(std::shared_ptr<DeviceBackend> backend, const LedgerConfig& config, int pinned_device,
+              std::vector<DeviceInfo> devices);
 
   // Applies a backend reading to the scheduler (capacity, foreign, health).
   void apply_devices_locked(std::vector<DeviceInfo> devices) REQUIRES(mutex_);

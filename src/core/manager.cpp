@@ -233,8 +233,7 @@ StatusOr<std::unique_ptr<Manager>> Manager::create(const ManagerOptions& options
     if (snap->backend.name == "cpu") device = "cpu";
     const bool gpu = device != "cpu";
     auto core = std::make_shared<detail::ManagerCore>(options, std::move(ledger).value(), device,
-                                                      gpu, "daemon at " + socket,
-                                                      selector->index);
+                                                      gpu, "daemon at " + socket, selector->index);
     return std::unique_ptr<Manager>(new Manager(std::move(core)));
   }
   auto selection = open_backend(options.device, options.simulate);
@@ -245,9 +244,8 @@ StatusOr<std::unique_ptr<Manager>> Manager::create(const ManagerOptions& options
   if (!ledger.ok()) return ledger.status();
   std::string device = cpu ? "cpu" : "cuda";
   if (selection->pinned_device >= 0) device = "cuda:" + std::to_string(selection->pinned_device);
-  auto core = std::make_shared<detail::ManagerCore>(options, std::move(ledger).value(), device,
-                                                    !cpu, selection->note,
-                                                    selection->pinned_device);
+  auto core = std::make_shared<detail::ManagerCore>(
+      options, std::move(ledger).value(), device, !cpu, selection->note, selection->pinned_device);
   return std::unique_ptr<Manager>(new Manager(std::move(core)));
 }
 
@@ -259,15 +257,16 @@ StatusOr<std::unique_ptr<Manager>> Manager::create(const ManagerOptions& options
   if (!backend) return InvalidArgument("no device backend given");
   const bool cpu = backend->info().name == "cpu";
   if (selector->kind == DeviceSelector::Kind::kCuda && cpu) {
-    return Unavailable("device '" + options.device + "' asked for a GPU but the backend is the CPU");
+    return Unavailable("device '" + options.device +
+                       "' asked for a GPU but the backend is the CPU");
   }
   auto ledger = core::LocalLedger::create(backend, ledger_config(options), selector->index);
   if (!ledger.ok()) return ledger.status();
   std::string device = cpu ? "cpu" : "cuda";
   if (selector->index >= 0) device = "cuda:" + std::to_string(selector->index);
-  auto core = std::make_shared<detail::ManagerCore>(options, std::move(ledger).value(), device,
-                                                    !cpu, backend->info().name + " backend",
-                                                    selector->index);
+  auto core =
+      std::make_shared<detail::ManagerCore>(options, std::move(ledger).value(), device, !cpu,
+                                            backend->info().name + " backend", selector->index);
   return std::unique_ptr<Manager>(new Manager(std::move(core)));
 }
 

@@ -61,19 +61,17 @@ Status Scheduler::check_shape(std::uint64_t bytes, int gpus, int device) const {
                     std::to_string(count - 1));
   }
   if (device >= 0 && gpus != 1) {
-    return InvalidArgument("a job pinned to one device cannot ask for " +
-                           std::to_string(gpus) + " GPUs");
+    return InvalidArgument("a job pinned to one device cannot ask for " + std::to_string(gpus) +
+                           " GPUs");
   }
   const std::uint64_t limit =
-      device >= 0 ? devices_[static_cast<std::size_t>(device)].capacity
-                          : capacity_rank(gpus);
+      device >= 0 ? devices_[static_cast<std::size_t>(device)].capacity : capacity_rank(gpus);
   if (bytes > limit) {
-    std::string where = device >= 0
-                            ? "device " + std::to_string(device) + "'s capacity"
-                            : (gpus == 1 ? "the largest device capacity"
-                                                 : "the capacity of the " +
-                                                       std::to_string(gpus) +
-                                                       " largest devices");
+    std::string where =
+        device >= 0
+            ? "device " + std::to_string(device) + "'s capacity"
+            : (gpus == 1 ? "the largest device capacity"
+                         : "the capacity of the " + std::to_string(gpus) + " largest devices");
     return Status(ErrorCode::kNeverFits, "request of " + format_bytes(bytes) +
                                              " per device can never fit: " + where + " is " +
                                              format_bytes(limit));
@@ -225,8 +223,7 @@ StatusOr<std::vector<Grant>> Scheduler::enqueue(const LeaseRequest& request, Hol
   if (Status s = check(request); !s.ok()) return s;
   const Key key{-request.priority, next_seq_++};
   Waiter waiter{request, holder, now, deadline, key.seq};
-  fit_[key.neg_priority][ClassKey{request.gpus, request.device}].push_back(key.seq,
-                                                                         request.bytes);
+  fit_[key.neg_priority][ClassKey{request.gpus, request.device}].push_back(key.seq, request.bytes);
   waiting_index_.emplace(request.job_id, key);
   if (deadline) deadlines_.emplace(*deadline, key);
   queue_.emplace(key, std::move(waiter));
@@ -282,10 +279,10 @@ std::vector<Dropped> Scheduler::expire(TimeNs now) {
     const Key key = deadlines_.begin()->second;
     auto it = queue_.find(key);
     const double waited_s = static_cast<double>(now - it->second.requested_at) / 1e9;
-    out.push_back({it->second.request.job_id,
-                   Status(ErrorCode::kTimedOut, "timed out after waiting " +
-                                                    std::to_string(waited_s) + " s for " +
-                                                    format_bytes(it->second.request.bytes))});
+    out.push_back(
+        {it->second.request.job_id,
+         Status(ErrorCode::kTimedOut, "timed out after waiting " + std::to_string(waited_s) +
+                                          " s for " + format_bytes(it->second.request.bytes))});
     remove_waiter(it);
   }
   return out;

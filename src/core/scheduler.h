@@ -142,7 +142,9 @@ class Scheduler {
     std::uint64_t seq = 0;
   };
 
-  const DeviceState& device(int index) const { return devices_.at(static_cast<std::size_t>(index)); }
+  const DeviceState& device(int index) const {
+    return devices_.at(static_cast<std::size_t>(index));
+  }
   const std::unordered_map<std::string, ActiveLease>& active() const { return active_; }
   int active_count() const { return static_cast<int>(active_.size()); }
   std::size_t waiting_count() const { return queue_.size(); }

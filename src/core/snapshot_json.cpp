@@ -66,7 +66,9 @@ DeviceAccount device_from_json(const json& j) {
   DeviceInfo& d = a.info;
   d.index = j.at("index").get<int>();
   const std::string kind = j.at("kind").get<std::string>();
-  d.kind = kind == "gpu" ? DeviceKind::kGpu : kind == "cpu" ? DeviceKind::kCpu : DeviceKind::kSimulated;
+  d.kind = kind == "gpu"   ? DeviceKind::kGpu
+           : kind == "cpu" ? DeviceKind::kCpu
+                           : DeviceKind::kSimulated;
   d.uuid = j.at("uuid").get<std::string>();
   d.name = j.at("name").get<std::string>();
   d.pci_bus_id = j.at("pci_bus_id").get<std::string>();
@@ -91,7 +93,8 @@ DeviceAccount device_from_json(const json& j) {
   d.health_reason = j.at("health_reason").get<std::string>();
   d.processes_known = j.at("processes_known").get<bool>();
   for (const auto& p : j.at("processes")) {
-    d.processes.push_back({p.at("pid").get<std::uint32_t>(), p.at("used_bytes").get<std::uint64_t>()});
+    d.processes.push_back(
+        {p.at("pid").get<std::uint32_t>(), p.at("used_bytes").get<std::uint64_t>()});
   }
   return a;
 }
@@ -143,26 +146,26 @@ LeaseInfo lease_from_json_unchecked(const json& j) {
 json to_json(const Histogram& h) {
   json buckets = json::array();
   for (std::size_t i = 0; i < h.counts.size(); ++i) {
-    buckets.push_back({{"le", i < h.bounds.size() ? json(h.bounds[i]) : json(nullptr)},
-                       {"count", h.counts[i]}});
+    buckets.push_back(
+        {{"le", i < h.bounds.size() ? json(h.bounds[i]) : json(nullptr)}, {"count", h.counts[i]}});
   }
-  return {{"count", h.count}, {"sum", h.sum},   {"min", h.min},
+  return {{"count", h.count}, {"sum", h.sum},     {"min", h.min},
           {"max", h.max},     {"mean", h.mean()}, {"buckets", buckets}};
 }
 
 json to_json(const LeaseInfo& l) {
   const double granted = to_unix_seconds(l.granted_at);
   const double age = std::max(0.0, to_unix_seconds(std::chrono::system_clock::now()) - granted);
-  return {{"job_id", l.job_id},     {"devices", l.devices}, {"bytes", l.bytes},
-          {"priority", l.priority}, {"pid", l.pid},         {"uid", l.uid},
+  return {{"job_id", l.job_id},     {"devices", l.devices},  {"bytes", l.bytes},
+          {"priority", l.priority}, {"pid", l.pid},          {"uid", l.uid},
           {"command", l.command},   {"granted_at", granted}, {"age_s", age},
           {"waited_s", l.waited_s}};
 }
 
 json to_json(const WaiterInfo& w) {
-  return {{"job_id", w.job_id},     {"bytes", w.bytes}, {"gpus", w.gpus},
+  return {{"job_id", w.job_id},     {"bytes", w.bytes},   {"gpus", w.gpus},
           {"priority", w.priority}, {"device", w.device}, {"position", w.position},
-          {"pid", w.pid},           {"uid", w.uid},     {"command", w.command},
+          {"pid", w.pid},           {"uid", w.uid},       {"command", w.command},
           {"waited_s", w.waited_s}};
 }
 
@@ -230,9 +233,10 @@ StatusOr<Snapshot> snapshot_from_json(const json& j) {
     auto placement = parse_placement_policy(c.at("placement").get<std::string>());
     if (!placement.ok()) return placement.status();
     s.config.placement = placement.value();
-    s.config.queue = c.at("queue").get<std::string>() == "fifo" ? QueuePolicy::kFifo
-                                                               : QueuePolicy::kBackfill;
-    s.config.poll_interval = std::chrono::milliseconds(c.at("poll_interval_ms").get<std::int64_t>());
+    s.config.queue =
+        c.at("queue").get<std::string>() == "fifo" ? QueuePolicy::kFifo : QueuePolicy::kBackfill;
+    s.config.poll_interval =
+        std::chrono::milliseconds(c.at("poll_interval_ms").get<std::int64_t>());
     for (const auto& d : j.at("devices")) s.devices.push_back(device_from_json(d));
     for (const auto& l : j.at("leases")) s.leases.push_back(lease_from_json_unchecked(l));
     for (const auto& w : j.at("queue")) s.queue.push_back(waiter_from_json(w));

@@ -82,13 +82,14 @@ StatusOr<DeviceSelection> open_backend(std::string_view selector, std::string_vi
       out.note = "auto: no usable GPU (" + why_no_gpu + "); using the CPU";
       return out;
     }
-    return Unavailable("device '" + std::string(selector) + "' asked for a GPU but none is usable: " +
-                       why_no_gpu);
+    return Unavailable("device '" + std::string(selector) +
+                       "' asked for a GPU but none is usable: " + why_no_gpu);
   }
   if (sel.index >= device_count) {
-    return NotFound("device '" + std::string(selector) + "' does not exist: there " +
-                    (device_count == 1 ? "is 1 GPU" : "are " + std::to_string(device_count) + " GPUs") +
-                    " (cuda:0.." + "cuda:" + std::to_string(device_count - 1) + ")");
+    return NotFound(
+        "device '" + std::string(selector) + "' does not exist: there " +
+        (device_count == 1 ? "is 1 GPU" : "are " + std::to_string(device_count) + " GPUs") +
+        " (cuda:0.." + "cuda:" + std::to_string(device_count - 1) + ")");
   }
   out.backend = std::move(gpus);
   out.pinned_device = sel.index;

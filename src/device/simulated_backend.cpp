@@ -14,8 +14,8 @@ StatusOr<std::vector<std::uint64_t>> parse_simulate_spec(std::string_view spec) 
   std::size_t start = 0;
   while (start <= spec.size()) {
     const std::size_t comma = spec.find(',', start);
-    const std::string_view item =
-        spec.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
+    const std::string_view item = spec.substr(
+        start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
     if (item.empty()) return InvalidArgument("bad device spec " + quoted + ": empty entry");
     std::uint64_t count = 1;
     std::string_view size_text = item;
@@ -36,10 +36,13 @@ StatusOr<std::vector<std::uint64_t>> parse_simulate_spec(std::string_view spec) 
       size_text = item.substr(x + 1);
     }
     auto size = parse_size(size_text);
-    if (!size.ok()) return InvalidArgument("bad device spec " + quoted + ": " + size.status().message());
-    if (*size == 0) return InvalidArgument("bad device spec " + quoted + ": a device cannot have 0 bytes");
+    if (!size.ok())
+      return InvalidArgument("bad device spec " + quoted + ": " + size.status().message());
+    if (*size == 0)
+      return InvalidArgument("bad device spec " + quoted + ": a device cannot have 0 bytes");
     for (std::uint64_t i = 0; i < count; ++i) sizes.push_back(*size);
-    if (sizes.size() > 1024) return InvalidArgument("bad device spec " + quoted + ": more than 1024 devices");
+    if (sizes.size() > 1024)
+      return InvalidArgument("bad device spec " + quoted + ": more than 1024 devices");
     if (comma == std::string_view::npos) break;
     start = comma + 1;
   }

@@ -27,7 +27,8 @@ constexpr std::array<Unit, 9> kUnits{{
 
 StatusOr<std::uint64_t> parse_size(std::string_view text) {
   const std::string quoted = "'" + std::string(text) + "'";
-  if (text.empty()) return InvalidArgument("empty size: expected an integer with a unit such as 24GiB");
+  if (text.empty())
+    return InvalidArgument("empty size: expected an integer with a unit such as 24GiB");
   std::size_t digits = 0;
   while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
   if (digits == 0) {
@@ -71,8 +72,8 @@ std::string format_bytes(std::uint64_t bytes) {
     std::snprintf(buf, sizeof buf, "%llu %s", static_cast<unsigned long long>(bytes / scale),
                   kNames[unit].data());
   } else {
-    std::snprintf(buf, sizeof buf, "%.1f %s", static_cast<double>(bytes) / static_cast<double>(scale),
-                  kNames[unit].data());
+    std::snprintf(buf, sizeof buf, "%.1f %s",
+                  static_cast<double>(bytes) / static_cast<double>(scale), kNames[unit].data());
   }
   return buf;
 }
