@@ -14,9 +14,14 @@ std::string_view LowerBound::binding() const {
 LowerBound makespan_lower_bound(const std::vector<TraceJob>& jobs,
                                 const std::vector<std::uint64_t>& capacities) {
   LowerBound bound;
+  // Sums and quotients in long double: the replay snaps the terms to its nanosecond grid,
+  // which needs them within a fraction of a nanosecond of the exact values.
+  using Real = long double;
+  Real release = 0;
   for (const TraceJob& job : jobs) {
-    bound.release_s = std::max(bound.release_s, job.arrival_s + job.duration_s);
+    release = std::max(release, Real{job.arrival_s} + Real{job.duration_s});
   }
+  bound.release_s = static_cast<double>(release);
   bound.value_s = bound.release_s;
   if (capacities.empty() || jobs.empty()) return bound;
 
@@ -31,14 +36,16 @@ LowerBound makespan_lower_bound(const std::vector<TraceJob>& jobs,
             [](const TraceJob* a, const TraceJob* b) { return a->arrival_s > b->arrival_s; });
 
   // (b) the area term.
-  double total_capacity = 0;
-  for (std::uint64_t c : capacities) total_capacity += static_cast<double>(c);
+  Real total_capacity = 0;
+  for (std::uint64_t c : capacities) total_capacity += static_cast<Real>(c);
   if (total_capacity > 0) {
-    double area = 0;  // byte-seconds arriving at or after t
+    Real area = 0;  // byte-seconds arriving at or after t
+    Real best = 0;
     for (const TraceJob* job : order) {
-      area += static_cast<double>(job->vram_bytes) * job->gpus * job->duration_s;
-      bound.area_s = std::max(bound.area_s, job->arrival_s + area / total_capacity);
+      area += static_cast<Real>(job->vram_bytes) * job->gpus * Real{job->duration_s};
+      best = std::max(best, Real{job->arrival_s} + area / total_capacity);
     }
+    bound.area_s = static_cast<double>(best);
   }
 
   // (c) the exclusive term, once per distinct capacity as the threshold.
@@ -48,17 +55,19 @@ LowerBound makespan_lower_bound(const std::vector<TraceJob>& jobs,
     // k jobs each larger than c/2 need more than k*c/2 bytes, so a device of capacity C holds
     // k of them only when k*c < 2C: at most floor((2C - 1) / c). For identical devices that
     // is 1 each, and slots == K.
-    double slots = 0;
+    Real slots = 0;
     for (std::uint64_t cap : capacities) {
-      if (cap > 0) slots += static_cast<double>((2 * cap - 1) / c);
+      if (cap > 0) slots += static_cast<Real>((2 * cap - 1) / c);
     }
     if (slots <= 0) continue;
-    double device_seconds = 0;  // of large jobs arriving at or after t
+    Real device_seconds = 0;  // of large jobs arriving at or after t
+    Real best = 0;
     for (const TraceJob* job : order) {
       if (2 * job->vram_bytes <= c) continue;
-      device_seconds += job->gpus * job->duration_s;
-      bound.exclusive_s = std::max(bound.exclusive_s, job->arrival_s + device_seconds / slots);
+      device_seconds += job->gpus * Real{job->duration_s};
+      best = std::max(best, Real{job->arrival_s} + device_seconds / slots);
     }
+    bound.exclusive_s = std::max(bound.exclusive_s, static_cast<double>(best));
   }
 
   bound.value_s = std::max({bound.release_s, bound.area_s, bound.exclusive_s});

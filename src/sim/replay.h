@@ -1,0 +1,64 @@
+// Replays a trace on simulated devices through core::Scheduler on a virtual clock: the
+// engine of `gpumgr simulate`. The scheduler is the very code the library's ledger runs, so
+// a replay measures the policies users get, not a model of them.
+//
+// Each job asks for its lease at its arrival (Scheduler::enqueue), holds it for its duration
+// once granted and then releases it; after every batch of releases at one instant a
+// scheduling pass runs. Nothing else runs: no foreign memory, no failures, no deadlines.
+// Arrivals at the same instant are enqueued in file order, after that instant's releases.
+//
+// Pure function over its arguments: any thread may call replay() (each call has its own
+// scheduler).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gpumgr/ledger.h"
+#include "gpumgr/status.h"
+#include "sim/lower_bound.h"
+#include "sim/trace.h"
+
+namespace gpumgr::sim {
+
+// What happened to one job, in trace (file) order.
+struct SimJob {
+  std::string job_id;
+  double arrival_s = 0;
+  double start_s = 0;  // when the lease was granted
+  double end_s = 0;    // start + duration
+  std::vector<int> devices;
+};
+
+struct SimReport {
+  std::string policy;  // "fifo", "best-fit", "spread", "first-fit" (see policy_name)
+  std::size_t jobs = 0;
+  // From time 0 (traces start at 0) to the last release; 0 for an empty trace.
+  double makespan_s = 0;
+  LowerBound lower_bound;
+  double lower_bound_s = 0;     // lower_bound.value_s
+  double makespan_over_lb = 0;  // 1 when both are 0
+  // Waits (grant - arrival) over all jobs; p50 and p99 are nearest-rank percentiles.
+  double mean_wait_s = 0;
+  double p50_wait_s = 0;
+  double p99_wait_s = 0;
+  double max_wait_s = 0;
+  // Mean fraction of the pool's total lease capacity that was leased over [0, makespan].
+  double utilization = 0;
+  std::vector<SimJob> timeline;
+};
+
+// The name a report gives a policy pair: "fifo" for the FIFO queue with best-fit placement
+// (what `--policy fifo` means), the placement's name for backfill, else "fifo/<placement>".
+std::string policy_name(PlacementPolicy placement, QueuePolicy queue);
+
+// Replays `jobs` on devices of `device_sizes` bytes each (their capacity is
+// floor(memory_limit x size), as in the library). Errors: no devices, memory_limit outside
+// (0, 1], max_concurrent_jobs < 1, times beyond 290 years, and any job the scheduler refuses
+// (e.g. kNeverFits: larger than every device's capacity), named by its job id.
+StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
+                           const std::vector<std::uint64_t>& device_sizes, double memory_limit,
+                           PlacementPolicy placement, QueuePolicy queue, int max_concurrent_jobs);
+
+}  // namespace gpumgr::sim
