@@ -98,7 +98,7 @@ std::string render_status(const Snapshot& s, const RenderOptions& o) {
   // Fixed columns take 78 characters; the memory bar gets the rest (at least 10).
   const int bar = std::clamp(o.width - 80, 10, 60);
   out << pad("GPU", 4) << pad("NAME", 24)
-      << pad("MEMORY  # leased  % outside  . free  | capacity", static_cast<std::size_t>(bar + 3))
+      << pad("MEMORY", static_cast<std::size_t>(bar + 3))
       << pad("USED/TOTAL GiB", 15) << pad("CAP", 6, true) << pad("UTIL", 6, true)
       << pad("TEMP", 6, true) << pad("POWER", 8, true) << "  HEALTH\n";
   for (const auto& d : s.devices) {
@@ -119,6 +119,8 @@ std::string render_status(const Snapshot& s, const RenderOptions& o) {
         << format_bytes(d.admissible_bytes)
         << (d.reserved_for_head ? ", reserved for the queue's head" : "") << "\n";
   }
+
+  out << "    memory bars: # leased, % outside use, . free, | the capacity line\n";
 
   auto limit_rows = [&](std::size_t n) {
     return o.max_rows < 0 ? n : std::min(n, static_cast<std::size_t>(o.max_rows));
