@@ -7,6 +7,8 @@
 #include <map>
 #include <sstream>
 
+#include "core/local_ledger.h"
+
 namespace gpumgr {
 
 std::string_view placement_policy_name(PlacementPolicy policy) {
@@ -112,6 +114,13 @@ WaitOptions WaitOptions::for_seconds(double seconds) {
                         std::chrono::duration<double>(clamped));
   }
   return wait;
+}
+
+StatusOr<std::shared_ptr<Ledger>> make_local_ledger(std::shared_ptr<DeviceBackend> backend,
+                                                    const LedgerConfig& config, int pinned_device) {
+  auto ledger = core::LocalLedger::create(std::move(backend), config, pinned_device);
+  if (!ledger.ok()) return ledger.status();
+  return std::shared_ptr<Ledger>(std::move(ledger).value());
 }
 
 }  // namespace gpumgr
