@@ -13,14 +13,8 @@ std::uint64_t capacity_bytes(std::uint64_t total_bytes, double memory_limit) {
 
 std::uint64_t foreign_bytes(const DeviceInfo& info, const std::set<std::uint32_t>& holder_pids,
                             std::uint64_t holders_known_usage) {
-  if (info.processes_known) {
-    std::uint64_t sum = 0;
-    for (const auto& p : info.processes) {
-      if (holder_pids.count(p.pid) == 0) sum += p.used_bytes;
-    }
-    return sum;
-  }
-  return info.used_bytes > holders_known_usage ? info.used_bytes - holders_known_usage : 0;
+  return foreign_bytes_if(
+      info, [&](std::uint32_t pid) { return holder_pids.count(pid) != 0; }, holders_known_usage);
 }
 
 }  // namespace gpumgr::core

@@ -18,4 +18,18 @@ std::uint64_t capacity_bytes(std::uint64_t total_bytes, double memory_limit);
 std::uint64_t foreign_bytes(const DeviceInfo& info, const std::set<std::uint32_t>& holder_pids,
                             std::uint64_t holders_known_usage);
 
+// The same, with `is_holder(pid)` answering whether a pid holds a lease on the device.
+template <typename IsHolder>
+std::uint64_t foreign_bytes_if(const DeviceInfo& info, IsHolder&& is_holder,
+                               std::uint64_t holders_known_usage) {
+  if (info.processes_known) {
+    std::uint64_t sum = 0;
+    for (const auto& p : info.processes) {
+      if (!is_holder(p.pid)) sum += p.used_bytes;
+    }
+    return sum;
+  }
+  return info.used_bytes > holders_known_usage ? info.used_bytes - holders_known_usage : 0;
+}
+
 }  // namespace gpumgr::core

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <set>
 
 #include "core/accounting.h"
 
@@ -72,6 +71,7 @@ LocalLedger::LocalLedger(std::shared_ptr<DeviceBackend> backend, const LedgerCon
     MutexLock lock(mutex_);
     stats_.hold_seconds = make_time_histogram();
     stats_.wait_seconds = make_time_histogram();
+    holders_.resize(devices.size());
     apply_devices_locked(std::move(devices));
     last_refresh_ = now_ns();
   }
@@ -117,17 +117,30 @@ void LocalLedger::apply_backend_failure_locked(const Status& failure) {
 }
 
 std::uint64_t LocalLedger::foreign_bytes_locked(int device, const DeviceInfo& info) const {
-  std::set<std::uint32_t> holders;
-  for (const auto& [job_id, lease] : scheduler_.active()) {
-    if (std::find(lease.devices.begin(), lease.devices.end(), device) != lease.devices.end()) {
-      holders.insert(lease.holder.pid);
-    }
-  }
+  const auto& holders = holders_[static_cast<std::size_t>(device)];
   std::uint64_t holders_known_usage = 0;
   if (!info.processes_known && own_usage_ && holders.count(self_.pid) != 0) {
     holders_known_usage = own_usage_(device).value_or(0);
   }
-  return foreign_bytes(info, holders, holders_known_usage);
+  return foreign_bytes_if(
+      info, [&](std::uint32_t pid) { return holders.count(pid) != 0; }, holders_known_usage);
+}
+
+void LocalLedger::refresh_foreign_locked(const std::vector<int>& devices) {
+  for (const int d : devices) {
+    const auto i = static_cast<std::size_t>(d);
+    if (i >= devices_.size()) continue;
+    const auto& st = scheduler_.device(d);
+    scheduler_.set_device(d, st.capacity, foreign_bytes_locked(d, devices_[i]), st.healthy);
+  }
+}
+
+void LocalLedger::count_holder_locked(const std::vector<int>& devices, std::uint32_t pid,
+                                      int delta) {
+  for (const int d : devices) {
+    auto& counts = holders_[static_cast<std::size_t>(d)];
+    if ((counts[pid] += delta) <= 0) counts.erase(pid);
+  }
 }
 
 Status LocalLedger::refresh() {
@@ -187,6 +200,9 @@ void LocalLedger::schedule_locked(TimeNs now, Calls& calls) {
 
 void LocalLedger::handle_grants_locked(const std::vector<Grant>& grants, TimeNs now, Calls& calls) {
   for (const Grant& g : grants) {
+    // The new holder's own memory on these devices is now covered by its lease.
+    count_holder_locked(g.devices, scheduler_.active().at(g.job_id).holder.pid, +1);
+    refresh_foreign_locked(g.devices);
     stats_.active_jobs = scheduler_.active_count();
     stats_.peak_active_jobs = std::max(stats_.peak_active_jobs, stats_.active_jobs);
     observe(stats_.wait_seconds, static_cast<double>(g.granted_at - g.requested_at) / 1e9);
@@ -337,11 +353,8 @@ Status LocalLedger::release_locked(std::string_view job_id, JobOutcome outcome,
   stats_.active_jobs = scheduler_.active_count();
   // The holder's own usage no longer shields it from the foreign count, and the freed
   // memory may let waiters start.
-  for (std::size_t i = 0; i < devices_.size(); ++i) {
-    const int d = static_cast<int>(i);
-    const auto& st = scheduler_.device(d);
-    scheduler_.set_device(d, st.capacity, foreign_bytes_locked(d, devices_[i]), st.healthy);
-  }
+  count_holder_locked(released->devices, released->holder.pid, -1);
+  refresh_foreign_locked(released->devices);
   schedule_locked(now, calls);
   return Status::Ok();
 }

@@ -71,6 +71,10 @@ class LocalLedger final : public Ledger {
   void apply_devices_locked(std::vector<DeviceInfo> devices) REQUIRES(mutex_);
   void apply_backend_failure_locked(const Status& failure) REQUIRES(mutex_);
   std::uint64_t foreign_bytes_locked(int device, const DeviceInfo& info) const REQUIRES(mutex_);
+  // Recomputes outside use on these devices after their set of lease holders changed.
+  void refresh_foreign_locked(const std::vector<int>& devices) REQUIRES(mutex_);
+  void count_holder_locked(const std::vector<int>& devices, std::uint32_t pid, int delta)
+      REQUIRES(mutex_);
   // Refreshes when the last reading is older than the poll interval.
   void refresh_if_stale();
   // Runs a scheduling pass and collects the callbacks of those granted.
@@ -98,6 +102,8 @@ class LocalLedger final : public Ledger {
   mutable Mutex mutex_;
   Scheduler scheduler_ GUARDED_BY(mutex_);
   std::vector<DeviceInfo> devices_ GUARDED_BY(mutex_);  // the last reading
+  // For each device, how many leases each holder pid has there: whose usage is not foreign.
+  std::vector<std::unordered_map<std::uint32_t, int>> holders_ GUARDED_BY(mutex_);
   TimeNs last_refresh_ GUARDED_BY(mutex_) = 0;
   std::unordered_map<std::string, Done> pending_ GUARDED_BY(mutex_);  // waiters' callbacks
   LedgerStats stats_ GUARDED_BY(mutex_);
