@@ -1,0 +1,52 @@
+"""The exceptions gpu_manager raises.
+
+Every error names the problem in its message ("request of 30 GiB can never fit: ..."). Errors
+that come from the C++ core also carry ``code``, the core's stable error name
+("resource_exhausted", "never_fits", "timed_out", "cancelled", "already_exists",
+"unavailable", ...). Bad arguments raise the built-in :class:`ValueError` (or
+:class:`TypeError` for a value of the wrong type, such as a float where MiB are an int).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GPUManagerError",
+    "GPUCapacityError",
+    "QueueTimeoutError",
+    "JobCancelledError",
+    "DuplicateJobError",
+    "DeviceUnavailableError",
+]
+
+
+class GPUManagerError(Exception):
+    """Base class of every gpu_manager error."""
+
+    #: The core's error name ("never_fits", ...), or None for errors raised in Python.
+    code: str | None = None
+
+
+class GPUCapacityError(GPUManagerError):
+    """The job does not fit: not now (``code == "resource_exhausted"``: memory or the
+    concurrency limit), or never (``code == "never_fits"``: larger than every device's
+    capacity, memory_limit x total)."""
+
+
+class QueueTimeoutError(GPUManagerError, TimeoutError):
+    """A waiting request's timeout passed before the lease was granted
+    (``code == "timed_out"``). Also a built-in :class:`TimeoutError`."""
+
+
+class JobCancelledError(GPUManagerError):
+    """A waiting request was cancelled (``GPUManager.cancel(job_id)`` or a CancelToken)."""
+
+
+class DuplicateJobError(GPUManagerError, ValueError):
+    """The job id is already held or waiting (``code == "already_exists"``). Also a
+    :class:`ValueError`, since a duplicate id is a bad argument."""
+
+
+class DeviceUnavailableError(GPUManagerError):
+    """The devices asked for cannot be reached: ``device='cuda'`` without a usable NVIDIA
+    driver, or no daemon at GPUMGR_SOCKET (``code == "unavailable"``)."""
+

@@ -1,0 +1,539 @@
+"""GPUManager: the original gpu_manager API, on the C++ core (libgpumgr).
+
+Units: every "MB" of the original API is a MiB (1024 * 1024 bytes) here; memory figures in the
+dicts that get_gpu_stats() and get_memory_info() return are bytes.
+
+Threads: every method may be called from any thread. Waiting for a lease releases the GIL.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import operator
+import os
+import threading
+import warnings
+import weakref
+from typing import Any, ContextManager, Optional
+
+from . import _core, _torch
+
+__all__ = ["GPUManager", "Lease", "get_gpu_manager", "DEFAULT_ESTIMATED_VRAM_MB"]
+
+Lease = _core.Lease
+MiB = 1024 * 1024
+#: allocate_job()'s default estimate, in MiB (the original API's 6000 "MB").
+DEFAULT_ESTIMATED_VRAM_MB = 6000
+_MAX_MIB = (2**64 - 1) // MiB
+
+
+def _check_mib(value: Any, name: str) -> int:
+    """A positive int number of MiB, or TypeError / ValueError naming the problem."""
+    if type(value) is int and 0 < value <= _MAX_MIB:  # the common case, first
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            value = operator.index(value)  # numpy integers are fine
+        except TypeError:
+            raise TypeError(
+                f"{name} must be an int number of MiB, got {value!r} ({type(value).__name__})"
+            ) from None
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive number of MiB, got {value}")
+    if value > _MAX_MIB:
+        raise ValueError(f"{name} of {value} MiB is beyond any device")
+    return value
+
+
+def _check_job_id(job_id: Any) -> str:
+    if type(job_id) is str and job_id:
+        return job_id
+    if not isinstance(job_id, str):
+        raise TypeError(f"job_id must be a str, got {job_id!r} ({type(job_id).__name__})")
+    if not job_id:
+        raise ValueError("job_id must not be empty")
+    return job_id
+
+
+def _check_timeout(timeout: Any, name: str = "timeout") -> Optional[float]:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, got {timeout!r}")
+    timeout = float(timeout)
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"{name} must be a non-negative number of seconds or None, got {timeout}")
+    return None if math.isinf(timeout) else timeout
+
+
+def _check_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    return value
+
+
+_order_left = _torch.set_device_order()
+
+
+class GPUManager:
+    """Shares this host's GPUs between jobs: VRAM leases with admission control, a fair wait
+    queue, CPU fallback and statistics (see docs/python.md).
+
+    Args:
+        device: ``'auto'`` (GPUs if an NVIDIA driver is usable, else the CPU), ``'cuda'`` (any
+            GPU), ``'cuda:N'`` (GPU N only) or ``'cpu'``.
+        max_concurrent_jobs: how many leases may be held at once (>= 1).
+        memory_limit: the share of each device's memory leases may hold, in (0, 1].
+        default_timeout: seconds managed_generation() waits when its timeout is None; None
+            (the default) waits until the lease is granted.
+        simulate: a GPUMGR_SIMULATE spec (``'2x24GiB'``) to use simulated devices; None reads
+            the GPUMGR_SIMULATE variable.
+        socket: the gpumgr daemon's socket, so that every process on the host shares one
+            budget; None reads GPUMGR_SOCKET (unset: this process only).
+        placement: ``'best-fit'`` (packs), ``'spread'`` or ``'first-fit'``.
+        queue: ``'backfill'`` (the default) or ``'fifo'``.
+
+    Raises:
+        ValueError: a bad device string, max_concurrent_jobs < 1, memory_limit outside (0, 1],
+            a bad simulate spec; ``cuda:N`` for a device that does not exist.
+        TypeError: an argument of the wrong type.
+        DeviceUnavailableError: ``'cuda'`` without a usable GPU; no daemon at the socket.
+    """
+
+    def __init__(self, device: str = "auto", max_concurrent_jobs: int = 3,
+                 memory_limit: float = 0.8, *, default_timeout: Optional[float] = None,
+                 simulate: Optional[str] = None, socket: Optional[str] = None,
+                 placement: str = "best-fit", queue: str = "backfill") -> None:
+        if not isinstance(device, str):
+            raise TypeError(f"device must be a str such as 'auto', 'cuda', 'cuda:0' or 'cpu', "
+                            f"got {device!r}")
+        _check_int(max_concurrent_jobs, "max_concurrent_jobs")
+        if isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, float)):
+            raise TypeError(f"memory_limit must be a number in (0, 1], got {memory_limit!r}")
+        memory_limit = float(memory_limit)
+        if not (0.0 < memory_limit <= 1.0):  # also NaN
+            raise ValueError(f"memory_limit must be in (0, 1], got {memory_limit}")
+        if max_concurrent_jobs < 1:
+            raise ValueError(f"max_concurrent_jobs must be at least 1, got {max_concurrent_jobs}")
+        self._default_timeout = _check_timeout(default_timeout, "default_timeout")
+        self._requested = (device, max_concurrent_jobs, memory_limit)
+        self._lock = threading.Lock()
+        self._allocated: dict[str, Lease] = {}  # guarded by _lock: allocate_job()'s leases
+        self._jobs_oom = 0  # guarded by _lock
+        self._driver_peak: dict[int, int] = {}  # guarded by _lock
+        self._torch_hooked = False
+
+        def create(selector: str) -> Any:
+            return _core.Manager(selector, max_concurrent_jobs, memory_limit,
+                                 simulate=simulate or "", socket=socket or "",
+                                 placement=placement, queue=queue)
+
+        self._core = create(device)
+        snap = self._core.snapshot()
+        self._backend = snap["backend"]["name"]
+        self._device_ids = [{"index": d["index"], "uuid": d["uuid"]} for d in snap["devices"]]
+        self._pinned = -1
+        selector_kind, selector_index = _core.parse_device_selector(device)
+        self._device = self._core.device
+        if selector_kind == "cuda" and selector_index >= 0:
+            self._pinned = selector_index
+            self._device = device
+        if self._backend == "nvml":
+            index_map = _torch.torch_index_map(self._device_ids)
+            if self._pinned >= 0 and index_map[self._pinned] != self._pinned:
+                # 'cuda:K' is torch's K-th visible device: pin gpumgr's index for it instead.
+                if self._pinned not in index_map:
+                    raise ValueError(
+                        f"device {device!r} is not visible: CUDA_VISIBLE_DEVICES="
+                        f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r} exposes "
+                        f"{sum(i >= 0 for i in index_map)} device(s)")
+                self._pinned = index_map.index(self._pinned)
+                self._core = create(f"cuda:{self._pinned}")
+            self._setup_real_gpus(index_map)
+
+        # Callbacks the core holds must not hold this object: a cycle through the extension's
+        # objects is never collected.
+        this = weakref.ref(self)
+
+        def on_error(exc: BaseException) -> None:
+            manager = this()
+            if manager is not None:
+                manager._on_error(exc)
+
+        self._core.set_error_callback(on_error)
+        self._max_concurrent_jobs = max_concurrent_jobs
+        self._memory_limit = memory_limit
+        self._hook_torch()
+
+    def _setup_real_gpus(self, index_map: list[int]) -> None:
+        """Device order and visibility for real GPUs (simulated devices have no CUDA identity)."""
+        if _order_left is not None:
+            warnings.warn(
+                f"CUDA_DEVICE_ORDER={_order_left}: torch's cuda:N may not be gpumgr's device N "
+                "(PCI bus order); set CUDA_DEVICE_ORDER=PCI_BUS_ID before torch starts",
+                RuntimeWarning, stacklevel=3)
+        self._core._set_torch_index(index_map)
+        visible = _torch.visible_devices()
+        if visible is not None and self._pinned < 0 and len(visible) < len(self._device_ids):
+            warnings.warn(
+                f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r} hides some of "
+                f"the {len(self._device_ids)} GPUs, but leases may be placed on any of them; "
+                "pin this manager with device='cuda:N'", RuntimeWarning, stacklevel=3)
+
+    # ---- attributes of the original API ----
+
+    @property
+    def device(self) -> str:
+        """What torch.device accepts for this manager: ``'cuda'``, ``'cuda:N'`` or ``'cpu'``."""
+        return self._device
+
+    @property
+    def max_concurrent_jobs(self) -> int:
+        """How many leases may be held at once (fixed at creation)."""
+        return self._max_concurrent_jobs
+
+    @property
+    def memory_limit(self) -> float:
+        """The share of each device's memory leases may hold (fixed at creation)."""
+        return self._memory_limit
+
+    @property
+    def default_timeout(self) -> Optional[float]:
+        """Seconds managed_generation() waits when its timeout is None (None: no limit)."""
+        return self._default_timeout
+
+    @property
+    def cuda_available(self) -> bool:
+        """Whether jobs run on GPUs (True for simulated GPUs; False for the CPU fallback)."""
+        return bool(self._core.uses_gpu)
+
+    @property
+    def selection_note(self) -> str:
+        """How the device was chosen ("auto: no NVIDIA driver (...); using the CPU")."""
+        return str(self._core.selection_note)
+
+    # ---- torch ----
+
+    def _hook_torch(self) -> None:
+        """Installs torch's cache cleanup once torch is imported (checked cheaply each job)."""
+        if self._torch_hooked or _torch.loaded_torch() is None:
+            return
+        # Maps gpumgr's index to torch's device string without holding self or self._core
+        # (the callback may outlive both, as leases may).
+        names = [self._core.torch_device(d["index"]) for d in self._device_ids]
+
+        def cleanup(device: int) -> None:
+            if 0 <= device < len(names):
+                _torch.empty_cache(names[device])
+
+        self._core.set_cleanup_callback(cleanup)
+        self._torch_hooked = True
+
+    # ---- jobs ----
+
+    def can_process_job(self, estimated_vram: int) -> bool:
+        """Whether a job of ``estimated_vram`` MiB could start right now: it fits on some
+        device's admissible memory and the concurrency limit allows one more job. False also
+        for a job larger than every device's capacity (allocate_job says why).
+
+        Raises:
+            TypeError: estimated_vram is not an int (floats and bools are refused).
+            ValueError: estimated_vram <= 0.
+        """
+        mib = _check_mib(estimated_vram, "estimated_vram")
+        return bool(self._core.can_admit(mib * MiB))
+
+    def allocate_job(self, job_id: str,
+                     estimated_vram: int = DEFAULT_ESTIMATED_VRAM_MB, *, gpus: int = 1,
+                     priority: int = 0) -> Lease:
+        """Takes a lease of ``estimated_vram`` MiB (per device, on ``gpus`` devices) now, or
+        raises. The manager keeps the lease until cleanup_after_job(job_id) or until it is
+        released; it is also a context manager that releases it on exit.
+
+        Raises:
+            GPUCapacityError: it does not fit now (``code='resource_exhausted'``) or never
+                can (``code='never_fits'``).
+            DuplicateJobError: job_id is already held or waiting (a ValueError).
+            TypeError / ValueError: bad arguments.
+        """
+        _check_job_id(job_id)
+        mib = _check_mib(estimated_vram, "estimated_vram")
+        _check_int(gpus, "gpus")
+        _check_int(priority, "priority")
+        self._hook_torch()
+        lease = self._core.try_acquire(job_id, mib * MiB, gpus, priority)
+        with self._lock:
+            self._allocated[job_id] = lease
+        lease._set_on_release(self._forget)
+        return lease
+
+    def _forget(self, job_id: str, exc: Optional[BaseException]) -> None:
+        """Runs once when an allocate_job() lease is released (exc: what ended its block)."""
+        oom = _torch.is_out_of_memory(exc)
+        with self._lock:
+            self._allocated.pop(job_id, None)
+            if oom:
+                self._jobs_oom += 1
+
+    def cleanup_after_job(self, job_id: Optional[str] = None) -> bool:
+        """Releases ``job_id``'s lease if it has one, then empties torch's cache (where torch
+        is loaded) after a garbage collection. With no id, only the cleanup.
+
+        Returns True when a lease was released; False for no id or an unknown one. Never
+        raises for an unknown id.
+        """
+        self._hook_torch()
+        released = False
+        if isinstance(job_id, str) and job_id:
+            with self._lock:
+                lease = self._allocated.get(job_id)
+            if lease is not None and lease.held:
+                lease.release()
+                released = True
+            else:
+                released = bool(self._core.release(job_id))
+        if self._torch_hooked:
+            gc.collect()
+        self._core.run_cleanup(-1)
+        return released
+
+    def managed_generation(self, job_id: str, required_memory_mb: int,
+                           timeout: Optional[float] = None,
+                           priority: int = 0) -> ContextManager[Lease]:
+        """A context manager that waits for a lease of ``required_memory_mb`` MiB, yields it
+        (``lease.device`` is the torch device string), and releases it on exit whatever
+        happens. A block that raises counts the job as failed; a torch CUDA out-of-memory
+        error is also counted as such (``jobs_oom``), torch's cache is emptied, and the error
+        propagates.
+
+        Args:
+            timeout: seconds to wait; None: the manager's default_timeout; 0: do not wait.
+            priority: higher is served first.
+
+        Raises (on entering the block):
+            QueueTimeoutError: the timeout passed first.
+            GPUCapacityError: the job is larger than every device's capacity.
+            DuplicateJobError, TypeError, ValueError: bad arguments.
+            JobCancelledError: cancel(job_id) was called while it waited.
+        """
+        _check_job_id(job_id)
+        mib = _check_mib(required_memory_mb, "required_memory_mb")
+        wait = self._default_timeout if timeout is None else _check_timeout(timeout)
+        _check_int(priority, "priority")
+        if not self._torch_hooked:
+            self._hook_torch()
+        return self._core.generation(job_id, mib * MiB, wait, priority)
+
+    def _on_error(self, exc: BaseException) -> None:
+        """Runs when a managed_generation() block raises, before its lease is released."""
+        if _torch.is_out_of_memory(exc):
+            with self._lock:
+                self._jobs_oom += 1
+            # The release that follows runs the cleanup hook: torch's cache is emptied.
+            self._hook_torch()
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancels a waiting request (its waiter raises JobCancelledError). False when no such
+        job waits."""
+        _check_job_id(job_id)
+        return bool(self._core.cancel(job_id))
+
+    # ---- figures ----
+
+    def _my_devices(self, snap: dict[str, Any]) -> list[dict[str, Any]]:
+        devices: list[dict[str, Any]] = snap["devices"]
+        if self._pinned >= 0:
+            return [d for d in devices if d["index"] == self._pinned]
+        return devices
+
+    @staticmethod
+    def _utilization(devices: list[dict[str, Any]]) -> Optional[float]:
+        values = [d["gpu_utilization"] for d in devices if d["gpu_utilization"] is not None]
+        if not values:
+            return None
+        return float(sum(values)) / len(values)
+
+    def get_utilization(self) -> Optional[float]:
+        """GPU utilisation in percent (0-100): the manager's device, or the mean over its
+        devices; None where no device reports it (the CPU device)."""
+        return self._utilization(self._my_devices(self._core.snapshot()))
+
+    def _process_memory(self, devices: list[dict[str, Any]]) -> tuple[int, int, int, str]:
+        """(allocated, reserved, max_allocated, source) for this process on ``devices``."""
+        if self._core.uses_gpu:
+            figures = []
+            for d in devices:
+                torch_device = self._core.torch_device(d["index"])
+                f = _torch.memory_figures(torch_device)
+                if f is not None:
+                    self._core.set_framework_memory(d["index"], *f)
+                    figures.append(f)
+            if figures:
+                return (sum(f[0] for f in figures), sum(f[1] for f in figures),
+                        sum(f[2] for f in figures), "torch")
+        pid = os.getpid()
+        known = [d for d in devices if d["processes_known"]]
+        if known:
+            total = 0
+            with self._lock:
+                for d in known:
+                    used = sum(b for p, b in d["processes"] if p == pid)
+                    peak = max(self._driver_peak.get(d["index"], 0), used)
+                    self._driver_peak[d["index"]] = peak
+                    total += used
+                peak_total = sum(self._driver_peak.get(d["index"], 0) for d in known)
+            return total, total, peak_total, "driver"
+        return 0, 0, 0, "none"
+
+    def get_memory_info(self) -> dict[str, Any]:
+        """Memory of the manager's devices (summed over them), in bytes.
+
+        ``total``, ``free``, ``used``: what the driver reports for the devices. ``leased``: held
+        by leases. ``capacity``: memory_limit x total. ``allocated``, ``reserved``,
+        ``max_allocated``: this process's figures, from torch where it is loaded and has
+        initialised CUDA (memory_allocated / memory_reserved / max_memory_allocated), else this
+        process's usage as the driver reports it (all three the same, max_allocated the peak
+        seen by these calls), else 0. ``source`` says which: "torch", "driver" or "none".
+        """
+        self._hook_torch()
+        devices = self._my_devices(self._core.snapshot())
+        allocated, reserved, peak, source = self._process_memory(devices)
+        return {
+            "total": sum(d["total_bytes"] for d in devices),
+            "free": sum(d["free_bytes"] for d in devices),
+            "used": sum(d["used_bytes"] for d in devices),
+            "allocated": allocated,
+            "reserved": reserved,
+            "max_allocated": peak,
+            "leased": sum(d["leased_bytes"] for d in devices),
+            "capacity": sum(d["capacity_bytes"] for d in devices),
+            "admissible": sum(d["admissible_bytes"] for d in devices),
+            "source": source,
+        }
+
+    def get_gpu_stats(self) -> dict[str, Any]:
+        """The manager's devices, leases and job statistics. Memory in bytes; see
+        docs/python.md for every key."""
+        snap = self._core.snapshot()
+        devices = self._my_devices(snap)
+        stats = snap["stats"]
+        names = list(dict.fromkeys(d["name"] for d in devices))
+        with self._lock:
+            oom = self._jobs_oom
+        per_device = []
+        for d in devices:
+            per_device.append({
+                "index": d["index"],
+                "device": self._core.torch_device(d["index"]),
+                "name": d["name"],
+                "kind": d["kind"],
+                "uuid": d["uuid"],
+                "pci_bus_id": d["pci_bus_id"],
+                "total_memory": d["total_bytes"],
+                "used_memory": d["used_bytes"],
+                "free_memory": d["free_bytes"],
+                "capacity": d["capacity_bytes"],
+                "leased_memory": d["leased_bytes"],
+                "foreign_memory": d["foreign_bytes"],
+                "admissible_memory": d["admissible_bytes"],
+                "peak_leased_memory": d["peak_leased_bytes"],
+                "active_leases": d["active_leases"],
+                "utilization": d["gpu_utilization"],
+                "memory_utilization": d["memory_utilization"],
+                "temperature": d["temperature_c"],
+                "power_draw_w": d["power_draw_w"],
+                "power_limit_w": d["power_limit_w"],
+                "compute_capability": d["compute_capability"],
+                "healthy": d["healthy"],
+                "health_reason": d["health_reason"],
+            })
+        return {
+            "device": self._device,
+            "device_name": ", ".join(names),
+            "backend": snap["backend"]["name"],
+            "source": snap["source"],
+            "cuda_available": self.cuda_available,
+            "total_memory": sum(d["total_bytes"] for d in devices),
+            "used_memory": sum(d["used_bytes"] for d in devices),
+            "free_memory": sum(d["free_bytes"] for d in devices),
+            "leased_memory": sum(d["leased_bytes"] for d in devices),
+            "capacity": sum(d["capacity_bytes"] for d in devices),
+            "utilization": self._utilization(devices),
+            "active_jobs": stats["active_jobs"],
+            "peak_active_jobs": stats["peak_active_jobs"],
+            "queued_jobs": len(snap["queue"]),
+            "max_concurrent_jobs": self._max_concurrent_jobs,
+            "memory_limit": self._memory_limit,
+            "jobs_processed": stats["jobs_processed"],
+            "jobs_succeeded": stats["jobs_succeeded"],
+            "jobs_failed": stats["jobs_failed"],
+            "jobs_rejected": stats["jobs_rejected"],
+            "jobs_timed_out": stats["jobs_timed_out"],
+            "jobs_cancelled": stats["jobs_cancelled"],
+            "jobs_oom": oom,
+            "devices": per_device,
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the core knows: backend, config, every device's accounting, leases,
+        the queue and statistics (histograms included), as plain dicts; memory in bytes."""
+        return dict(self._core.snapshot())
+
+    def synchronize(self, device: Optional[int] = None) -> None:
+        """Waits until all work on ``device`` (gpumgr's index; None: the manager's device, or
+        device 0) has finished: torch.cuda.synchronize where torch drives CUDA, else the CUDA
+        driver. A no-op on the CPU device and on simulated devices."""
+        if device is None:
+            device = max(self._pinned, 0)
+        _check_int(device, "device")
+        if not self._core.uses_gpu:
+            return
+        if _torch.synchronize(self._core.torch_device(device)):
+            return
+        self._core.synchronize(device)
+
+    def __repr__(self) -> str:
+        return (f"GPUManager(device={self._device!r}, max_concurrent_jobs="
+                f"{self._max_concurrent_jobs}, memory_limit={self._memory_limit})")
+
+
+_instance: Optional[GPUManager] = None
+_instance_lock = threading.Lock()
+
+
+def get_gpu_manager(device: str = "auto", max_concurrent_jobs: int = 3,
+                    memory_limit: float = 0.8, **kwargs: Any) -> GPUManager:
+    """The process-wide GPUManager: created by the first call with its arguments; every later
+    call returns the same object. A later call whose arguments differ gets a RuntimeWarning
+    naming the difference (the existing manager is kept). Thread-safe.
+
+    Extra keyword arguments (default_timeout, simulate, socket, ...) go to GPUManager.
+    """
+    global _instance
+    with _instance_lock:
+        if _instance is None:
+            _instance = GPUManager(device, max_concurrent_jobs, memory_limit, **kwargs)
+            _instance._singleton_kwargs = dict(kwargs)  # type: ignore[attr-defined]
+            return _instance
+        existing = _instance
+    in_use = dict(zip(("device", "max_concurrent_jobs", "memory_limit"), existing._requested))
+    in_use.update(getattr(existing, "_singleton_kwargs", {}))
+    asked: dict[str, Any] = {"device": device, "max_concurrent_jobs": max_concurrent_jobs,
+                             "memory_limit": memory_limit, **kwargs}
+    diffs = [f"{k}: {in_use.get(k)!r} in use, {v!r} requested" for k, v in asked.items()
+             if in_use.get(k) != v]
+    if diffs:
+        warnings.warn("get_gpu_manager: the process-wide manager already exists and is "
+                      "returned unchanged; " + "; ".join(diffs), RuntimeWarning, stacklevel=2)
+    return existing
+
+
+def _reset_gpu_manager() -> None:
+    """Forgets the process-wide manager (for tests). Leases it granted stay valid."""
+    global _instance
+    with _instance_lock:
+        _instance = None
+

@@ -1,0 +1,788 @@
+// gpu_manager._core: the pybind11 layer over gpumgr::Manager. The public Python API lives in
+// the pure-Python package (python/gpu_manager); this module only exposes the C++ core with
+// Python types: a Manager, its Leases, a CancelToken, snapshots as dicts, and errors as the
+// exception classes of gpu_manager.errors.
+//
+// Threads and the GIL. Every call that may block or do I/O (acquiring, releasing, snapshots,
+// the daemon's socket) runs with the GIL released, so Python threads waiting for a lease do not
+// block each other or the interpreter. Nothing in the C++ core waits for the GIL while it holds
+// one of its locks: the cleanup hook (which calls into Python) runs outside every lock, and the
+// framework-memory provider reads a cache that Python fills, never Python itself.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <unistd.h>
+
+#include "gpumgr/backends.h"
+#include "gpumgr/lease.h"
+#include "gpumgr/ledger.h"
+#include "gpumgr/manager.h"
+#include "gpumgr/status.h"
+#include "gpumgr/units.h"
+#include "util/thread_annotations.h"
+
+namespace py = pybind11;
+
+namespace gpumgr::python {
+namespace {
+
+// ---- the interpreter's life ----
+
+bool interpreter_finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing() != 0;
+#else
+  return _Py_IsFinalizing() != 0;
+#endif
+}
+
+// Whether this thread may take the GIL: never while the interpreter shuts down (a thread that
+// tries is terminated by CPython 3.11), nor before it starts.
+bool python_usable() { return Py_IsInitialized() != 0 && !interpreter_finalizing(); }
+
+// ---- errors ----
+
+// The exception classes of gpu_manager.errors, set once at import. Strong references that are
+// never dropped: the classes live as long as the interpreter.
+struct ErrorClasses {
+  PyObject* base = nullptr;         // GPUManagerError
+  PyObject* capacity = nullptr;     // GPUCapacityError
+  PyObject* timeout = nullptr;      // QueueTimeoutError
+  PyObject* cancelled = nullptr;    // JobCancelledError
+  PyObject* duplicate = nullptr;    // DuplicateJobError (also a ValueError)
+  PyObject* unavailable = nullptr;  // DeviceUnavailableError
+};
+ErrorClasses errors;
+
+PyObject* error_class(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::kResourceExhausted:
+    case ErrorCode::kNeverFits:
+      return errors.capacity;
+    case ErrorCode::kTimedOut:
+      return errors.timeout;
+    case ErrorCode::kCancelled:
+      return errors.cancelled;
+    case ErrorCode::kAlreadyExists:
+      return errors.duplicate;
+    case ErrorCode::kInvalidArgument:
+    case ErrorCode::kNotFound:  // callers handle an unknown job themselves; this is a device
+      return PyExc_ValueError;
+    case ErrorCode::kUnavailable:
+      return errors.unavailable;
+    default:
+      return errors.base;
+  }
+}
+
+// Raises the Python exception for a non-OK status, with `code` ("never_fits", ...) set on the
+// exception object. Requires the GIL.
+[[noreturn]] void raise_status(const Status& status) {
+  PyObject* cls = error_class(status.code());
+  py::object exc = py::reinterpret_borrow<py::object>(cls)(status.message());
+  if (cls != PyExc_ValueError) {
+    exc.attr("code") = std::string(error_code_name(status.code()));
+  }
+  PyErr_SetObject(cls, exc.ptr());
+  throw py::error_already_set();
+}
+
+void check(const Status& status) {
+  if (!status.ok()) raise_status(status);
+}
+
+template <typename T>
+T take(StatusOr<T> result) {
+  if (!result.ok()) raise_status(result.status());
+  return std::move(result).value();
+}
+
+// ---- hooks shared between a Manager and the core ----
+
+// The Python callable run after a release (torch's cache cleanup), reached from any thread.
+// `enabled` lets the hook skip the GIL entirely while no callable is set.
+struct CleanupCallback {
+  std::atomic<bool> enabled{false};
+  PyObject* callable = nullptr;  // owned; read and written only with the GIL held
+
+  ~CleanupCallback() {
+    // The last reference may go on a thread without the GIL (the core outlives the Manager
+    // while leases live); during shutdown the object is leaked rather than touched.
+    if (callable == nullptr || !python_usable()) return;
+    py::gil_scoped_acquire gil;
+    Py_CLEAR(callable);
+  }
+
+  void run(int device) {
+    if (!enabled.load(std::memory_order_acquire) || !python_usable()) return;
+    py::gil_scoped_acquire gil;
+    if (callable == nullptr) return;
+    py::object fn = py::reinterpret_borrow<py::object>(callable);
+    try {
+      fn(device);
+    } catch (py::error_already_set& e) {
+      // A failing cleanup must not turn a release into an error: report it as unraisable.
+      e.discard_as_unraisable("gpu_manager cleanup hook");
+    }
+  }
+};
+
+// This process's framework figures per device (torch's allocated / reserved / peak), filled
+// by Python where it holds the GIL and read by the core under its own locks.
+class FrameworkCache {
+ public:
+  void set(int device, FrameworkMemory memory) {
+    MutexLock lock(mutex_);
+    figures_[device] = memory;
+  }
+  void clear() {
+    MutexLock lock(mutex_);
+    figures_.clear();
+  }
+  std::optional<FrameworkMemory> get(int device) const {
+    MutexLock lock(mutex_);
+    auto it = figures_.find(device);
+    if (it == figures_.end()) return std::nullopt;
+    return it->second;
+  }
+
+ private:
+  mutable Mutex mutex_;
+  std::unordered_map<int, FrameworkMemory> figures_ GUARDED_BY(mutex_);
+};
+
+// ---- Lease ----
+
+std::string outcome_name(JobOutcome outcome) {
+  return outcome == JobOutcome::kFailed ? "failed" : "succeeded";
+}
+
+// A granted lease, for Python: the RAII gpumgr::Lease plus the device string torch accepts.
+// Used from one thread at a time, as the C++ Lease.
+class PyLease {
+ public:
+  PyLease(Lease lease, std::string device) : lease_(std::move(lease)), device_(std::move(device)) {}
+  PyLease(const PyLease&) = delete;
+  PyLease& operator=(const PyLease&) = delete;
+
+  ~PyLease() {
+    // Dropped without release(): release now, without the GIL (the cleanup hook takes it).
+    if (!lease_.held()) return;
+    if (PyGILState_Check() != 0 && python_usable()) {
+      py::gil_scoped_release nogil;
+      (void)lease_.release();
+    } else {
+      (void)lease_.release();
+    }
+  }
+
+  const Lease& lease() const { return lease_; }
+  const std::string& device() const { return device_; }
+  void mark_failed() { lease_.mark_failed(); }
+
+  // Releases (idempotent), then runs the release callback once, with `exc` (the exception
+  // that ended a `with` block, or None).
+  void release(std::optional<bool> failed, py::handle exc) {
+    if (lease_.held()) {
+      Status s;
+      {
+        py::gil_scoped_release nogil;
+        if (failed.has_value()) {
+          s = lease_.release(*failed ? JobOutcome::kFailed : JobOutcome::kSucceeded);
+        } else {
+          s = lease_.release();
+        }
+      }
+      if (!on_release_.is_none()) {
+        py::object callback = std::move(on_release_);
+        on_release_ = py::none();
+        callback(lease_.job_id(), exc);
+      }
+      check(s);
+    }
+  }
+
+  void set_on_release(py::object callback) { on_release_ = std::move(callback); }
+
+ private:
+  Lease lease_;
+  std::string device_;
+  py::object on_release_ = py::none();
+};
+
+// ---- snapshots as dicts ----
+
+template <typename T>
+py::object opt(const std::optional<T>& v) {
+  return v ? py::cast(*v) : py::none();
+}
+
+py::dict device_dict(const DeviceAccount& a) {
+  const DeviceInfo& i = a.info;
+  py::dict d;
+  d["index"] = i.index;
+  d["kind"] = std::string(device_kind_name(i.kind));
+  d["uuid"] = i.uuid;
+  d["name"] = i.name;
+  d["pci_bus_id"] = i.pci_bus_id;
+  d["total_bytes"] = i.total_bytes;
+  d["used_bytes"] = i.used_bytes;
+  d["free_bytes"] = i.free_bytes;
+  d["gpu_utilization"] = opt(i.gpu_utilization_percent);
+  d["memory_utilization"] = opt(i.memory_utilization_percent);
+  d["temperature_c"] = opt(i.temperature_c);
+  d["power_draw_w"] = opt(i.power_draw_w);
+  d["power_limit_w"] = opt(i.power_limit_w);
+  if (i.compute_capability_major && i.compute_capability_minor) {
+    d["compute_capability"] = py::make_tuple(*i.compute_capability_major,
+                                             *i.compute_capability_minor);
+  } else {
+    d["compute_capability"] = py::none();
+  }
+  d["processes_known"] = i.processes_known;
+  py::list processes;
+  for (const ProcessUsage& p : i.processes) processes.append(py::make_tuple(p.pid, p.used_bytes));
+  d["processes"] = processes;
+  d["healthy"] = i.healthy;
+  d["health_reason"] = i.health_reason;
+  d["capacity_bytes"] = a.capacity_bytes;
+  d["leased_bytes"] = a.leased_bytes;
+  d["foreign_bytes"] = a.foreign_bytes;
+  d["admissible_bytes"] = a.admissible_bytes;
+  d["peak_leased_bytes"] = a.peak_leased_bytes;
+  d["active_leases"] = a.active_leases;
+  d["reserved_for_head"] = a.reserved_for_head;
+  return d;
+}
+
+py::dict histogram_dict(const Histogram& h) {
+  py::dict d;
+  d["bounds"] = h.bounds;
+  d["counts"] = h.counts;
+  d["count"] = h.count;
+  d["sum"] = h.sum;
+  d["min"] = h.min;
+  d["max"] = h.max;
+  d["mean"] = h.mean();
+  return d;
+}
+
+double seconds_since(std::chrono::system_clock::time_point t) {
+  return std::chrono::duration<double>(t.time_since_epoch()).count();
+}
+
+py::dict lease_info_dict(const LeaseInfo& l) {
+  py::dict d;
+  d["job_id"] = l.job_id;
+  d["devices"] = l.devices;
+  d["bytes"] = l.bytes;
+  d["priority"] = l.priority;
+  d["pid"] = l.pid;
+  d["uid"] = l.uid;
+  d["command"] = l.command;
+  d["granted_at"] = seconds_since(l.granted_at);
+  d["waited_s"] = l.waited_s;
+  return d;
+}
+
+py::dict snapshot_dict(const Snapshot& s) {
+  py::dict d;
+  py::dict backend;
+  backend["name"] = s.backend.name;
+  backend["driver_version"] = s.backend.driver_version;
+  backend["cuda_driver_version"] = s.backend.cuda_driver_version;
+  backend["nvml_version"] = s.backend.nvml_version;
+  d["backend"] = backend;
+  py::dict config;
+  config["max_concurrent_jobs"] = s.config.max_concurrent_jobs;
+  config["memory_limit"] = s.config.memory_limit;
+  config["placement"] = std::string(placement_policy_name(s.config.placement));
+  config["queue"] = std::string(queue_policy_name(s.config.queue));
+  d["config"] = config;
+  py::list devices;
+  for (const DeviceAccount& a : s.devices) devices.append(device_dict(a));
+  d["devices"] = devices;
+  py::list leases;
+  for (const LeaseInfo& l : s.leases) leases.append(lease_info_dict(l));
+  d["leases"] = leases;
+  py::list queue;
+  for (const WaiterInfo& w : s.queue) {
+    py::dict q;
+    q["job_id"] = w.job_id;
+    q["bytes"] = w.bytes;
+    q["gpus"] = w.gpus;
+    q["priority"] = w.priority;
+    q["device"] = w.device;
+    q["position"] = w.position;
+    q["pid"] = w.pid;
+    q["uid"] = w.uid;
+    q["command"] = w.command;
+    q["waited_s"] = w.waited_s;
+    queue.append(q);
+  }
+  d["queue"] = queue;
+  py::dict stats;
+  stats["jobs_succeeded"] = s.stats.jobs_succeeded;
+  stats["jobs_failed"] = s.stats.jobs_failed;
+  stats["jobs_rejected"] = s.stats.jobs_rejected;
+  stats["jobs_timed_out"] = s.stats.jobs_timed_out;
+  stats["jobs_cancelled"] = s.stats.jobs_cancelled;
+  stats["jobs_processed"] = s.stats.jobs_processed();
+  stats["active_jobs"] = s.stats.active_jobs;
+  stats["peak_active_jobs"] = s.stats.peak_active_jobs;
+  stats["hold_seconds"] = histogram_dict(s.stats.hold_seconds);
+  stats["wait_seconds"] = histogram_dict(s.stats.wait_seconds);
+  d["stats"] = stats;
+  d["taken_at"] = seconds_since(s.taken_at);
+  d["source"] = s.source;
+  return d;
+}
+
+// ---- Manager ----
+
+class PyManager {
+ public:
+  explicit PyManager(const ManagerOptions& options)
+      : cleanup_(std::make_shared<CleanupCallback>()),
+        framework_(std::make_shared<FrameworkCache>()) {
+    StatusOr<std::unique_ptr<Manager>> created = Status(ErrorCode::kInternal, "not created");
+    {
+      py::gil_scoped_release nogil;  // probing NVML or connecting to the daemon takes time
+      created = Manager::create(options);
+    }
+    manager_ = take(std::move(created));
+    manager_->set_cleanup_hook([cleanup = cleanup_](int device) { cleanup->run(device); });
+  }
+
+  ~PyManager() {
+    // Destroying the core joins its housekeeper thread; waiters (if any) are woken with an
+    // error and then need the GIL, so give it up while we wait.
+    if (PyGILState_Check() != 0 && python_usable()) {
+      py::gil_scoped_release nogil;
+      manager_.reset();
+    } else {
+      manager_.reset();
+    }
+  }
+
+  Manager& manager() { return *manager_; }
+
+  std::string device_for(int device) const {
+    if (!manager_->uses_gpu()) return "cpu";
+    int torch_index = device;
+    if (device >= 0 && static_cast<std::size_t>(device) < torch_index_.size()) {
+      torch_index = torch_index_[static_cast<std::size_t>(device)];
+    }
+    if (torch_index < 0) return "cuda:" + std::to_string(device);
+    return "cuda:" + std::to_string(torch_index);
+  }
+
+  void set_torch_index(std::vector<int> map) { torch_index_ = std::move(map); }
+
+  std::unique_ptr<PyLease> wrap(Lease lease) {
+    std::string device = device_for(lease.device());
+    return std::make_unique<PyLease>(std::move(lease), std::move(device));
+  }
+
+  void set_cleanup_callback(py::object callable) {
+    PyObject* old = cleanup_->callable;
+    if (callable.is_none()) {
+      cleanup_->enabled.store(false, std::memory_order_release);
+      cleanup_->callable = nullptr;
+    } else {
+      cleanup_->callable = callable.release().ptr();
+      cleanup_->enabled.store(true, std::memory_order_release);
+    }
+    Py_XDECREF(old);
+  }
+
+  void set_framework_memory(int device, std::uint64_t allocated, std::uint64_t reserved,
+                            std::uint64_t peak) {
+    framework_->set(device, FrameworkMemory{allocated, reserved, peak});
+    if (!provider_installed_) {
+      provider_installed_ = true;
+      manager_->set_framework_memory_provider(
+          [cache = framework_](int d) { return cache->get(d); });
+    }
+  }
+
+  void clear_framework_memory() { framework_->clear(); }
+
+  // Called with the exception that ended a managed_generation block (before the release).
+  void set_error_callback(py::object callback) { on_error_ = std::move(callback); }
+  const py::object& error_callback() const { return on_error_; }
+
+ private:
+  std::unique_ptr<Manager> manager_;
+  std::shared_ptr<CleanupCallback> cleanup_;
+  std::shared_ptr<FrameworkCache> framework_;
+  bool provider_installed_ = false;  // changed with the GIL held
+  py::object on_error_ = py::none();
+  // gpumgr's device index (PCI bus order) -> torch's cuda:N; -1 where not visible to CUDA.
+  std::vector<int> torch_index_;
+};
+
+LeaseRequest make_request(std::string job_id, std::uint64_t bytes, int gpus, int priority,
+                          int device, std::string command) {
+  LeaseRequest r;
+  r.job_id = std::move(job_id);
+  r.bytes = bytes;
+  r.gpus = gpus;
+  r.priority = priority;
+  r.device = device;
+  r.command = std::move(command);
+  return r;
+}
+
+WaitOptions wait_options(std::optional<double> timeout, std::optional<CancelToken> cancel);
+
+// managed_generation()'s context manager, in C++ so that entering and leaving it costs little
+// more than the acquire and release themselves. Used from one thread at a time.
+class PyGeneration {
+ public:
+  PyGeneration(py::object manager, LeaseRequest request, std::optional<double> timeout)
+      : manager_(std::move(manager)), request_(std::move(request)), timeout_(timeout) {}
+
+  py::object enter() {
+    if (!lease_.is_none()) throw py::value_error("managed_generation() block entered twice");
+    PyManager& m = manager_.cast<PyManager&>();
+    WaitOptions wait = wait_options(timeout_, std::nullopt);
+    StatusOr<Lease> lease = Status(ErrorCode::kInternal, "");
+    {
+      py::gil_scoped_release nogil;
+      lease = m.manager().acquire(request_, wait);
+    }
+    lease_ = py::cast(m.wrap(take(std::move(lease))));
+    return lease_;
+  }
+
+  bool exit(py::handle type, py::handle value) {
+    if (lease_.is_none()) return false;
+    py::object lease = std::move(lease_);
+    lease_ = py::none();
+    PyLease& l = lease.cast<PyLease&>();
+    if (type.is_none()) {
+      l.release(std::nullopt, py::none());
+      return false;
+    }
+    l.mark_failed();
+    const py::object& on_error = manager_.cast<PyManager&>().error_callback();
+    if (!on_error.is_none()) on_error(value);
+    l.release(true, value);
+    return false;
+  }
+
+ private:
+  py::object manager_;
+  LeaseRequest request_;
+  std::optional<double> timeout_;
+  py::object lease_ = py::none();
+};
+
+WaitOptions wait_options(std::optional<double> timeout, std::optional<CancelToken> cancel) {
+  WaitOptions wait;
+  if (timeout) {
+    if (std::isnan(*timeout) || *timeout < 0) {
+      throw py::value_error("timeout must be a non-negative number of seconds or None, got " +
+                            py::repr(py::float_(*timeout)).cast<std::string>());
+    }
+    wait = WaitOptions::for_seconds(*timeout);
+  }
+  wait.cancel = std::move(cancel);
+  return wait;
+}
+
+}  // namespace
+}  // namespace gpumgr::python
+
+using namespace gpumgr;          // NOLINT(google-build-using-namespace)
+using namespace gpumgr::python;  // NOLINT(google-build-using-namespace)
+
+PYBIND11_MODULE(_core, mod) {
+  mod.doc() =
+      "The C++ core of gpu_manager (libgpumgr), for the pure-Python package. Use the names "
+      "that gpu_manager exports; this module's API may change.";
+
+  py::module_ err = py::module_::import("gpu_manager.errors");
+  auto keep = [&err](const char* name) {
+    py::object cls = err.attr(name);
+    return cls.release().ptr(); };
+  errors.base = keep("GPUManagerError");
+  errors.capacity = keep("GPUCapacityError");
+  errors.timeout = keep("QueueTimeoutError");
+  errors.cancelled = keep("JobCancelledError");
+  errors.duplicate = keep("DuplicateJobError");
+  errors.unavailable = keep("DeviceUnavailableError");
+
+  py::class_<CancelToken>(mod, "CancelToken",
+                          "Lets another thread give up a waiting acquire(). Copies share one "
+                          "state.")
+      .def(py::init<>())
+      .def("cancel", &CancelToken::cancel, "Cancels the wait (idempotent).")
+      .def_property_readonly("cancelled", &CancelToken::cancelled);
+
+  py::class_<PyLease>(mod, "Lease",
+                      "A granted VRAM lease. Release it with release() or a `with` block; a "
+                      "lease that is garbage-collected unreleased is released then.")
+      .def_property_readonly(
+          "job_id", [](const PyLease& l) { return l.lease().job_id(); }, "The job's id.")
+      .def_property_readonly(
+          "device", [](const PyLease& l) { return l.device(); },
+          "What torch.device accepts for the leased device: 'cuda:N' (torch's numbering) or "
+          "'cpu'.")
+      .def_property_readonly(
+          "device_index", [](const PyLease& l) { return l.lease().device(); },
+          "gpumgr's index of the (first) leased device, in PCI bus order as nvidia-smi; 0 "
+          "for the CPU device.")
+      .def_property_readonly(
+          "devices", [](const PyLease& l) { return l.lease().devices(); },
+          "gpumgr's indices of every leased device.")
+      .def_property_readonly(
+          "bytes", [](const PyLease& l) { return l.lease().bytes(); },
+          "Leased memory per device, in bytes.")
+      .def_property_readonly(
+          "memory_mb", [](const PyLease& l) { return l.lease().bytes() / kMiB; },
+          "Leased memory per device, in MiB.")
+      .def_property_readonly(
+          "priority", [](const PyLease& l) { return l.lease().info().priority; })
+      .def_property_readonly(
+          "waited_s", [](const PyLease& l) { return l.lease().info().waited_s; },
+          "Seconds the request waited in the queue.")
+      .def_property_readonly(
+          "held", [](const PyLease& l) { return l.lease().held(); },
+          "True until the lease is released.")
+      .def_property_readonly(
+          "outcome", [](const PyLease& l) { return outcome_name(l.lease().outcome()); },
+          "'succeeded' or 'failed': how the release counts the job.")
+      .def("mark_failed", &PyLease::mark_failed,
+           "Records that the job failed; the release counts it so.")
+      .def(
+          "release",
+          [](PyLease& l, std::optional<bool> failed) { l.release(failed, py::none()); },
+          py::arg("failed") = py::none(),
+          "Releases the lease (idempotent) and empties the framework's cache on its devices. "
+          "failed=True counts the job as failed.")
+      .def("_set_on_release", &PyLease::set_on_release)
+      .def("__enter__", [](py::object self) { return self; })
+      .def(
+          "__exit__",
+          [](PyLease& l, py::handle type, py::handle value, py::handle) {
+            if (!type.is_none()) l.mark_failed();
+            l.release(std::nullopt, value);
+            return false;
+          },
+          "Releases the lease; a block that raised counts the job as failed.")
+      .def("__repr__", [](const PyLease& l) {
+        const Lease& x = l.lease();
+        return "<gpu_manager.Lease job_id=" + py::repr(py::str(x.job_id())).cast<std::string>() +
+               " device='" + l.device() + "' memory_mb=" + std::to_string(x.bytes() / kMiB) +
+               (x.held() ? " held>" : " released>");
+      });
+
+  py::class_<PyGeneration>(mod, "Generation",
+                           "The context manager of GPUManager.managed_generation(): waits for "
+                           "the lease on entry, releases it on exit.")
+      .def("__enter__", &PyGeneration::enter)
+      .def("__exit__", [](PyGeneration& g, py::handle type, py::handle value,
+                          py::handle) { return g.exit(type, value); });
+
+  py::class_<PyManager>(mod, "Manager", "gpumgr::Manager: the ledger and its hooks.")
+      .def(py::init([](const std::string& device, int max_concurrent_jobs, double memory_limit,
+                       const std::string& simulate, const std::string& socket,
+                       bool in_process_only, double poll_interval_s, const std::string& placement,
+                       const std::string& queue) {
+             ManagerOptions o;
+             o.device = device;
+             o.max_concurrent_jobs = max_concurrent_jobs;
+             o.memory_limit = memory_limit;
+             o.simulate = simulate;
+             o.socket = socket;
+             o.in_process_only = in_process_only;
+             if (!(poll_interval_s > 0) || !std::isfinite(poll_interval_s)) {
+               throw py::value_error("poll_interval must be a positive number of seconds");
+             }
+             o.poll_interval = std::chrono::milliseconds(
+                 std::max<std::int64_t>(1, std::llround(poll_interval_s * 1000)));
+             o.placement = take(parse_placement_policy(placement));
+             if (queue == "fifo") {
+               o.queue = QueuePolicy::kFifo;
+             } else if (queue != "backfill") {
+               throw py::value_error("queue policy must be 'backfill' or 'fifo', got '" + queue +
+                                     "'");
+             }
+             return std::make_unique<PyManager>(o);
+           }),
+           py::arg("device") = "auto", py::arg("max_concurrent_jobs") = 3,
+           py::arg("memory_limit") = 0.8, py::kw_only(), py::arg("simulate") = "",
+           py::arg("socket") = "", py::arg("in_process_only") = false,
+           py::arg("poll_interval") = 0.25, py::arg("placement") = "best-fit",
+           py::arg("queue") = "backfill")
+      .def_property_readonly("device",
+                             [](PyManager& m) { return m.manager().device_string(); })
+      .def_property_readonly("uses_gpu", [](PyManager& m) { return m.manager().uses_gpu(); })
+      .def_property_readonly("selection_note",
+                             [](PyManager& m) { return m.manager().selection_note(); })
+      .def("_set_torch_index", &PyManager::set_torch_index)
+      .def("torch_device", &PyManager::device_for, py::arg("device"),
+           "The torch device string for gpumgr's device index.")
+      .def(
+          "can_admit",
+          [](PyManager& m, std::uint64_t bytes, int gpus) {
+            StatusOr<bool> r = Status(ErrorCode::kInternal, "");
+            {
+              py::gil_scoped_release nogil;
+              r = m.manager().can_admit(bytes, gpus);
+            }
+            return take(std::move(r));
+          },
+          py::arg("bytes"), py::arg("gpus") = 1)
+      .def(
+          "try_acquire",
+          [](PyManager& m, std::string job_id, std::uint64_t bytes, int gpus, int priority,
+             int device, std::string command) {
+            LeaseRequest r = make_request(std::move(job_id), bytes, gpus, priority, device,
+                                          std::move(command));
+            StatusOr<Lease> lease = Status(ErrorCode::kInternal, "");
+            {
+              py::gil_scoped_release nogil;
+              lease = m.manager().try_acquire(r);
+            }
+            return m.wrap(take(std::move(lease)));
+          },
+          py::arg("job_id"), py::arg("bytes"), py::arg("gpus") = 1, py::arg("priority") = 0,
+          py::arg("device") = -1, py::arg("command") = "")
+      .def(
+          "acquire",
+          [](PyManager& m, std::string job_id, std::uint64_t bytes, std::optional<double> timeout,
+             int gpus, int priority, int device, std::string command,
+             std::optional<CancelToken> cancel) {
+            LeaseRequest r = make_request(std::move(job_id), bytes, gpus, priority, device,
+                                          std::move(command));
+            WaitOptions wait = wait_options(timeout, std::move(cancel));
+            StatusOr<Lease> lease = Status(ErrorCode::kInternal, "");
+            {
+              py::gil_scoped_release nogil;
+              lease = m.manager().acquire(r, wait);
+            }
+            return m.wrap(take(std::move(lease)));
+          },
+          py::arg("job_id"), py::arg("bytes"), py::arg("timeout") = py::none(),
+          py::arg("gpus") = 1, py::arg("priority") = 0, py::arg("device") = -1,
+          py::arg("command") = "", py::arg("cancel") = py::none(),
+          "Waits (without the GIL) until the lease is granted; timeout in seconds, None: "
+          "no deadline, 0: do not wait.")
+      .def(
+          "release",
+          [](PyManager& m, const std::string& job_id, bool failed) {
+            Status s;
+            {
+              py::gil_scoped_release nogil;
+              s = m.manager().release(job_id, failed ? JobOutcome::kFailed
+                                                     : JobOutcome::kSucceeded);
+            }
+            if (s.code() == ErrorCode::kNotFound) return false;
+            check(s);
+            return true;
+          },
+          py::arg("job_id"), py::arg("failed") = false,
+          "Releases a job's lease by id; False when no such lease is held.")
+      .def(
+          "cancel",
+          [](PyManager& m, const std::string& job_id) {
+            Status s;
+            {
+              py::gil_scoped_release nogil;
+              s = m.manager().cancel(job_id);
+            }
+            if (s.code() == ErrorCode::kNotFound) return false;
+            check(s);
+            return true;
+          },
+          py::arg("job_id"), "Cancels a waiting request; False when no such job waits.")
+      .def("snapshot",
+           [](PyManager& m) {
+             StatusOr<Snapshot> snap = Status(ErrorCode::kInternal, "");
+             {
+               py::gil_scoped_release nogil;
+               snap = m.manager().snapshot();
+             }
+             return snapshot_dict(take(std::move(snap)));
+           })
+      .def(
+          "generation",
+          [](py::object self, std::string job_id, std::uint64_t bytes,
+             std::optional<double> timeout, int priority) {
+            if (timeout && (std::isnan(*timeout) || *timeout < 0)) {
+              throw py::value_error("timeout must be a non-negative number of seconds or None");
+            }
+            return PyGeneration(std::move(self),
+                                make_request(std::move(job_id), bytes, 1, priority, -1, ""),
+                                timeout);
+          },
+          py::arg("job_id"), py::arg("bytes"), py::arg("timeout") = py::none(),
+          py::arg("priority") = 0)
+      .def("set_error_callback", &PyManager::set_error_callback, py::arg("callback"),
+           "callback(exception) runs when a generation() block raises, before the release.")
+      .def("set_cleanup_callback", &PyManager::set_cleanup_callback, py::arg("callback"),
+           "callback(device: int) runs after every release (None: nothing runs).")
+      .def(
+          "run_cleanup",
+          [](PyManager& m, int device) {
+            py::gil_scoped_release nogil;
+            m.manager().run_cleanup(device);
+          },
+          py::arg("device") = -1)
+      .def("set_framework_memory", &PyManager::set_framework_memory, py::arg("device"),
+           py::arg("allocated"), py::arg("reserved"), py::arg("max_allocated"))
+      .def("clear_framework_memory", &PyManager::clear_framework_memory)
+      .def(
+          "framework_memory",
+          [](PyManager& m, int device) -> py::object {
+            auto mem = m.manager().framework_memory(device);
+            if (!mem) return py::none();
+            return py::make_tuple(mem->allocated_bytes, mem->reserved_bytes,
+                                  mem->peak_allocated_bytes);
+          },
+          py::arg("device"))
+      .def(
+          "synchronize",
+          [](PyManager& m, int device) {
+            Status s;
+            {
+              py::gil_scoped_release nogil;
+              s = m.manager().synchronize(device);
+            }
+            check(s);
+          },
+          py::arg("device"));
+
+  mod.def(
+      "parse_size", [](const std::string& text) { return take(parse_size(text)); },
+      py::arg("text"), "'24GiB' -> bytes; a bare integer means MiB.");
+  mod.def("format_bytes", &format_bytes, py::arg("bytes"), "bytes -> '19.2 GiB'.");
+  mod.def(
+      "parse_simulate_spec",
+      [](const std::string& spec) { return take(parse_simulate_spec(spec)); }, py::arg("spec"),
+      "A GPUMGR_SIMULATE spec -> the size of each device in bytes.");
+  mod.def(
+      "parse_device_selector",
+      [](const std::string& text) {
+        DeviceSelector s = take(parse_device_selector(text));
+        const char* kind = s.kind == DeviceSelector::Kind::kAuto   ? "auto"
+                           : s.kind == DeviceSelector::Kind::kCuda ? "cuda"
+                                                                   : "cpu";
+        return py::make_tuple(kind, s.index);
+      },
+      py::arg("text"), "'cuda:1' -> ('cuda', 1); raises ValueError for a bad selector.");
+  mod.attr("MiB") = kMiB;
+}
