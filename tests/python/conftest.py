@@ -1,0 +1,167 @@
+"""Fixtures for the gpu_manager tests.
+
+Every test runs in-process against simulated devices (GPUMGR_SIMULATE) or the CPU device,
+never a daemon (GPUMGR_SOCKET is removed) and never a real driver (GPUMGR_NVML_LIBRARY points
+nowhere unless a test loads the fake NVML from tests/fakes). The module is found through
+PYTHONPATH=<build>/python, as the ctest registration sets it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import gpu_manager
+from gpu_manager import manager as manager_module
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv("GPUMGR_SOCKET", raising=False)
+    monkeypatch.delenv("GPUMGR_SIMULATE", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("GPUMGR_NVML_LIBRARY", "/nonexistent/libnvidia-ml.so.1")
+    manager_module._reset_gpu_manager()
+    yield
+    manager_module._reset_gpu_manager()
+
+
+@pytest.fixture
+def simulate(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """simulate("2x24GiB") sets GPUMGR_SIMULATE for the test."""
+
+    def set_spec(spec: str) -> None:
+        monkeypatch.setenv("GPUMGR_SIMULATE", spec)
+
+    return set_spec
+
+
+@pytest.fixture
+def two_gpus(simulate: Callable[[str], None]) -> gpu_manager.GPUManager:
+    """The issue's reference setup: 2x24GiB, memory_limit 0.8, max_concurrent_jobs 3."""
+    simulate("2x24GiB")
+    return gpu_manager.GPUManager(max_concurrent_jobs=3, memory_limit=0.8)
+
+
+class FakeCuda:
+    """The slice of torch.cuda that gpu_manager calls, recording what it was asked."""
+
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    def __init__(self, count: int = 2) -> None:
+        self.count = count
+        self.current = 0
+        self.calls: list[tuple[str, int]] = []
+        self.allocated = {i: 0 for i in range(count)}
+        self.reserved = {i: 0 for i in range(count)}
+        self.peak = {i: 0 for i in range(count)}
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def device_count(self) -> int:
+        return self.count
+
+    @contextlib.contextmanager
+    def device(self, index: int) -> Iterator[None]:
+        previous, self.current = self.current, index
+        try:
+            yield
+        finally:
+            self.current = previous
+
+    def empty_cache(self) -> None:
+        self.calls.append(("empty_cache", self.current))
+
+    def synchronize(self, index: int) -> None:
+        self.calls.append(("synchronize", index))
+
+    def memory_allocated(self, index: int) -> int:
+        return self.allocated[index]
+
+    def memory_reserved(self, index: int) -> int:
+        return self.reserved[index]
+
+    def max_memory_allocated(self, index: int) -> int:
+        return self.peak[index]
+
+    def use(self, index: int, nbytes: int) -> None:
+        """Models a tensor of nbytes on device index (allocated, reserved, peak)."""
+        self.allocated[index] += nbytes
+        self.reserved[index] = max(self.reserved[index], self.allocated[index] + 2 * MiB)
+        self.peak[index] = max(self.peak[index], self.allocated[index])
+
+    def free(self, index: int, nbytes: int) -> None:
+        self.allocated[index] -= nbytes
+
+
+@pytest.fixture
+def fake_torch(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
+    """A fake `torch` in sys.modules with two CUDA devices; returns its torch.cuda."""
+    cuda = FakeCuda()
+    module = types.ModuleType("torch")
+    module.cuda = cuda  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch", module)
+    return cuda
+
+
+def _fake_nvml_path() -> Path | None:
+    env = os.environ.get("GPUMGR_TEST_FAKE_NVML")
+    if env:
+        return Path(env)
+    # <build>/python/gpu_manager/__init__.py -> <build>/tests/fakes/libfake_nvml.so
+    guess = Path(gpu_manager.__file__).resolve().parents[2] / "tests" / "fakes" / "libfake_nvml.so"
+    return guess if guess.exists() else None
+
+
+@pytest.fixture
+def fake_nvml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[str], Path]:
+    """fake_nvml(scenario_text) loads tests/fakes' libnvidia-ml with that scenario; returns
+    the scenario file (tests may rewrite it and call reload_fake_nvml)."""
+    path = _fake_nvml_path()
+    if path is None or not path.exists():
+        pytest.skip("the fake libnvidia-ml (tests/fakes, target fake_nvml) is not built")
+
+    def load(scenario: str) -> Path:
+        file = tmp_path / "scenario.txt"
+        file.write_text(scenario)
+        monkeypatch.setenv("GPUMGR_NVML_LIBRARY", str(path))
+        monkeypatch.setenv("GPUMGR_FAKE_NVML_SCENARIO", str(file))
+        return file
+
+    return load
+
+
+def reload_fake_nvml() -> None:
+    """Makes the loaded fake NVML re-read its scenario file."""
+    import ctypes
+
+    path = _fake_nvml_path()
+    assert path is not None
+    lib = ctypes.CDLL(str(path), mode=os.RTLD_NOLOAD | os.RTLD_NOW)
+    lib.fake_nvml_reload()
+
+
+def state(manager: gpu_manager.GPUManager) -> dict[str, Any]:
+    """What a bad call must not change: leases, queue, per-device leased memory, statistics."""
+    snap = manager.snapshot()
+    stats = {k: v for k, v in snap["stats"].items() if k not in ("hold_seconds", "wait_seconds")}
+    return {
+        "leases": sorted((l["job_id"], tuple(l["devices"]), l["bytes"]) for l in snap["leases"]),
+        "queue": [q["job_id"] for q in snap["queue"]],
+        "leased": [d["leased_bytes"] for d in snap["devices"]],
+        "stats": stats,
+    }

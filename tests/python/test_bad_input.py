@@ -1,0 +1,157 @@
+"""Bad input from Python: each gets a clear error naming the problem and changes no state."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+
+from gpu_manager import DuplicateJobError, GPUCapacityError, GPUManager, GPUManagerError
+from conftest import state
+
+BAD_VRAM = [
+    (0, ValueError, "must be a positive number of MiB, got 0"),
+    (-5, ValueError, "got -5"),
+    (math.nan, TypeError, "int number of MiB, got nan"),
+    (100.5, TypeError, r"got 100\.5 \(float\)"),
+    (1000.0, TypeError, r"\(float\)"),
+    (True, TypeError, r"got True \(bool\)"),
+    ("100", TypeError, r"got '100' \(str\)"),
+    (None, TypeError, "got None"),
+]
+
+
+@pytest.mark.parametrize("value,error,message", BAD_VRAM)
+def test_bad_vram_everywhere(two_gpus, value, error, message):
+    two_gpus.allocate_job("keeps", 1000)
+    before = state(two_gpus)
+    with pytest.raises(error, match=message):
+        two_gpus.can_process_job(value)
+    with pytest.raises(error, match=message):
+        two_gpus.allocate_job("bad", value)
+    with pytest.raises(error, match=message):
+        two_gpus.managed_generation("bad", value)
+    assert state(two_gpus) == before
+
+
+def test_vram_beyond_every_device(two_gpus):
+    before = state(two_gpus)
+    assert two_gpus.can_process_job(10**6) is False
+    with pytest.raises(GPUCapacityError, match="can never fit") as err:
+        two_gpus.allocate_job("huge", 10**6)
+    assert err.value.code == "never_fits"
+    # A waiting request that can never fit fails at once rather than waiting forever.
+    timer = threading.Timer(5, lambda: two_gpus.cancel("huge-wait"))
+    timer.start()
+    try:
+        with pytest.raises(GPUCapacityError, match="can never fit"):
+            with two_gpus.managed_generation("huge-wait", 10**6, timeout=None):
+                pass
+    finally:
+        timer.cancel()
+    with pytest.raises(ValueError, match="beyond any device"):
+        two_gpus.can_process_job(2**60)
+    after = state(two_gpus)
+    # Refusals are counted (jobs_rejected); nothing else changes.
+    assert after["stats"].pop("jobs_rejected") == before["stats"].pop("jobs_rejected") + 2
+    assert after == before
+
+
+@pytest.mark.parametrize("device,message", [
+    ("cuda:99", r"device 'cuda:99' does not exist: there are 2 GPUs"),
+    ("gpu", "unknown device 'gpu': use auto, cuda, cuda:N or cpu"),
+    ("", "empty device"),
+    ("cuda:-1", "bad device 'cuda:-1'"),
+    ("cuda:x", "bad device 'cuda:x'"),
+])
+def test_unknown_devices(two_gpus, device, message):
+    with pytest.raises(ValueError, match=message):
+        GPUManager(device=device)
+
+
+def test_device_of_the_wrong_type(two_gpus):
+    with pytest.raises(TypeError, match="device must be a str"):
+        GPUManager(device=0)
+
+
+@pytest.mark.parametrize("limit,error", [
+    (0, ValueError), (1.5, ValueError), (math.nan, ValueError), (-0.1, ValueError),
+    (math.inf, ValueError), ("0.5", TypeError), (True, TypeError),
+])
+def test_memory_limit_out_of_range(two_gpus, limit, error):
+    with pytest.raises(error, match="memory_limit"):
+        GPUManager(memory_limit=limit)
+
+
+@pytest.mark.parametrize("jobs,error", [(0, ValueError), (-2, ValueError), (2.5, TypeError),
+                                        (None, TypeError)])
+def test_max_concurrent_jobs(two_gpus, jobs, error):
+    with pytest.raises(error, match="max_concurrent_jobs"):
+        GPUManager(max_concurrent_jobs=jobs)
+
+
+@pytest.mark.parametrize("timeout,error", [(-1, ValueError), (math.nan, ValueError),
+                                           ("1", TypeError), (True, TypeError)])
+def test_bad_timeouts(two_gpus, timeout, error):
+    before = state(two_gpus)
+    with pytest.raises(error, match="timeout"):
+        two_gpus.managed_generation("t", 100, timeout=timeout)
+    with pytest.raises(error, match="default_timeout"):
+        GPUManager(default_timeout=timeout)
+    assert state(two_gpus) == before
+
+
+@pytest.mark.parametrize("job_id,error,message", [
+    ("", ValueError, "must not be empty"),
+    (None, TypeError, "job_id must be a str"),
+    (42, TypeError, "job_id must be a str"),
+    ("a\nb", ValueError, "control characters"),
+])
+def test_bad_job_ids(two_gpus, job_id, error, message):
+    before = state(two_gpus)
+    with pytest.raises(error, match=message):
+        two_gpus.allocate_job(job_id, 100)
+    with pytest.raises(error, match=message):
+        with two_gpus.managed_generation(job_id, 100):
+            pass
+    assert state(two_gpus) == before
+
+
+def test_duplicate_job_ids(two_gpus):
+    lease = two_gpus.allocate_job("dup", 1000)
+    before = state(two_gpus)
+    with pytest.raises(DuplicateJobError, match="dup") as err:
+        two_gpus.allocate_job("dup", 2000)
+    assert isinstance(err.value, ValueError) and isinstance(err.value, GPUManagerError)
+    assert err.value.code == "already_exists"
+    with pytest.raises(DuplicateJobError):
+        with two_gpus.managed_generation("dup", 500, timeout=1):
+            pass
+    assert state(two_gpus) == before
+    assert lease.held and lease.memory_mb == 1000
+    lease.release()
+
+
+def test_release_of_unknown_jobs(two_gpus):
+    before = state(two_gpus)
+    for job_id in ("unknown", "", None, 7):
+        assert two_gpus.cleanup_after_job(job_id) is False
+    assert two_gpus._core.release("unknown") is False
+    assert state(two_gpus) == before
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("banana", "bad device spec 'banana'"),
+    ("0GiB", "cannot have 0 bytes"),
+    ("2x", "empty size"),
+    ("24GiB,", "empty entry"),
+    ("-1GiB", "bad size"),
+    ("3x24Mb", "24Mb"),
+])
+def test_malformed_simulate_specs(simulate, spec, message):
+    simulate(spec)
+    with pytest.raises(ValueError, match=message):
+        GPUManager()
+    with pytest.raises(ValueError, match=message):
+        GPUManager(simulate=spec)
