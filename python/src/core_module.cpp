@@ -451,42 +451,56 @@ WaitOptions wait_options(std::optional<double> timeout, std::optional<CancelToke
 class PyGeneration {
  public:
   PyGeneration(py::object manager, LeaseRequest request, std::optional<double> timeout)
-      : manager_(std::move(manager)), request_(std::move(request)), timeout_(timeout) {}
+      : manager_(std::move(manager)),
+        core_(&manager_.cast<PyManager&>()),
+        request_(std::move(request)),
+        timeout_(timeout) {}
 
   py::object enter() {
-    if (!lease_.is_none()) throw py::value_error("managed_generation() block entered twice");
-    PyManager& m = manager_.cast<PyManager&>();
+    if (lease_ != nullptr) throw py::value_error("managed_generation() block entered twice");
     WaitOptions wait = wait_options(timeout_, std::nullopt);
     StatusOr<Lease> lease = Status(ErrorCode::kInternal, "");
     {
       py::gil_scoped_release nogil;
-      lease = m.manager().acquire(request_, wait);
+      lease = core_->manager().acquire(request_, wait);
     }
-    lease_ = py::cast(m.wrap(take(std::move(lease))));
-    return lease_;
+    std::unique_ptr<PyLease> wrapped = core_->wrap(take(std::move(lease)));
+    lease_ = wrapped.get();
+    lease_object_ = py::cast(std::move(wrapped));
+    return lease_object_;
   }
 
   bool exit(py::handle type, py::handle value) {
-    if (lease_.is_none()) return false;
-    py::object lease = std::move(lease_);
-    lease_ = py::none();
-    PyLease& l = lease.cast<PyLease&>();
+    if (lease_ == nullptr) return false;
+    PyLease* lease = lease_;
+    py::object keep = std::move(lease_object_);  // alive until this returns
+    lease_ = nullptr;
+    lease_object_ = py::object();
     if (type.is_none()) {
-      l.release(std::nullopt, py::none());
+      lease->release(std::nullopt, py::none());
       return false;
     }
-    l.mark_failed();
-    const py::object& on_error = manager_.cast<PyManager&>().error_callback();
-    if (!on_error.is_none()) on_error(value);
-    l.release(true, value);
+    lease->mark_failed();
+    py::object on_error = core_->error_callback();
+    if (!on_error.is_none()) {
+      try {
+        on_error(value);
+      } catch (py::error_already_set& e) {
+        // The block's own exception is what propagates; the lease is released regardless.
+        e.discard_as_unraisable("gpu_manager managed_generation error callback");
+      }
+    }
+    lease->release(true, value);
     return false;
   }
 
  private:
-  py::object manager_;
+  py::object manager_;  // keeps core_ alive
+  PyManager* core_;
   LeaseRequest request_;
   std::optional<double> timeout_;
-  py::object lease_ = py::none();
+  PyLease* lease_ = nullptr;  // owned by lease_object_ while entered
+  py::object lease_object_;
 };
 
 WaitOptions wait_options(std::optional<double> timeout, std::optional<CancelToken> cancel) {
