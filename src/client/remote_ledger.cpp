@@ -1,8 +1,391 @@
-// Placeholder until the daemon client lands: connecting always fails, naming the socket.
+// RemoteLedger: the Ledger interface served by the host's daemon (`gpumgr serve`) over its
+// Unix socket (docs/protocol.md). Its leases belong to its connection: when this process
+// exits or is killed, the daemon releases them.
+//
+// Every method may be called from any thread, concurrently. Calls share one connection; each
+// request carries an id and a reader thread hands every reply to the call waiting for that id,
+// so a waiting acquire never holds up other calls. When the connection drops, the calls in
+// flight fail with kUnavailable and the next call connects again (the old connection's leases
+// are gone by then: the daemon released them).
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <thread>
+#include <unordered_map>
+
+#include "core/snapshot_json.h"
+#include "daemon/protocol.h"
 #include "gpumgr/ledger.h"
+#include "util/thread_annotations.h"
 
 namespace gpumgr {
-StatusOr<std::shared_ptr<Ledger>> connect_daemon(const std::string& socket_path) {
-  return Unavailable("no daemon client in this build (socket " + socket_path + ")");
+namespace {
+using daemon::Op;
+using daemon::Reply;
+using daemon::Request;
+
+std::string start_hint(const std::string& path) {
+  if (path == daemon::default_server_socket_path() || path == daemon::kSystemSocketPath) {
+    return "start it with `gpumgr serve`";
+  }
+  return "start it with `gpumgr serve --socket " + path + "`";
 }
+
+// Sends all of `bytes`; never raises SIGPIPE.
+bool send_all(int fd, std::string_view bytes) {
+  while (!bytes.empty()) {
+    const ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    bytes.remove_prefix(static_cast<std::size_t>(n));
+  }
+  return true;
+}
+
+// Where one call waits for its reply.
+struct Slot {
+  Mutex mutex;
+  std::condition_variable cv;
+  std::optional<StatusOr<Reply>> reply GUARDED_BY(mutex);
+
+  void fulfil(StatusOr<Reply> r) {
+    MutexLock lock(mutex);
+    if (!reply) reply.emplace(std::move(r));
+    cv.notify_all();
+  }
+  StatusOr<Reply> wait() {
+    MutexLock lock(mutex);
+    cv.wait(lock.native(), [&]() NO_THREAD_SAFETY_ANALYSIS { return reply.has_value(); });
+    return std::move(*reply);
+  }
+};
+
+// One connection to the daemon, with its reader thread.
+class Connection {
+ public:
+  static StatusOr<std::shared_ptr<Connection>> open(const std::string& path) {
+    if (path.size() >= sizeof(sockaddr_un{}.sun_path)) {
+      return InvalidArgument("socket path '" + path + "' is too long for a Unix socket");
+    }
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return Unavailable(std::string("cannot create a socket: ") + std::strerror(errno));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+      const int err = errno;
+      ::close(fd);
+      if (err == ENOENT || err == ECONNREFUSED) {
+        return Unavailable("no daemon at " + path + ": " + start_hint(path));
+      }
+      if (err == EACCES || err == EPERM) {
+        return Unavailable("cannot connect to the daemon at " + path +
+                           ": permission denied; its socket admits the members of its group "
+                           "(see docs/daemon.md, --socket-group)");
+      }
+      return Unavailable("cannot connect to the daemon at " + path + ": " + std::strerror(err));
+    }
+    auto conn = std::shared_ptr<Connection>(new Connection(fd, path));
+    if (Status s = conn->handshake(); !s.ok()) return s;
+    conn->reader_ = std::thread([c = conn.get()] { c->read_loop(); });
+    return conn;
+  }
+
+  ~Connection() {
+    ::shutdown(fd_, SHUT_RDWR);
+    if (reader_.joinable()) reader_.join();
+    ::close(fd_);
+  }
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  bool dead() const {
+    MutexLock lock(mutex_);
+    return dead_;
+  }
+
+  // Sends a request and registers `slot` (may be null: nobody waits for the reply).
+  Status send(Request& request, const std::shared_ptr<Slot>& slot) {
+    {
+      MutexLock lock(mutex_);
+      if (dead_) return lost_;
+      request.id = next_id_++;
+      if (slot) pending_.emplace(request.id, slot);
+    }
+    const std::string line = daemon::encode_request(request);
+    bool ok = false;
+    {
+      MutexLock lock(write_mutex_);
+      ok = send_all(fd_, line);
+    }
+    if (!ok) {
+      // The reader sees the same failure and fails every pending call, this one included.
+      ::shutdown(fd_, SHUT_RDWR);
+    }
+    return Status::Ok();
+  }
+
+  StatusOr<Reply> call(Request request) {
+    auto slot = std::make_shared<Slot>();
+    if (Status s = send(request, slot); !s.ok()) return s;
+    return slot->wait();
+  }
+
+ private:
+  Connection(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+
+  // Reads exactly one line, blocking (the handshake, before the reader starts).
+  StatusOr<std::string> read_line_blocking() {
+    char buf[4096];
+    while (true) {
+      auto line = splitter_.next();
+      if (!line.ok()) return line.status();
+      if (line->has_value()) return std::move(**line);
+      const ssize_t n = ::recv(fd_, buf, sizeof(buf), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        return Unavailable("the daemon at " + path_ + " closed the connection during hello");
+      }
+      splitter_.append(std::string_view(buf, static_cast<std::size_t>(n)));
+    }
+  }
+
+  Status handshake() {
+    timeval tv{10, 0};  // a daemon that accepts but never answers must not hang us
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    Request hello;
+    hello.op = Op::kHello;
+    hello.version = daemon::kProtocolVersion;
+    hello.client = "libgpumgr pid " + std::to_string(::getpid());
+    hello.id = next_id_unlocked();
+    if (!send_all(fd_, daemon::encode_request(hello))) {
+      return Unavailable("cannot talk to the daemon at " + path_ + ": " + std::strerror(errno));
+    }
+    auto line = read_line_blocking();
+    if (!line.ok()) return Unavailable(line.status().message());
+    auto reply = daemon::decode_reply(*line);
+    if (!reply.ok()) {
+      return Unavailable("the daemon at " + path_ +
+                         " answered hello with garbage: " + reply.status().message());
+    }
+    if (!reply->status.ok()) {
+      return Status(reply->status.code(),
+                    "the daemon at " + path_ + " refused hello: " + reply->status.message());
+    }
+    tv = timeval{0, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    return Status::Ok();
+  }
+
+  std::uint64_t next_id_unlocked() NO_THREAD_SAFETY_ANALYSIS { return next_id_++; }
+
+  void read_loop() {
+    char buf[16 * 1024];
+    Status why = Unavailable("lost the connection to the daemon at " + path_ +
+                             " (the daemon released this connection's leases)");
+    while (true) {
+      bool bad = false;
+      while (true) {
+        auto line = splitter_.next();
+        if (!line.ok()) {
+          why =
+              Unavailable("bad reply from the daemon at " + path_ + ": " + line.status().message());
+          bad = true;
+          break;
+        }
+        if (!line->has_value()) break;
+        auto reply = daemon::decode_reply(**line);
+        if (!reply.ok()) {
+          why = Unavailable("bad reply from the daemon at " + path_ + ": " +
+                            reply.status().message());
+          bad = true;
+          break;
+        }
+        deliver(std::move(reply).value());
+      }
+      if (bad) break;
+      const ssize_t n = ::recv(fd_, buf, sizeof(buf), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      splitter_.append(std::string_view(buf, static_cast<std::size_t>(n)));
+    }
+    ::shutdown(fd_, SHUT_RDWR);
+    std::unordered_map<std::uint64_t, std::shared_ptr<Slot>> orphans;
+    {
+      MutexLock lock(mutex_);
+      dead_ = true;
+      lost_ = why;
+      orphans.swap(pending_);
+    }
+    for (auto& [id, slot] : orphans) slot->fulfil(why);
+  }
+
+  void deliver(Reply reply) {
+    if (!reply.id) return;  // an error about a request we could not have sent; nobody waits
+    std::shared_ptr<Slot> slot;
+    {
+      MutexLock lock(mutex_);
+      const auto it = pending_.find(*reply.id);
+      if (it == pending_.end()) return;  // a fire-and-forget cancel
+      slot = std::move(it->second);
+      pending_.erase(it);
+    }
+    slot->fulfil(std::move(reply));
+  }
+
+  const int fd_;
+  const std::string path_;
+  std::thread reader_;
+  daemon::LineSplitter splitter_{daemon::kMaxReplyBytes};  // the reader's alone
+  Mutex write_mutex_;                                      // one request's bytes at a time
+  mutable Mutex mutex_;
+  std::uint64_t next_id_ GUARDED_BY(mutex_) = 1;
+  std::unordered_map<std::uint64_t, std::shared_ptr<Slot>> pending_ GUARDED_BY(mutex_);
+  bool dead_ GUARDED_BY(mutex_) = false;
+  Status lost_ GUARDED_BY(mutex_);
+};
+
+class RemoteLedger final : public Ledger {
+ public:
+  RemoteLedger(std::string path, std::shared_ptr<Connection> conn)
+      : path_(std::move(path)), conn_(std::move(conn)) {}
+
+  StatusOr<LeaseInfo> try_acquire(const LeaseRequest& request) override {
+    Request r;
+    r.op = Op::kTryAcquire;
+    r.lease = request;
+    return lease_reply(call(std::move(r)));
+  }
+
+  StatusOr<LeaseInfo> acquire(const LeaseRequest& request, const WaitOptions& wait) override {
+    if (wait.cancel && wait.cancel->cancelled()) {
+      return Status(ErrorCode::kCancelled, "cancelled before it was queued");
+    }
+    auto conn = connection();
+    if (!conn.ok()) return conn.status();
+    Request r;
+    r.op = Op::kAcquire;
+    r.lease = request;
+    r.wait = true;
+    if (wait.deadline) {
+      const auto left = *wait.deadline - std::chrono::steady_clock::now();
+      r.timeout_s = std::max(0.0, std::chrono::duration<double>(left).count());
+    }
+    auto slot = std::make_shared<Slot>();
+    if (Status s = (*conn)->send(r, slot); !s.ok()) return s;
+    std::optional<std::uint64_t> subscription;
+    if (wait.cancel) {
+      CancelToken token = *wait.cancel;
+      // The daemon answers the waiting acquire with kCancelled; the cancel's own reply is
+      // not awaited (nobody registers for it).
+      std::weak_ptr<Connection> weak = *conn;
+      subscription = token.subscribe([weak, job = request.job_id] {
+        if (auto c = weak.lock()) {
+          Request cancel;
+          cancel.op = Op::kCancel;
+          cancel.job_id = job;
+          (void)c->send(cancel, nullptr);
+        }
+      });
+    }
+    auto reply = slot->wait();
+    if (subscription) {
+      CancelToken token = *wait.cancel;
+      token.unsubscribe(*subscription);
+    }
+    return lease_reply(std::move(reply));
+  }
+
+  Status release(std::string_view job_id, JobOutcome outcome) override {
+    Request r;
+    r.op = Op::kRelease;
+    r.job_id = std::string(job_id);
+    r.outcome = outcome;
+    auto reply = call(std::move(r));
+    return reply.ok() ? reply->status : reply.status();
+  }
+
+  Status cancel(std::string_view job_id) override {
+    Request r;
+    r.op = Op::kCancel;
+    r.job_id = std::string(job_id);
+    auto reply = call(std::move(r));
+    return reply.ok() ? reply->status : reply.status();
+  }
+
+  StatusOr<bool> can_admit(std::uint64_t bytes, int gpus, int device) override {
+    Request r;
+    r.op = Op::kCanAdmit;
+    r.lease.bytes = bytes;
+    r.lease.gpus = gpus;
+    r.lease.device = device;
+    auto reply = call(std::move(r));
+    if (!reply.ok()) return reply.status();
+    if (!reply->status.ok()) return reply->status;
+    const auto it = reply->body.find("admit");
+    if (it == reply->body.end() || !it->is_boolean()) {
+      return Status(ErrorCode::kInternal, "can_admit reply without a boolean 'admit'");
+    }
+    return it->get<bool>();
+  }
+
+  StatusOr<Snapshot> snapshot() override {
+    Request r;
+    r.op = Op::kStatus;
+    auto reply = call(std::move(r));
+    if (!reply.ok()) return reply.status();
+    if (!reply->status.ok()) return reply->status;
+    const auto it = reply->body.find("snapshot");
+    if (it == reply->body.end())
+      return Status(ErrorCode::kInternal, "status reply without a snapshot");
+    return snapshot_from_json(*it);
+  }
+
+ private:
+  // The live connection, connecting again when the last one dropped.
+  StatusOr<std::shared_ptr<Connection>> connection() {
+    MutexLock lock(mutex_);
+    if (conn_ && !conn_->dead()) return conn_;
+    auto fresh = Connection::open(path_);
+    if (!fresh.ok()) return fresh.status();
+    conn_ = fresh.value();
+    return conn_;
+  }
+
+  StatusOr<Reply> call(Request r) {
+    auto conn = connection();
+    if (!conn.ok()) return conn.status();
+    return (*conn)->call(std::move(r));
+  }
+
+  static StatusOr<LeaseInfo> lease_reply(StatusOr<Reply> reply) {
+    if (!reply.ok()) return reply.status();
+    if (!reply->status.ok()) return reply->status;
+    const auto it = reply->body.find("lease");
+    if (it == reply->body.end())
+      return Status(ErrorCode::kInternal, "acquire reply without a lease");
+    return lease_from_json(*it);
+  }
+
+  const std::string path_;
+  Mutex mutex_;
+  std::shared_ptr<Connection> conn_ GUARDED_BY(mutex_);
+};
+
+}  // namespace
+
+StatusOr<std::shared_ptr<Ledger>> connect_daemon(const std::string& socket_path) {
+  if (socket_path.empty()) return InvalidArgument("no daemon socket path given");
+  auto conn = Connection::open(socket_path);
+  if (!conn.ok()) return conn.status();
+  return std::shared_ptr<Ledger>(
+      std::make_shared<RemoteLedger>(socket_path, std::move(conn).value()));
+}
+
 }  // namespace gpumgr

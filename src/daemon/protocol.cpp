@@ -1,0 +1,376 @@
+#include "daemon/protocol.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+
+namespace gpumgr::daemon {
+namespace {
+using nlohmann::json;
+
+constexpr std::pair<Op, std::string_view> kOps[] = {
+    {Op::kHello, "hello"},        {Op::kAcquire, "acquire"}, {Op::kTryAcquire, "try_acquire"},
+    {Op::kRelease, "release"},    {Op::kCancel, "cancel"},   {Op::kStatus, "status"},
+    {Op::kCanAdmit, "can_admit"}, {Op::kPing, "ping"},
+};
+
+// Never throws: invalid UTF-8 (which the parser already refuses) is replaced, not fatal.
+std::string dump_line(const json& j) {
+  std::string out = j.dump(-1, ' ', false, json::error_handler_t::replace);
+  out.push_back('\n');
+  return out;
+}
+
+std::string type_of(const json& j) { return j.type_name(); }
+
+// Field readers: each returns the value, its default when absent (and optional), or an
+// error naming the field and what was wrong with it.
+StatusOr<std::string> get_string(const json& obj, const char* key, bool required,
+                                 std::size_t max_len, std::string fallback = {}) {
+  const auto it = obj.find(key);
+  if (it == obj.end() || (!required && it->is_null())) {
+    if (required) return InvalidArgument(std::string("missing field '") + key + "'");
+    return fallback;
+  }
+  if (!it->is_string()) {
+    return InvalidArgument(std::string("field '") + key + "' must be a string, got " +
+                           type_of(*it));
+  }
+  const auto& s = it->get_ref<const std::string&>();
+  if (s.size() > max_len) {
+    return InvalidArgument(std::string("field '") + key + "' is " + std::to_string(s.size()) +
+                           " bytes; the limit is " + std::to_string(max_len));
+  }
+  return s;
+}
+
+StatusOr<std::int64_t> get_int(const json& obj, const char* key, bool required,
+                               std::int64_t fallback, std::int64_t lo, std::int64_t hi) {
+  const auto it = obj.find(key);
+  if (it == obj.end() || (!required && it->is_null())) {
+    if (required) return InvalidArgument(std::string("missing field '") + key + "'");
+    return fallback;
+  }
+  std::int64_t v = 0;
+  if (it->is_number_unsigned()) {
+    const auto u = it->get<std::uint64_t>();
+    if (u > static_cast<std::uint64_t>(hi)) {
+      return InvalidArgument(std::string("field '") + key + "' is out of range [" +
+                             std::to_string(lo) + ", " + std::to_string(hi) + "]: " + it->dump());
+    }
+    v = static_cast<std::int64_t>(u);
+  } else if (it->is_number_integer()) {
+    v = it->get<std::int64_t>();
+  } else {
+    return InvalidArgument(std::string("field '") + key + "' must be an integer, got " +
+                           type_of(*it) + " " + it->dump());
+  }
+  if (v < lo || v > hi) {
+    return InvalidArgument(std::string("field '") + key + "' is out of range [" +
+                           std::to_string(lo) + ", " + std::to_string(hi) + "]: " + it->dump());
+  }
+  return v;
+}
+
+StatusOr<std::uint64_t> get_bytes(const json& obj) {
+  const auto it = obj.find("bytes");
+  if (it == obj.end()) return InvalidArgument("missing field 'bytes'");
+  if (it->is_number_unsigned()) return it->get<std::uint64_t>();
+  if (it->is_number_integer()) {
+    return InvalidArgument("field 'bytes' must be a positive integer, got " + it->dump());
+  }
+  return InvalidArgument("field 'bytes' must be an integer, got " + type_of(*it) + " " +
+                         it->dump());
+}
+
+StatusOr<bool> get_bool(const json& obj, const char* key, bool fallback) {
+  const auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return fallback;
+  if (!it->is_boolean()) {
+    return InvalidArgument(std::string("field '") + key + "' must be true or false, got " +
+                           type_of(*it));
+  }
+  return it->get<bool>();
+}
+
+constexpr std::int64_t kIntMax = std::numeric_limits<int>::max();
+constexpr std::int64_t kIntMin = std::numeric_limits<int>::min();
+
+Status decode_fields(const json& j, Request& r) {
+  switch (r.op) {
+    case Op::kHello: {
+      auto version = get_int(j, "version", true, 0, 0, kIntMax);
+      if (!version.ok()) return version.status();
+      r.version = static_cast<int>(*version);
+      auto client = get_string(j, "client", false, kMaxClientNameBytes);
+      if (!client.ok()) return client.status();
+      r.client = std::move(client).value();
+      return Status::Ok();
+    }
+    case Op::kAcquire:
+    case Op::kTryAcquire: {
+      auto job = get_string(j, "job_id", true, kMaxJobIdBytes);
+      if (!job.ok()) return job.status();
+      if (job->empty()) return InvalidArgument("field 'job_id' must not be empty");
+      r.lease.job_id = std::move(job).value();
+      auto bytes = get_bytes(j);
+      if (!bytes.ok()) return bytes.status();
+      if (*bytes == 0) return InvalidArgument("field 'bytes' must be positive, got 0");
+      r.lease.bytes = *bytes;
+      auto gpus = get_int(j, "gpus", false, 1, 1, 1024);
+      if (!gpus.ok()) return gpus.status();
+      r.lease.gpus = static_cast<int>(*gpus);
+      auto priority = get_int(j, "priority", false, 0, kIntMin, kIntMax);
+      if (!priority.ok()) return priority.status();
+      r.lease.priority = static_cast<int>(*priority);
+      auto device = get_int(j, "device", false, -1, -1, 1024);
+      if (!device.ok()) return device.status();
+      r.lease.device = static_cast<int>(*device);
+      auto command = get_string(j, "command", false, kMaxCommandBytes);
+      if (!command.ok()) return command.status();
+      r.lease.command = std::move(command).value();
+      auto wait = get_bool(j, "wait", r.op == Op::kAcquire);
+      if (!wait.ok()) return wait.status();
+      r.wait = *wait && r.op == Op::kAcquire;
+      if (const auto it = j.find("timeout_s"); it != j.end() && !it->is_null()) {
+        if (!it->is_number()) {
+          return InvalidArgument("field 'timeout_s' must be a number of seconds, got " +
+                                 type_of(*it));
+        }
+        const double t = it->get<double>();
+        if (!std::isfinite(t) || t < 0 || t > 1e9) {
+          return InvalidArgument("field 'timeout_s' must be in [0, 1e9] seconds, got " +
+                                 it->dump());
+        }
+        r.timeout_s = t;
+      }
+      return Status::Ok();
+    }
+    case Op::kRelease:
+    case Op::kCancel: {
+      auto job = get_string(j, "job_id", true, kMaxJobIdBytes);
+      if (!job.ok()) return job.status();
+      if (job->empty()) return InvalidArgument("field 'job_id' must not be empty");
+      r.job_id = std::move(job).value();
+      if (r.op == Op::kRelease) {
+        auto outcome = get_string(j, "outcome", false, 32, "succeeded");
+        if (!outcome.ok()) return outcome.status();
+        if (*outcome == "succeeded") {
+          r.outcome = JobOutcome::kSucceeded;
+        } else if (*outcome == "failed") {
+          r.outcome = JobOutcome::kFailed;
+        } else {
+          return InvalidArgument("field 'outcome' must be \"succeeded\" or \"failed\", got \"" +
+                                 *outcome + "\"");
+        }
+      }
+      return Status::Ok();
+    }
+    case Op::kCanAdmit: {
+      auto bytes = get_bytes(j);
+      if (!bytes.ok()) return bytes.status();
+      r.lease.bytes = *bytes;
+      auto gpus = get_int(j, "gpus", false, 1, 1, 1024);
+      if (!gpus.ok()) return gpus.status();
+      r.lease.gpus = static_cast<int>(*gpus);
+      auto device = get_int(j, "device", false, -1, -1, 1024);
+      if (!device.ok()) return device.status();
+      r.lease.device = static_cast<int>(*device);
+      return Status::Ok();
+    }
+    case Op::kStatus:
+    case Op::kPing:
+      return Status::Ok();
+  }
+  return Status(ErrorCode::kInternal, "unhandled operation");
+}
+
+}  // namespace
+
+std::string_view op_name(Op op) {
+  for (const auto& [o, name] : kOps) {
+    if (o == op) return name;
+  }
+  return "?";
+}
+
+StatusOr<Request> decode_request(std::string_view line, std::optional<std::uint64_t>* id_out) {
+  if (id_out != nullptr) id_out->reset();
+  if (line.size() > kMaxRequestBytes) {
+    return InvalidArgument("request is " + std::to_string(line.size()) + " bytes; the limit is " +
+                           std::to_string(kMaxRequestBytes));
+  }
+  json j = json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return InvalidArgument("request is not valid JSON");
+  if (!j.is_object()) {
+    return InvalidArgument(std::string("request must be a JSON object, got ") + j.type_name());
+  }
+  Request r;
+  const auto id = j.find("id");
+  if (id == j.end()) return InvalidArgument("missing field 'id'");
+  if (!id->is_number_unsigned()) {
+    return InvalidArgument("field 'id' must be a non-negative integer, got " + id->dump());
+  }
+  r.id = id->get<std::uint64_t>();
+  if (id_out != nullptr) *id_out = r.id;
+  const auto op = j.find("op");
+  if (op == j.end()) return InvalidArgument("missing field 'op'");
+  if (!op->is_string()) {
+    return InvalidArgument(std::string("field 'op' must be a string, got ") + op->type_name());
+  }
+  const auto& name = op->get_ref<const std::string&>();
+  bool known = false;
+  for (const auto& [o, n] : kOps) {
+    if (n == name) {
+      r.op = o;
+      known = true;
+    }
+  }
+  if (!known) {
+    return InvalidArgument("unknown operation '" + name.substr(0, 64) +
+                           "'; known: hello, acquire, try_acquire, release, cancel, status, "
+                           "can_admit, ping");
+  }
+  if (Status s = decode_fields(j, r); !s.ok()) {
+    return Status(s.code(), std::string(op_name(r.op)) + ": " + s.message());
+  }
+  return r;
+}
+
+std::string encode_request(const Request& r) {
+  json j = {{"id", r.id}, {"op", std::string(op_name(r.op))}};
+  switch (r.op) {
+    case Op::kHello:
+      j["version"] = r.version;
+      if (!r.client.empty()) j["client"] = r.client;
+      break;
+    case Op::kAcquire:
+    case Op::kTryAcquire:
+      j["job_id"] = r.lease.job_id;
+      j["bytes"] = r.lease.bytes;
+      j["gpus"] = r.lease.gpus;
+      j["priority"] = r.lease.priority;
+      j["device"] = r.lease.device;
+      if (!r.lease.command.empty()) j["command"] = r.lease.command;
+      if (r.op == Op::kAcquire) {
+        j["wait"] = r.wait;
+        if (r.timeout_s) j["timeout_s"] = *r.timeout_s;
+      }
+      break;
+    case Op::kRelease:
+      j["job_id"] = r.job_id;
+      j["outcome"] = r.outcome == JobOutcome::kSucceeded ? "succeeded" : "failed";
+      break;
+    case Op::kCancel:
+      j["job_id"] = r.job_id;
+      break;
+    case Op::kCanAdmit:
+      j["bytes"] = r.lease.bytes;
+      j["gpus"] = r.lease.gpus;
+      j["device"] = r.lease.device;
+      break;
+    case Op::kStatus:
+    case Op::kPing:
+      break;
+  }
+  return dump_line(j);
+}
+
+std::string encode_ok(std::uint64_t id, json body) {
+  if (!body.is_object()) body = json::object();
+  body["id"] = id;
+  body["ok"] = true;
+  return dump_line(body);
+}
+
+std::string encode_error(std::optional<std::uint64_t> id, const Status& status) {
+  json j = {
+      {"id", id ? json(*id) : json(nullptr)},
+      {"ok", false},
+      {"error",
+       {{"code", std::string(error_code_name(status.code()))}, {"message", status.message()}}}};
+  return dump_line(j);
+}
+
+StatusOr<Reply> decode_reply(std::string_view line) {
+  if (line.size() > kMaxReplyBytes) {
+    return InvalidArgument("reply is " + std::to_string(line.size()) + " bytes; the limit is " +
+                           std::to_string(kMaxReplyBytes));
+  }
+  json j = json::parse(line.begin(), line.end(), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return InvalidArgument("reply is not a JSON object");
+  Reply r;
+  const auto id = j.find("id");
+  if (id == j.end()) return InvalidArgument("reply has no 'id'");
+  if (id->is_number_unsigned()) {
+    r.id = id->get<std::uint64_t>();
+  } else if (!id->is_null()) {
+    return InvalidArgument("reply 'id' must be an integer or null");
+  }
+  const auto ok = j.find("ok");
+  if (ok == j.end() || !ok->is_boolean()) return InvalidArgument("reply has no boolean 'ok'");
+  if (!ok->get<bool>()) {
+    const auto err = j.find("error");
+    if (err == j.end() || !err->is_object()) return InvalidArgument("error reply has no 'error'");
+    auto code = get_string(*err, "code", true, 64);
+    auto message = get_string(*err, "message", true, kMaxReplyBytes);
+    if (!code.ok()) return code.status();
+    if (!message.ok()) return message.status();
+    ErrorCode c = error_code_from_name(*code);
+    if (c == ErrorCode::kOk) c = ErrorCode::kInternal;
+    r.status = Status(c, std::move(message).value());
+  }
+  r.body = std::move(j);
+  return r;
+}
+
+std::string default_server_socket_path() {
+  if (::geteuid() == 0) return kSystemSocketPath;
+  if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg != nullptr && *xdg != '\0') {
+    return std::string(xdg) + "/gpumgr.sock";
+  }
+  return "/tmp/gpumgr-" + std::to_string(::geteuid()) + "/gpumgr.sock";
+}
+
+std::string default_client_socket_path() {
+  const auto is_socket = [](const std::string& path) {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
+  };
+  const std::string own = default_server_socket_path();
+  if (is_socket(own)) return own;
+  if (is_socket(kSystemSocketPath)) return kSystemSocketPath;
+  return own;
+}
+
+StatusOr<std::optional<std::string>> LineSplitter::next() {
+  const std::size_t nl = buffer_.find('\n', start_);
+  if (nl == std::string::npos) {
+    if (buffered() > max_line_) {
+      return InvalidArgument("message longer than " + std::to_string(max_line_) +
+                             " bytes without a newline");
+    }
+    // Compact so that the buffer never holds much more than one partial line.
+    if (start_ > 0) {
+      buffer_.erase(0, start_);
+      start_ = 0;
+    }
+    return std::optional<std::string>();
+  }
+  if (nl - start_ > max_line_) {
+    return InvalidArgument("message of " + std::to_string(nl - start_) + " bytes; the limit is " +
+                           std::to_string(max_line_));
+  }
+  std::string line = buffer_.substr(start_, nl - start_);
+  start_ = nl + 1;
+  if (start_ == buffer_.size()) {
+    buffer_.clear();
+    start_ = 0;
+  }
+  return std::optional<std::string>(std::move(line));
+}
+
+}  // namespace gpumgr::daemon

@@ -1,0 +1,464 @@
+// The daemon end to end: a Server on a simulated device, clients in this process (the
+// remote ledger, raw sockets) and in helper processes (killed, other uids, contenders).
+#include <sys/mman.h>
+
+#include <atomic>
+#include <random>
+
+#include "daemon_fixture.h"
+#include "shared_counters.h"
+
+namespace gpumgr::testing {
+namespace {
+
+constexpr std::uint64_t kGiB = 1024ull * 1024 * 1024;
+
+LeaseRequest req(const std::string& job, std::uint64_t bytes) {
+  LeaseRequest r;
+  r.job_id = job;
+  r.bytes = bytes;
+  return r;
+}
+
+TEST(Daemon, RemoteLedgerServesTheLedgerInterface) {
+  TestDaemon d;
+  auto ledger = connect_daemon(d.socket);
+  ASSERT_TRUE(ledger.ok()) << ledger.status().to_string();
+  auto lease = ledger.value()->try_acquire(req("a", 4 * kGiB));
+  ASSERT_TRUE(lease.ok()) << lease.status().to_string();
+  EXPECT_EQ(lease->devices, std::vector<int>{0});
+  EXPECT_EQ(lease->pid, static_cast<std::uint32_t>(::getpid()));  // from SO_PEERCRED
+  EXPECT_EQ(lease->uid, static_cast<std::uint32_t>(::getuid()));
+  EXPECT_FALSE(lease->command.empty());  // read from /proc when the client sends none
+  EXPECT_EQ(ledger.value()->try_acquire(req("a", kGiB)).status().code(), ErrorCode::kAlreadyExists);
+  EXPECT_EQ(ledger.value()->try_acquire(req("b", 7 * kGiB)).status().code(),
+            ErrorCode::kResourceExhausted);
+  EXPECT_EQ(ledger.value()->try_acquire(req("c", 11 * kGiB)).status().code(),
+            ErrorCode::kNeverFits);
+  EXPECT_EQ(ledger.value()->can_admit(6 * kGiB, 1, -1).value(), true);
+  EXPECT_EQ(ledger.value()->can_admit(7 * kGiB, 1, -1).value(), false);
+  auto snap = ledger.value()->snapshot();
+  ASSERT_TRUE(snap.ok()) << snap.status().to_string();
+  EXPECT_EQ(snap->source, "daemon at " + d.socket);
+  ASSERT_EQ(snap->leases.size(), 1u);
+  EXPECT_EQ(snap->devices.at(0).leased_bytes, 4 * kGiB);
+  EXPECT_TRUE(ledger.value()->release("a", JobOutcome::kSucceeded).ok());
+  EXPECT_EQ(ledger.value()->release("a", JobOutcome::kSucceeded).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(ledger.value()->cancel("zz").code(), ErrorCode::kNotFound);
+  EXPECT_EQ(d.snapshot().stats.jobs_succeeded, 1u);
+}
+
+TEST(Daemon, UnreachableDaemonSaysWhereItLookedAndHowToStartIt) {
+  TempDir tmp;
+  const std::string path = tmp.path() + "/none.sock";
+  auto ledger = connect_daemon(path);
+  ASSERT_FALSE(ledger.ok());
+  EXPECT_EQ(ledger.status().code(), ErrorCode::kUnavailable);
+  EXPECT_EQ(ledger.status().message(),
+            "no daemon at " + path + ": start it with `gpumgr serve --socket " + path + "`");
+}
+
+TEST(Daemon, ManyThreadsShareOneConnectionAndAWaiterBlocksNobody) {
+  TestDaemon d("1x10GiB", 2);
+  auto ledger = connect_daemon(d.socket).value();
+  ASSERT_TRUE(ledger->try_acquire(req("big", 10 * kGiB)).ok());
+  // A waiting acquire on the shared connection...
+  std::atomic<bool> granted{false};
+  std::thread waiter([&] {
+    auto l = ledger->acquire(req("waiter", 6 * kGiB), WaitOptions::for_seconds(20));
+    granted = l.ok();
+    if (l.ok()) (void)ledger->release("waiter", JobOutcome::kSucceeded);
+  });
+  ASSERT_TRUE(eventually([&] { return d.snapshot().queue.size() == 1; }));
+  // ...does not hold up the others.
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(ledger->snapshot().ok());
+  EXPECT_FALSE(granted.load());
+  ASSERT_TRUE(ledger->release("big", JobOutcome::kSucceeded).ok());
+  waiter.join();
+  EXPECT_TRUE(granted.load());
+
+  // Eight threads, 2 GiB each, at most 2 at once: everyone finishes, the limit holds.
+  std::atomic<int> holding{0}, peak{0}, failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 10; ++i) {
+        const std::string job = "t" + std::to_string(t) + "-" + std::to_string(i);
+        auto l = ledger->acquire(req(job, 2 * kGiB), WaitOptions::for_seconds(30));
+        if (!l.ok()) {
+          ++failures;
+          continue;
+        }
+        const int now = ++holding;
+        int p = peak.load();
+        while (now > p && !peak.compare_exchange_weak(p, now)) {
+        }
+        --holding;
+        if (!ledger->release(job, JobOutcome::kSucceeded).ok()) ++failures;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_LE(peak.load(), 2);
+  const Snapshot s = d.snapshot();
+  EXPECT_EQ(s.stats.jobs_succeeded, 82u);
+  EXPECT_LE(s.stats.peak_active_jobs, 2);
+  EXPECT_TRUE(s.leases.empty());
+}
+
+TEST(Daemon, CancelTokenAndDeadlineEndARemoteWait) {
+  TestDaemon d;
+  auto ledger = connect_daemon(d.socket).value();
+  ASSERT_TRUE(ledger->try_acquire(req("big", 10 * kGiB)).ok());
+  auto timed = ledger->acquire(req("late", kGiB), WaitOptions::for_seconds(0.05));
+  EXPECT_EQ(timed.status().code(), ErrorCode::kTimedOut);
+
+  CancelToken token;
+  WaitOptions wait;
+  wait.cancel = token;
+  StatusOr<LeaseInfo> result = Status(ErrorCode::kInternal, "not run");
+  std::thread waiter([&] { result = ledger->acquire(req("w", kGiB), wait); });
+  ASSERT_TRUE(eventually([&] { return d.snapshot().queue.size() == 1; }));
+  token.cancel();
+  waiter.join();
+  EXPECT_EQ(result.status().code(), ErrorCode::kCancelled);
+  EXPECT_TRUE(d.snapshot().queue.empty());
+  // Cancelled by another call on the same connection: the waiter's reply says so too.
+  std::thread waiter2([&] { result = ledger->acquire(req("w2", kGiB), {}); });
+  ASSERT_TRUE(eventually([&] { return d.snapshot().queue.size() == 1; }));
+  EXPECT_TRUE(ledger->cancel("w2").ok());
+  waiter2.join();
+  EXPECT_EQ(result.status().code(), ErrorCode::kCancelled);
+}
+
+TEST(Daemon, ClosingTheClientReleasesItsLeasesAndDropsItsWaiters) {
+  TestDaemon d("1x10GiB", 3);
+  RawClient holder(d.socket);
+  ASSERT_TRUE(holder.hello());
+  auto other = connect_daemon(d.socket).value();
+  auto take = [&](int id, const char* job, std::uint64_t bytes) {
+    return holder.call({{"id", id}, {"op", "try_acquire"}, {"job_id", job}, {"bytes", bytes}});
+  };
+  ASSERT_EQ(take(1, "h1", 6 * kGiB).value("ok", false), true);
+  ASSERT_EQ(take(2, "h2", 3 * kGiB).value("ok", false), true);
+  ASSERT_TRUE(holder.send(R"({"id":3,"op":"acquire","job_id":"h3","bytes":5368709120})"
+                          "\n"));
+  ASSERT_TRUE(eventually([&] { return d.snapshot().queue.size() == 1; }));
+  StatusOr<LeaseInfo> next = Status(ErrorCode::kInternal, "not run");
+  std::thread other_waiter(
+      [&] { next = other->acquire(req("o", 9 * kGiB), WaitOptions::for_seconds(20)); });
+  ASSERT_TRUE(eventually([&] { return d.snapshot().queue.size() == 2; }));
+  holder.close();  // the client goes away with two leases and a waiting request
+  other_waiter.join();
+  ASSERT_TRUE(next.ok()) << next.status().to_string();
+  const Snapshot s = d.snapshot();
+  ASSERT_EQ(s.leases.size(), 1u);
+  EXPECT_EQ(s.leases[0].job_id, "o");
+  EXPECT_TRUE(s.queue.empty());
+  EXPECT_EQ(s.stats.jobs_failed, 2u);  // leases dropped with their holder count as failed
+  EXPECT_EQ(s.stats.jobs_cancelled, 1u);
+}
+
+TEST(Daemon, LostConnectionFailsPendingCallsAndTheNextCallReconnects) {
+  TempDir tmp;
+  auto d = std::make_unique<TestDaemon>("1x10GiB", 3, "", tmp.path());
+  auto ledger = connect_daemon(d->socket).value();
+  ASSERT_TRUE(ledger->try_acquire(req("big", 10 * kGiB)).ok());
+  StatusOr<LeaseInfo> waited = Status(ErrorCode::kInternal, "not run");
+  std::thread waiter([&] { waited = ledger->acquire(req("w", kGiB), {}); });
+  ASSERT_TRUE(eventually([&] { return d->snapshot().queue.size() == 1; }));
+  d.reset();  // the daemon stops: the waiter is answered, the connection closes
+  waiter.join();
+  EXPECT_EQ(waited.status().code(), ErrorCode::kUnavailable);
+  EXPECT_NE(waited.status().message().find("shutting down"), std::string::npos)
+      << waited.status().message();
+  auto gone = ledger->snapshot();
+  EXPECT_EQ(gone.status().code(), ErrorCode::kUnavailable);
+  EXPECT_NE(gone.status().message().find("no daemon at"), std::string::npos);
+  d = std::make_unique<TestDaemon>("1x10GiB", 3, "", tmp.path());  // same path again
+  auto back = ledger->snapshot();
+  ASSERT_TRUE(back.ok()) << back.status().to_string();
+  EXPECT_TRUE(back->leases.empty());
+}
+
+TEST(Daemon, RefusesALiveDaemonsSocketAndReplacesAStaleOne) {
+  TestDaemon d;
+  daemon::ServerOptions options;
+  options.socket_path = d.socket;
+  auto second = daemon::Server::create(options, d.ledger);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), ErrorCode::kFailedPrecondition);
+  EXPECT_NE(second.status().message().find("already listening at " + d.socket), std::string::npos);
+  // A stale socket: bound, then its owner vanished without removing it.
+  TempDir tmp;
+  const std::string stale = tmp.path() + "/stale.sock";
+  {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, stale.c_str(), sizeof(addr.sun_path) - 1);
+    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    ::close(fd);
+  }
+  options.socket_path = stale;
+  auto replaced = daemon::Server::create(options, d.ledger);
+  ASSERT_TRUE(replaced.ok()) << replaced.status().to_string();
+  struct stat st {};
+  ASSERT_EQ(::stat(stale.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  // Not a socket: never replaced.
+  const std::string file = tmp.path() + "/file";
+  ::close(::open(file.c_str(), O_CREAT | O_WRONLY, 0600));
+  options.socket_path = file;
+  EXPECT_EQ(daemon::Server::create(options, d.ledger).status().code(), ErrorCode::kInvalidArgument);
+}
+
+// Several processes contend for one device: each holder checks, while it holds its lease,
+// that the bytes and the number of leases held at that moment are within the limits; a
+// probe process checks the daemon's own view at the same time.
+TEST(DaemonProcesses, ContendingClientsKeepTheBudgetAndTheLimit) {
+  TestDaemon d("1x10GiB", 2);
+  TempDir tmp;
+  const std::string counters_path = tmp.path() + "/counters";
+  const int fd = ::open(counters_path.c_str(), O_CREAT | O_RDWR, 0600);
+  ASSERT_EQ(::ftruncate(fd, sizeof(SharedCounters)), 0);
+  void* mem = ::mmap(nullptr, sizeof(SharedCounters), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ::close(fd);
+  ASSERT_NE(mem, MAP_FAILED);
+  auto* counters = new (mem) SharedCounters();
+  const std::string stop = tmp.path() + "/stop";
+  const std::uint64_t capacity = 10 * kGiB;
+  Child probe = spawn({helper(), "probe", d.socket, std::to_string(capacity), "2", stop});
+  std::vector<Child> clients;
+  const int kClients = 6, kRounds = 15;
+  for (int c = 0; c < kClients; ++c) {
+    // 4 GiB each: the memory allows two at once, the limit allows two at once.
+    clients.push_back(
+        spawn({helper(), "contend", d.socket, counters_path, "c" + std::to_string(c),
+               std::to_string(kRounds), std::to_string(4 * kGiB), std::to_string(capacity), "2"}));
+  }
+  for (auto& c : clients) EXPECT_EQ(c.wait(), 0);
+  ::close(::open(stop.c_str(), O_CREAT | O_WRONLY, 0600));
+  EXPECT_EQ(probe.wait(), 0);
+  EXPECT_EQ(counters->violations.load(), 0);
+  EXPECT_EQ(counters->grants.load(), kClients * kRounds);
+  const Snapshot s = d.snapshot();
+  EXPECT_EQ(s.stats.jobs_succeeded, static_cast<std::uint64_t>(kClients * kRounds));
+  EXPECT_EQ(s.stats.peak_active_jobs, 2);
+  EXPECT_LE(s.devices[0].peak_leased_bytes, capacity);
+  EXPECT_TRUE(s.leases.empty());
+  ::munmap(mem, sizeof(SharedCounters));
+}
+
+// 100 rounds: a client process takes (or waits for) a lease and is killed with SIGKILL at a
+// random moment; the next waiter must get the memory and nothing may be left behind.
+TEST(DaemonProcesses, KilledHoldersLeakNothing) {
+  TestDaemon d("1x10GiB", 3);
+  auto ledger = connect_daemon(d.socket).value();
+  std::mt19937 rng(12345);
+  int killed_holding = 0, killed_waiting = 0;
+  for (int round = 0; round < 100; ++round) {
+    const std::string job = "victim-" + std::to_string(round);
+    const std::string mine = "next-" + std::to_string(round);
+    const int kind = round % 3;
+    if (kind == 2) {
+      // The victim waits in the queue behind us when it dies.
+      ASSERT_TRUE(ledger->try_acquire(req(mine + "-first", 8 * kGiB)).ok());
+    }
+    Child victim = spawn({helper(), "hold", d.socket, job, std::to_string(8 * kGiB)});
+    ASSERT_GT(victim.pid, 0);
+    if (kind == 0) {
+      // Killed while it holds the lease, at a random moment after the grant.
+      ASSERT_EQ(victim.read_line().rfind("granted", 0), 0u) << "round " << round;
+      std::this_thread::sleep_for(std::chrono::microseconds(rng() % 2000));
+      ++killed_holding;
+    } else if (kind == 1) {
+      // Killed at any moment: before connecting, during hello, waiting or holding.
+      std::this_thread::sleep_for(std::chrono::microseconds(rng() % 10000));
+    } else {
+      ASSERT_TRUE(eventually([&] { return d.snapshot().queue.size() == 1; })) << round;
+      std::this_thread::sleep_for(std::chrono::microseconds(rng() % 2000));
+      ++killed_waiting;
+    }
+    victim.kill(SIGKILL);
+    EXPECT_EQ(victim.wait(), 128 + SIGKILL);
+    if (kind == 2) {
+      ASSERT_TRUE(eventually([&] { return d.snapshot().queue.empty(); })) << round;
+      ASSERT_TRUE(ledger->release(mine + "-first", JobOutcome::kSucceeded).ok());
+    }
+    auto lease = ledger->acquire(req(mine, 8 * kGiB), WaitOptions::for_seconds(10));
+    ASSERT_TRUE(lease.ok()) << "round " << round << ": " << lease.status().to_string();
+    const Snapshot s = d.snapshot();
+    ASSERT_EQ(s.leases.size(), 1u) << "round " << round;
+    EXPECT_EQ(s.leases[0].job_id, mine);
+    EXPECT_TRUE(s.queue.empty()) << "round " << round;
+    EXPECT_EQ(s.devices[0].leased_bytes, 8 * kGiB);
+    ASSERT_TRUE(ledger->release(mine, JobOutcome::kSucceeded).ok());
+  }
+  EXPECT_EQ(killed_holding, 34);
+  EXPECT_EQ(killed_waiting, 33);
+  const Snapshot s = d.snapshot();
+  EXPECT_TRUE(s.leases.empty());
+  EXPECT_TRUE(s.queue.empty());
+  EXPECT_EQ(s.devices[0].leased_bytes, 0u);
+  EXPECT_TRUE(eventually([&] { return d.server->connection_count() == 1; }));
+}
+
+// Another uid may not release or cancel what it does not hold; root may.
+TEST(DaemonProcesses, AnotherUidCannotReleaseOrCancel) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a client as nobody";
+  if (::access("/usr/bin/setpriv", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/setpriv";
+  TempDir tmp;
+  ASSERT_EQ(::chmod(tmp.path().c_str(), 0755), 0);
+  TestDaemon d("1x10GiB", 3, "nogroup", tmp.path());
+  auto as_nobody = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv = {"/usr/bin/setpriv", "--reuid=nobody", "--regid=nogroup",
+                                     "--clear-groups", helper()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return spawn(argv);
+  };
+  auto root = connect_daemon(d.socket).value();
+  ASSERT_TRUE(root->try_acquire(req("root-held", 6 * kGiB)).ok());
+  std::thread waiter([&] { (void)root->acquire(req("root-waiting", 6 * kGiB), {}); });
+  ASSERT_TRUE(eventually([&] { return d.snapshot().queue.size() == 1; }));
+
+  Child release = as_nobody({"release", d.socket, "root-held"});
+  EXPECT_EQ(release.read_line(), "permission_denied");
+  EXPECT_EQ(release.wait(), 10);
+  Child cancel = as_nobody({"cancel", d.socket, "root-waiting"});
+  EXPECT_EQ(cancel.read_line(), "permission_denied");
+  EXPECT_EQ(cancel.wait(), 10);
+  Snapshot s = d.snapshot();
+  ASSERT_EQ(s.leases.size(), 1u);
+  EXPECT_EQ(s.leases[0].job_id, "root-held");
+  ASSERT_EQ(s.queue.size(), 1u);
+
+  ASSERT_TRUE(root->release("root-held", JobOutcome::kSucceeded).ok());
+  waiter.join();
+  EXPECT_TRUE(root->release("root-waiting", JobOutcome::kSucceeded).ok());
+
+  // nobody's own lease carries nobody's uid, and root may release it.
+  Child holder = as_nobody({"hold", d.socket, "nobody-job", std::to_string(kGiB)});
+  EXPECT_EQ(holder.read_line(), "granted uid=65534 pid=" + std::to_string(holder.pid));
+  EXPECT_TRUE(root->release("nobody-job", JobOutcome::kSucceeded).ok());
+  holder.kill();
+  holder.wait();
+  // And nobody may release its own.
+  Child own = as_nobody({"acquire_release", d.socket, "nobody-2", std::to_string(kGiB)});
+  EXPECT_EQ(own.read_line(), "uid=65534");
+  EXPECT_EQ(own.read_line(), "ok");
+  EXPECT_EQ(own.wait(), 0);
+  EXPECT_TRUE(d.snapshot().leases.empty());
+}
+
+// Bad input against a live daemon: each gets an error reply or a closed connection, and a
+// well-behaved client holding a lease is served throughout.
+TEST(DaemonProtocol, MalformedMessagesDisturbNoOtherClient) {
+  TestDaemon d;
+  auto good = connect_daemon(d.socket).value();
+  ASSERT_TRUE(good->try_acquire(req("good", 2 * kGiB)).ok());
+  struct Case {
+    const char* name;
+    bool hello_first;
+    std::string bytes;
+    const char* code;  // expected error code; nullptr: the connection must be closed
+    bool closes;       // the daemon closes the connection after replying
+  };
+  const std::string big_line(daemon::kMaxRequestBytes + 10, 'x');
+  std::string nested(60000, '[');
+  const std::vector<Case> cases = {
+      {"not JSON", true, "hello there\n", "invalid_argument", false},
+      {"binary", true, std::string("\x00\x01\xff\xfe\n", 5), "invalid_argument", false},
+      {"invalid UTF-8", true, "{\"id\":1,\"op\":\"cancel\",\"job_id\":\"\xc3\x28\"}\n",
+       "invalid_argument", false},
+      {"array", true, "[1,2,3]\n", "invalid_argument", false},
+      {"deep nesting", true, nested + "\n", "invalid_argument", false},
+      {"no id", true, "{\"op\":\"ping\"}\n", "invalid_argument", false},
+      {"unknown op", true, "{\"id\":5,\"op\":\"format_disk\"}\n", "invalid_argument", false},
+      {"missing job_id", true, "{\"id\":5,\"op\":\"acquire\",\"bytes\":1}\n", "invalid_argument",
+       false},
+      {"wrong type", true, "{\"id\":5,\"op\":\"acquire\",\"job_id\":\"j\",\"bytes\":\"1GiB\"}\n",
+       "invalid_argument", false},
+      {"gpus 0", true, "{\"id\":5,\"op\":\"acquire\",\"job_id\":\"j\",\"bytes\":1,\"gpus\":0}\n",
+       "invalid_argument", false},
+      {"too many gpus", true,
+       "{\"id\":5,\"op\":\"acquire\",\"job_id\":\"j\",\"bytes\":1,\"gpus\":9}\n",
+       "invalid_argument", false},
+      {"someone else's job id", true,
+       "{\"id\":5,\"op\":\"try_acquire\",\"job_id\":\"good\",\"bytes\":1}\n", "already_exists",
+       false},
+      {"release unknown", true, "{\"id\":5,\"op\":\"release\",\"job_id\":\"nope\"}\n", "not_found",
+       false},
+      {"before hello", false, "{\"id\":1,\"op\":\"ping\"}\n", "failed_precondition", false},
+      {"second hello", true, "{\"id\":1,\"op\":\"hello\",\"version\":1}\n", "failed_precondition",
+       false},
+      {"wrong version", false, "{\"id\":1,\"op\":\"hello\",\"version\":99}\n",
+       "failed_precondition", true},
+      {"huge line", true, big_line + "\n", "invalid_argument", true},
+      {"huge without newline", true, big_line, "invalid_argument", true},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    RawClient raw(d.socket);
+    ASSERT_TRUE(raw.connected());
+    if (c.hello_first) {
+      ASSERT_TRUE(raw.hello());
+    }
+    raw.send(c.bytes);
+    auto reply = raw.reply();
+    ASSERT_TRUE(reply.has_value());
+    EXPECT_EQ(reply->value("ok", true), false);
+    EXPECT_EQ((*reply)["error"]["code"], c.code) << reply->dump();
+    EXPECT_FALSE((*reply)["error"]["message"].get<std::string>().empty());
+    if (c.closes) {
+      EXPECT_TRUE(raw.closed_by_peer());
+    } else {
+      // The connection still works after the error.
+      if (!c.hello_first) {
+        ASSERT_TRUE(raw.hello());
+      }
+      auto pong = raw.call({{"id", 77}, {"op", "ping"}});
+      EXPECT_EQ(pong.value("ok", false), true) << pong.dump();
+      EXPECT_EQ(pong.value("id", 0), 77);
+    }
+    ASSERT_TRUE(good->snapshot().ok());
+  }
+  {
+    // Half a message, then the client goes away.
+    RawClient raw(d.socket);
+    ASSERT_TRUE(raw.hello());
+    raw.send("{\"id\":9,\"op\":\"acq");
+  }
+  {
+    // A waiting acquire, half a message, then disconnect: its request is dropped.
+    ASSERT_TRUE(good->try_acquire(req("filler", 8 * kGiB)).ok());
+    RawClient raw(d.socket);
+    ASSERT_TRUE(raw.hello());
+    raw.send("{\"id\":1,\"op\":\"acquire\",\"job_id\":\"raw-wait\",\"bytes\":5}\n{\"id\":2,");
+    ASSERT_TRUE(eventually([&] { return d.snapshot().queue.size() == 1; }));
+  }
+  ASSERT_TRUE(eventually([&] { return d.snapshot().queue.empty(); }));
+  ASSERT_TRUE(good->release("filler", JobOutcome::kSucceeded).ok());
+  {
+    // Pipelined requests in one write: every one is answered, in order.
+    RawClient raw(d.socket);
+    ASSERT_TRUE(raw.hello());
+    std::string batch;
+    for (int i = 1; i <= 500; ++i) batch += "{\"id\":" + std::to_string(i) + ",\"op\":\"ping\"}\n";
+    raw.send(batch);
+    for (int i = 1; i <= 500; ++i) {
+      auto r = raw.reply();
+      ASSERT_TRUE(r.has_value());
+      ASSERT_EQ(r->value("id", 0), i);
+    }
+  }
+  ASSERT_TRUE(eventually([&] { return d.server->connection_count() == 1; }));
+  const Snapshot s = d.snapshot();
+  ASSERT_EQ(s.leases.size(), 1u);
+  EXPECT_EQ(s.leases[0].job_id, "good");
+  EXPECT_TRUE(good->release("good", JobOutcome::kSucceeded).ok());
+}
+
+}  // namespace
+}  // namespace gpumgr::testing
