@@ -23,6 +23,8 @@ using CommandSetup = Command (*)(CLI::App& app, const GlobalOptions& global);
 
 Command setup_status(CLI::App& app, const GlobalOptions& global);
 Command setup_simulate(CLI::App& app, const GlobalOptions& global);
+Command setup_serve(CLI::App& app, const GlobalOptions& global);
+Command setup_run(CLI::App& app, const GlobalOptions& global);
 
 // Exit codes shared by every command (docs/cli.md).
 inline constexpr int kExitOk = 0;

@@ -10,6 +10,8 @@ namespace {
 constexpr gpumgr::cli::CommandSetup kCommands[] = {
     gpumgr::cli::setup_status,
     gpumgr::cli::setup_simulate,
+    gpumgr::cli::setup_serve,
+    gpumgr::cli::setup_run,
 };
 
 }  // namespace

@@ -1,0 +1,155 @@
+// gpumgr serve: the per-host daemon. It owns the host's GPU budget (one LocalLedger) and
+// serves it over a Unix socket (docs/protocol.md) to every process on the host, and
+// read-only over HTTP (metrics, JSON API, dashboard). Runs the event loop on the main thread
+// until SIGINT or SIGTERM; see docs/daemon.md.
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "cli/commands.h"
+#include "core/local_ledger.h"
+#include "daemon/protocol.h"
+#include "daemon/server.h"
+#include "gpumgr/backends.h"
+#include "gpumgr/units.h"
+#include "http/http_server.h"
+
+namespace gpumgr::cli {
+
+int exit_code_for(const Status& status);  // status_cmd.cpp
+
+Command setup_serve(CLI::App& app, const GlobalOptions& global) {
+  struct Options {
+    std::string socket;
+    std::string socket_group;
+    std::string http = "127.0.0.1:9400";
+    bool http_public = false;
+    bool no_http = false;
+    int max_concurrent_jobs = 3;
+    double memory_limit = 0.8;
+    std::string device = "auto";
+    std::string simulate;
+    bool quiet = false;
+  };
+  auto opts = std::make_shared<Options>();
+  CLI::App* sub =
+      app.add_subcommand("serve", "Run the daemon: one GPU budget for every process on this host");
+  sub->add_option(
+      "--socket", opts->socket,
+      "Unix socket to listen on (default: " + daemon::default_server_socket_path() + ")");
+  sub->add_option("--socket-group", opts->socket_group,
+                  "Group that owns the socket (mode 0660): its members may take leases");
+  sub->add_option("--http", opts->http, "HTTP address for metrics, JSON API and dashboard")
+      ->capture_default_str();
+  sub->add_flag("--http-public", opts->http_public,
+                "Allow --http to bind a non-loopback address (exposes job names and holders)");
+  sub->add_flag("--no-http", opts->no_http, "Serve no HTTP");
+  sub->add_option("--max-concurrent-jobs", opts->max_concurrent_jobs,
+                  "Leases active at once, host-wide")
+      ->capture_default_str();
+  sub->add_option("--memory-limit", opts->memory_limit,
+                  "Share of each device leases may hold (0 < F <= 1)")
+      ->capture_default_str();
+  sub->add_option("--device", opts->device, "Device selector: auto, cuda, cuda:N or cpu")
+      ->capture_default_str();
+  sub->add_option("--simulate", opts->simulate,
+                  "Simulated devices instead of hardware, e.g. 2x24GiB (as GPUMGR_SIMULATE)");
+  sub->add_flag("--quiet", opts->quiet, "Print only errors");
+  sub->footer(
+      "Stops on SIGINT/SIGTERM: waiting clients get an error, exit code 0.\n"
+      "Exit codes: 0 stopped by a signal; 1 runtime failure (socket, HTTP port, backend);\n"
+      "2 bad arguments; 3 no driver where one was required. See docs/daemon.md.");
+  return {
+      sub, [opts, &global]() -> int {
+        const std::string socket =
+            opts->socket.empty() ? daemon::default_server_socket_path() : opts->socket;
+        const std::string simulate = opts->simulate.empty() ? global.simulate : opts->simulate;
+        std::signal(SIGPIPE, SIG_IGN);
+        const std::size_t files = daemon::raise_open_file_limit();
+
+        std::optional<http::HttpOptions> http_options;
+        if (!opts->no_http) {
+          auto parsed = http::parse_http_address(opts->http, opts->http_public);
+          if (!parsed.ok()) {
+            std::fprintf(stderr, "gpumgr serve: --http: %s\n", parsed.status().message().c_str());
+            return kExitUsage;
+          }
+          http_options = parsed.value();
+        }
+        LedgerConfig config;
+        config.max_concurrent_jobs = opts->max_concurrent_jobs;
+        config.memory_limit = opts->memory_limit;
+        if (Status s = validate_config(config); !s.ok()) {
+          std::fprintf(stderr, "gpumgr serve: %s\n", s.message().c_str());
+          return kExitUsage;
+        }
+        auto selection = open_backend(opts->device, simulate);
+        if (!selection.ok()) {
+          std::fprintf(stderr, "gpumgr serve: %s\n", selection.status().message().c_str());
+          return exit_code_for(selection.status());
+        }
+        auto ledger =
+            core::LocalLedger::create(selection->backend, config, selection->pinned_device);
+        if (!ledger.ok()) {
+          std::fprintf(stderr, "gpumgr serve: %s\n", ledger.status().message().c_str());
+          return exit_code_for(ledger.status());
+        }
+        daemon::ServerOptions so;
+        so.socket_path = socket;
+        so.socket_group = opts->socket_group;
+        so.handle_signals = true;
+        so.log = [](const std::string& line) {
+          std::fprintf(stderr, "gpumgr serve: %s\n", line.c_str());
+        };
+        auto server = daemon::Server::create(so, ledger.value());
+        if (!server.ok()) {
+          std::fprintf(stderr, "gpumgr serve: %s\n", server.status().message().c_str());
+          return server.status().code() == ErrorCode::kInvalidArgument ? kExitUsage : kExitError;
+        }
+        std::unique_ptr<http::HttpServer> http_server;
+        if (http_options) {
+          std::weak_ptr<core::LocalLedger> weak = ledger.value();
+          auto started = http::start_http_server(*http_options, [weak]() -> StatusOr<Snapshot> {
+            auto l = weak.lock();
+            if (!l) return Unavailable("the daemon is shutting down");
+            return l->snapshot();
+          });
+          if (!started.ok()) {
+            std::fprintf(stderr, "gpumgr serve: HTTP %s: %s (use --http HOST:PORT or --no-http)\n",
+                         opts->http.c_str(), started.status().message().c_str());
+            return kExitError;
+          }
+          http_server = std::move(started).value();
+        }
+        if (!opts->quiet) {
+          auto snap = ledger.value()->snapshot();
+          std::string devices;
+          if (snap.ok()) {
+            for (const auto& d : snap->devices) {
+              if (!devices.empty()) devices += ", ";
+              devices += std::to_string(d.info.index) + ": " + d.info.name + " " +
+                         format_bytes(d.info.total_bytes);
+            }
+          }
+          std::fprintf(stderr,
+                       "gpumgr serve: listening on %s (pid %d, %zu open files allowed)\n"
+                       "gpumgr serve: %s; devices: %s\n",
+                       socket.c_str(), static_cast<int>(::getpid()), files,
+                       http_server ? ("HTTP on " + http_options->host + ":" +
+                                      std::to_string(http_server->port()))
+                                         .c_str()
+                                   : "no HTTP",
+                       devices.c_str());
+        }
+        server.value()->run();
+        if (http_server) http_server->stop();
+        server.value().reset();
+        if (!opts->quiet) std::fprintf(stderr, "gpumgr serve: stopped\n");
+        return kExitOk;
+      }};
+}
+
+}  // namespace gpumgr::cli
