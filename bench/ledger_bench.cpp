@@ -168,17 +168,21 @@ class RecordingReporter : public benchmark::ConsoleReporter {
   void ReportRuns(const std::vector<Run>& runs) override {
     for (const Run& run : runs) {
       if (run.run_type == Run::RT_Iteration && !run.error_occurred) {
-        ns_[run.benchmark_name()] = run.GetAdjustedRealTime() *
-                                    benchmark::GetTimeUnitMultiplier(benchmark::kNanosecond) /
-                                    benchmark::GetTimeUnitMultiplier(run.time_unit);
+        const double to_ns = benchmark::GetTimeUnitMultiplier(benchmark::kNanosecond) /
+                             benchmark::GetTimeUnitMultiplier(run.time_unit);
+        ns_[run.benchmark_name()] = run.GetAdjustedRealTime() * to_ns;
+        cpu_ns_[run.benchmark_name()] = run.GetAdjustedCPUTime() * to_ns;
       }
     }
     ConsoleReporter::ReportRuns(runs);
   }
   const std::map<std::string, double>& ns() const { return ns_; }
+  const std::map<std::string, double>& cpu_ns() const { return cpu_ns_; }
 
  private:
-  std::map<std::string, double> ns_;
+  std::map<std::string, double> ns_;      // wall time per operation
+  std::map<std::string, double> cpu_ns_;  // CPU time per operation (what a loaded machine
+                                          // does not inflate)
 };
 
 }  // namespace
@@ -189,14 +193,16 @@ int main(int argc, char** argv) {
   RecordingReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
   const auto& ns = reporter.ns();
+  const auto& cpu = reporter.cpu_ns();
   for (const char* threads : {"1", "2"}) {
-    const auto pair = ns.find(std::string("BM_AcquireRelease/real_time/threads:") + threads);
-    const auto floor = ns.find(std::string("BM_Floor/real_time/threads:") + threads);
-    if (pair == ns.end() || floor == ns.end()) continue;
+    const std::string pair = std::string("BM_AcquireRelease/real_time/threads:") + threads;
+    const std::string floor = std::string("BM_Floor/real_time/threads:") + threads;
+    if (ns.count(pair) == 0 || ns.count(floor) == 0) continue;
     std::printf(
-        "threads %s: acquire+release %.1f ns, floor %.1f ns, ratio acquire+release / "
-        "floor = %.2f\n",
-        threads, pair->second, floor->second, pair->second / floor->second);
+        "threads %s: acquire+release %.1f ns (cpu %.1f), floor %.1f ns (cpu %.1f), "
+        "ratio acquire+release / floor = %.2f (cpu time: %.2f)\n",
+        threads, ns.at(pair), cpu.at(pair), ns.at(floor), cpu.at(floor), ns.at(pair) / ns.at(floor),
+        cpu.at(pair) / cpu.at(floor));
   }
   if (const auto it = ns.find("BM_Snapshot8Gpus"); it != ns.end()) {
     std::printf("snapshot of 8 devices: %.2f us (%s)\n", it->second / 1000.0,
