@@ -1,0 +1,85 @@
+"""The same Python code over the gpumgr daemon (GPUMGR_SOCKET): one budget for every process.
+
+Runs only where the gpumgr binary is built next to the module (<build>/src/cli/gpumgr, or
+GPUMGR_TEST_GPUMGR_BIN); skips with a reason otherwise. Every other test runs in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import gpu_manager
+from gpu_manager import GPUCapacityError, GPUManager, QueueTimeoutError
+
+
+def _gpumgr_binary() -> Path | None:
+    env = os.environ.get("GPUMGR_TEST_GPUMGR_BIN")
+    if env:
+        return Path(env)
+    guess = Path(gpu_manager.__file__).resolve().parents[2] / "src" / "cli" / "gpumgr"
+    return guess if guess.exists() else None
+
+
+@pytest.fixture
+def daemon(tmp_path, monkeypatch):
+    binary = _gpumgr_binary()
+    if binary is None or not binary.exists():
+        pytest.skip("the gpumgr binary (target gpumgr_cli) is not built next to the module")
+    socket = tmp_path / "gpumgr.sock"
+    proc = subprocess.Popen([str(binary), "serve", "--socket", str(socket), "--no-http",
+                             "--simulate", "2x24GiB", "--max-concurrent-jobs", "3", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while not socket.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"gpumgr serve did not start: {proc.communicate()[1].decode()[-500:]}")
+        time.sleep(0.02)
+    monkeypatch.setenv("GPUMGR_SOCKET", str(socket))
+    yield socket
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_managers_share_the_daemon_budget(daemon):
+    a = GPUManager()
+    b = GPUManager()
+    assert a.get_gpu_stats()["source"] == f"daemon at {daemon}"
+    leases = [a.allocate_job(f"a{i}", 19000) for i in range(2)]
+    assert b.can_process_job(19000) is False
+    with pytest.raises(GPUCapacityError):
+        b.allocate_job("b", 19000)
+    with pytest.raises(QueueTimeoutError):
+        with b.managed_generation("b-wait", 19000, timeout=0.1):
+            pass
+    leases[0].release()
+    with b.managed_generation("b-now", 19000, timeout=5) as lease:
+        assert lease.device == leases[0].device
+    leases[1].release()
+    stats = b.get_gpu_stats()
+    assert (stats["jobs_processed"], stats["active_jobs"], stats["leased_memory"]) == (3, 0, 0)
+
+
+def test_a_lease_dies_with_its_process(daemon):
+    code = ("import gpu_manager, time; m = gpu_manager.GPUManager(); "
+            "l = m.allocate_job('other-process', 19000); print('held', flush=True); time.sleep(60)")
+    env = dict(os.environ, PYTHONPATH=str(Path(gpu_manager.__file__).resolve().parents[1]))
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        m = GPUManager()
+        assert m.get_gpu_stats()["leased_memory"] == 19000 * 1024**2
+    finally:
+        child.kill()
+        child.wait()
+    deadline = time.monotonic() + 5
+    while m.get_gpu_stats()["leased_memory"] != 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert m.get_gpu_stats()["leased_memory"] == 0
