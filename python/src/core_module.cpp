@@ -12,7 +12,11 @@
 #include <pybind11/stl.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -446,6 +450,76 @@ LeaseRequest make_request(std::string job_id, std::uint64_t bytes, int gpus, int
 
 WaitOptions wait_options(std::optional<double> timeout, std::optional<CancelToken> cancel);
 
+// The main thread's ident, where Python delivers signals (set at import).
+std::atomic<unsigned long> main_thread_ident{0};
+
+// Manager::acquire, without the GIL, so that Ctrl-C still works in the main thread.
+//
+// Python runs signal handlers only in the main thread, between bytecodes: a main thread
+// blocked in C++ would ignore Ctrl-C until its lease came. So where the main thread may have
+// to wait (the lease does not fit now), the wait runs on a helper thread while the main thread
+// checks for signals every 100 ms; a signal whose handler raises (KeyboardInterrupt) cancels
+// the wait and propagates. Other threads, and a lease that fits now, wait directly: no thread
+// is started on the fast path. Requires the GIL; returns with it.
+StatusOr<Lease> acquire_interruptibly(Manager& manager, const LeaseRequest& request,
+                                      WaitOptions wait) {
+  const bool main = PyThread_get_thread_ident() == main_thread_ident.load();
+  bool fits_now = true;
+  if (main) {
+    py::gil_scoped_release nogil;
+    StatusOr<bool> admit = manager.can_admit(request.bytes, request.gpus);
+    fits_now = !admit.ok() || *admit;  // errors: let acquire() report them
+  }
+  if (!main || fits_now || (wait.deadline && *wait.deadline <= std::chrono::steady_clock::now())) {
+    py::gil_scoped_release nogil;
+    return manager.acquire(request, wait);
+  }
+  struct Slot {
+    std::mutex mutex;
+    std::condition_variable cv;
+    std::optional<StatusOr<Lease>> result;
+  };
+  auto slot = std::make_shared<Slot>();
+  CancelToken token = wait.cancel.value_or(CancelToken());
+  wait.cancel = token;
+  std::thread helper;
+  {
+    py::gil_scoped_release nogil;
+    helper = std::thread([&manager, request, wait, slot] {
+      StatusOr<Lease> lease = manager.acquire(request, wait);
+      std::lock_guard lock(slot->mutex);
+      slot->result.emplace(std::move(lease));
+      slot->cv.notify_all();
+    });
+  }
+  while (true) {
+    bool done = false;
+    {
+      py::gil_scoped_release nogil;
+      std::unique_lock lock(slot->mutex);
+      done = slot->cv.wait_for(lock, std::chrono::milliseconds(100),
+                               [&] { return slot->result.has_value(); });
+    }
+    if (done) break;
+    if (PyErr_CheckSignals() != 0) {
+      // A handler raised: give up the wait, return nothing we were granted meanwhile.
+      py::error_already_set interrupted;
+      {
+        py::gil_scoped_release nogil;
+        token.cancel();
+        helper.join();
+        if (slot->result && slot->result->ok()) (void)slot->result->value().release();
+      }
+      throw interrupted;
+    }
+  }
+  {
+    py::gil_scoped_release nogil;
+    helper.join();
+  }
+  return std::move(*slot->result);
+}
+
 // managed_generation()'s context manager, in C++ so that entering and leaving it costs little
 // more than the acquire and release themselves. Used from one thread at a time.
 class PyGeneration {
@@ -459,11 +533,7 @@ class PyGeneration {
   py::object enter() {
     if (lease_ != nullptr) throw py::value_error("managed_generation() block entered twice");
     WaitOptions wait = wait_options(timeout_, std::nullopt);
-    StatusOr<Lease> lease = Status(ErrorCode::kInternal, "");
-    {
-      py::gil_scoped_release nogil;
-      lease = core_->manager().acquire(request_, wait);
-    }
+    StatusOr<Lease> lease = acquire_interruptibly(core_->manager(), request_, wait);
     std::unique_ptr<PyLease> wrapped = core_->wrap(take(std::move(lease)));
     lease_ = wrapped.get();
     lease_object_ = py::cast(std::move(wrapped));
@@ -527,6 +597,10 @@ PYBIND11_MODULE(_core, mod) {
       "The C++ core of gpu_manager (libgpumgr), for the pure-Python package. Use the names "
       "that gpu_manager exports; this module's API may change.";
 
+  main_thread_ident = py::module_::import("threading")
+                          .attr("main_thread")()
+                          .attr("ident")
+                          .cast<unsigned long>();
   py::module_ err = py::module_::import("gpu_manager.errors");
   auto keep = [&err](const char* name) {
     py::object cls = err.attr(name);
@@ -683,12 +757,7 @@ PYBIND11_MODULE(_core, mod) {
             LeaseRequest r = make_request(std::move(job_id), bytes, gpus, priority, device,
                                           std::move(command));
             WaitOptions wait = wait_options(timeout, std::move(cancel));
-            StatusOr<Lease> lease = Status(ErrorCode::kInternal, "");
-            {
-              py::gil_scoped_release nogil;
-              lease = m.manager().acquire(r, wait);
-            }
-            return m.wrap(take(std::move(lease)));
+            return m.wrap(take(acquire_interruptibly(m.manager(), r, wait)));
           },
           py::arg("job_id"), py::arg("bytes"), py::arg("timeout") = py::none(),
           py::arg("gpus") = 1, py::arg("priority") = 0, py::arg("device") = -1,

@@ -173,3 +173,41 @@ def test_garbage_collected_lease_is_released(two_gpus, n):
         two_gpus._core.try_acquire(f"dropped-{i}", 100 * MiB)  # never stored: released at once
     assert two_gpus.get_gpu_stats()["active_jobs"] == 0
     assert two_gpus.get_gpu_stats()["jobs_processed"] == n
+
+
+def test_ctrl_c_interrupts_a_wait_in_the_main_thread(tmp_path):
+    """Python delivers signals to the main thread only: a wait there still answers Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import gpu_manager
+
+    script = tmp_path / "wait.py"
+    script.write_text(
+        "import time, gpu_manager\n"
+        "m = gpu_manager.GPUManager(simulate='24GiB', max_concurrent_jobs=1)\n"
+        "hog = m.allocate_job('hog', 1000)\n"
+        "print('waiting', flush=True)\n"
+        "start = time.monotonic()\n"
+        "try:\n"
+        "    with m.managed_generation('main', 1000, timeout=None):\n"
+        "        print('granted?!')\n"
+        "except KeyboardInterrupt:\n"
+        "    s = m.get_gpu_stats()\n"
+        "    print('interrupted %.2f' % (time.monotonic() - start), len(m.snapshot()['queue']),\n"
+        "          s['jobs_cancelled'], s['active_jobs'])\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(gpu_manager.__file__).resolve().parents[1]))
+    env.pop("GPUMGR_SOCKET", None)
+    child = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                             text=True)
+    assert child.stdout.readline().strip() == "waiting"
+    time.sleep(0.3)
+    child.send_signal(signal.SIGINT)
+    out, _ = child.communicate(timeout=10)
+    words = out.split()
+    assert words[0] == "interrupted", out
+    assert 0.2 <= float(words[1]) < 1.5
+    assert words[2:] == ["0", "1", "1"]  # no longer queued, counted as cancelled, hog still held
