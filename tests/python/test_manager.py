@@ -534,3 +534,23 @@ def test_integration_resource_exhaustion(two_gpus):
     assert two_gpus.can_process_job(19660)
     stats = two_gpus.get_gpu_stats()
     assert (stats["jobs_rejected"], stats["jobs_timed_out"]) == (1, 1)
+
+
+# ---- documentation for IDEs and help() ----
+
+def test_public_api_has_docstrings_and_stubs():
+    from pathlib import Path
+
+    missing = [name for name in gpu_manager.__all__
+               if callable(getattr(gpu_manager, name)) and not getattr(gpu_manager, name).__doc__]
+    methods = [n for n in dir(GPUManager) if not n.startswith("_")]
+    missing += [f"GPUManager.{n}" for n in methods if not getattr(GPUManager, n).__doc__]
+    missing += [f"Lease.{n}" for n in ("device", "device_index", "bytes", "memory_mb", "held",
+                                      "release", "mark_failed")
+                if not getattr(gpu_manager.Lease, n).__doc__]
+    assert missing == []
+    assert {"can_process_job", "allocate_job", "cleanup_after_job", "managed_generation",
+            "get_gpu_stats", "get_memory_info", "get_utilization"} <= set(methods)
+    package = Path(gpu_manager.__file__).parent
+    assert (package / "py.typed").exists() and (package / "_core.pyi").exists()
+    assert "class Lease" in (package / "_core.pyi").read_text()
