@@ -3,10 +3,11 @@
 // exits or is killed, the daemon releases them.
 //
 // Every method may be called from any thread, concurrently. Calls share one connection; each
-// request carries an id and a reader thread hands every reply to the call waiting for that id,
-// so a waiting acquire never holds up other calls. When the connection drops, the calls in
-// flight fail with kUnavailable and the next call connects again (the old connection's leases
-// are gone by then: the daemon released them).
+// request carries an id and whichever caller is reading hands every reply to the call waiting
+// for that id, so a waiting acquire never holds up other calls. When the connection drops, the
+// calls in flight fail with kUnavailable and the next call connects again (the old connection's
+// leases are gone by then: the daemon released them).
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -14,7 +15,6 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
-#include <thread>
 #include <unordered_map>
 
 #include "core/snapshot_json.h"
@@ -48,27 +48,19 @@ bool send_all(int fd, std::string_view bytes) {
   return true;
 }
 
-// Where one call waits for its reply.
-struct Slot {
-  Mutex mutex;
-  std::condition_variable cv;
-  std::optional<StatusOr<Reply>> reply GUARDED_BY(mutex);
-
-  void fulfil(StatusOr<Reply> r) {
-    MutexLock lock(mutex);
-    if (!reply) reply.emplace(std::move(r));
-    cv.notify_all();
-  }
-  StatusOr<Reply> wait() {
-    MutexLock lock(mutex);
-    cv.wait(lock.native(), [&]() NO_THREAD_SAFETY_ANALYSIS { return reply.has_value(); });
-    return std::move(*reply);
-  }
-};
-
-// One connection to the daemon, with its reader thread.
+// One connection to the daemon. There is no reader thread: a waiting caller reads for
+// everyone (leader/follower). The caller that finds nobody reading becomes the reader, reads
+// what the socket has, hands each reply to the call it answers and steps down; the others
+// wait on a condition variable. A reply thus wakes its caller directly in the common case
+// (one call in flight), without a thread hand-off, which keeps a round trip near the cost of
+// a bare socket ping-pong.
 class Connection {
  public:
+  // Where one call's reply lands; guarded by the connection's mutex.
+  struct Pending {
+    std::optional<StatusOr<Reply>> reply;
+  };
+
   static StatusOr<std::shared_ptr<Connection>> open(const std::string& path) {
     if (path.size() >= sizeof(sockaddr_un{}.sun_path)) {
       return InvalidArgument("socket path '" + path + "' is too long for a Unix socket");
@@ -93,30 +85,30 @@ class Connection {
     }
     auto conn = std::shared_ptr<Connection>(new Connection(fd, path));
     if (Status s = conn->handshake(); !s.ok()) return s;
-    conn->reader_ = std::thread([c = conn.get()] { c->read_loop(); });
     return conn;
   }
 
-  ~Connection() {
-    ::shutdown(fd_, SHUT_RDWR);
-    if (reader_.joinable()) reader_.join();
-    ::close(fd_);
-  }
+  ~Connection() { ::close(fd_); }
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
-  bool dead() const {
-    MutexLock lock(mutex_);
-    return dead_;
+  // Whether the connection is known to be gone, or the daemon has closed its end.
+  bool dead() {
+    {
+      MutexLock lock(mutex_);
+      if (dead_) return true;
+    }
+    pollfd p{fd_, POLLRDHUP, 0};
+    return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
   }
 
-  // Sends a request and registers `slot` (may be null: nobody waits for the reply).
-  Status send(Request& request, const std::shared_ptr<Slot>& slot) {
+  // Sends a request; with `pending`, its reply will land there (see wait()).
+  Status send(Request& request, const std::shared_ptr<Pending>& pending) {
     {
       MutexLock lock(mutex_);
       if (dead_) return lost_;
       request.id = next_id_++;
-      if (slot) pending_.emplace(request.id, slot);
+      if (pending) pending_.emplace(request.id, pending);
     }
     const std::string line = daemon::encode_request(request);
     bool ok = false;
@@ -124,23 +116,40 @@ class Connection {
       MutexLock lock(write_mutex_);
       ok = send_all(fd_, line);
     }
-    if (!ok) {
-      // The reader sees the same failure and fails every pending call, this one included.
-      ::shutdown(fd_, SHUT_RDWR);
-    }
+    // On failure the reader sees the same end of the stream and fails every pending call,
+    // this one included.
+    if (!ok) ::shutdown(fd_, SHUT_RDWR);
     return Status::Ok();
   }
 
+  // Waits for `pending`'s reply, reading for everyone while nobody else does.
+  StatusOr<Reply> wait(const std::shared_ptr<Pending>& pending) {
+    MutexLock lock(mutex_);
+    while (true) {
+      if (pending->reply) return std::move(*pending->reply);
+      if (!reading_) {
+        reading_ = true;
+        lock.native().unlock();
+        read_some();
+        lock.native().lock();
+        reading_ = false;
+        cv_.notify_all();  // a reply for someone else, or the reader's seat is free
+        continue;
+      }
+      cv_.wait(lock.native());
+    }
+  }
+
   StatusOr<Reply> call(Request request) {
-    auto slot = std::make_shared<Slot>();
-    if (Status s = send(request, slot); !s.ok()) return s;
-    return slot->wait();
+    auto pending = std::make_shared<Pending>();
+    if (Status s = send(request, pending); !s.ok()) return s;
+    return wait(pending);
   }
 
  private:
   Connection(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
 
-  // Reads exactly one line, blocking (the handshake, before the reader starts).
+  // Reads exactly one line, blocking (the handshake, before any call).
   StatusOr<std::string> read_line_blocking() {
     char buf[4096];
     while (true) {
@@ -163,7 +172,7 @@ class Connection {
     hello.op = Op::kHello;
     hello.version = daemon::kProtocolVersion;
     hello.client = "libgpumgr pid " + std::to_string(::getpid());
-    hello.id = next_id_unlocked();
+    hello.id = 0;
     if (!send_all(fd_, daemon::encode_request(hello))) {
       return Unavailable("cannot talk to the daemon at " + path_ + ": " + std::strerror(errno));
     }
@@ -183,70 +192,63 @@ class Connection {
     return Status::Ok();
   }
 
-  std::uint64_t next_id_unlocked() NO_THREAD_SAFETY_ANALYSIS { return next_id_++; }
-
-  void read_loop() {
+  // The reader's turn: one recv, then every complete reply handed to its call. Only the
+  // caller holding the reader's seat (reading_) runs this, so splitter_ needs no lock.
+  void read_some() {
     char buf[16 * 1024];
-    Status why = Unavailable("lost the connection to the daemon at " + path_ +
-                             " (the daemon released this connection's leases)");
+    ssize_t n = 0;
+    do {
+      n = ::recv(fd_, buf, sizeof(buf), 0);
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0) {
+      fail_all(Unavailable("lost the connection to the daemon at " + path_ +
+                           " (the daemon released this connection's leases)"));
+      return;
+    }
+    splitter_.append(std::string_view(buf, static_cast<std::size_t>(n)));
     while (true) {
-      bool bad = false;
-      while (true) {
-        auto line = splitter_.next();
-        if (!line.ok()) {
-          why =
-              Unavailable("bad reply from the daemon at " + path_ + ": " + line.status().message());
-          bad = true;
-          break;
-        }
-        if (!line->has_value()) break;
-        auto reply = daemon::decode_reply(**line);
-        if (!reply.ok()) {
-          why = Unavailable("bad reply from the daemon at " + path_ + ": " +
-                            reply.status().message());
-          bad = true;
-          break;
-        }
-        deliver(std::move(reply).value());
+      auto line = splitter_.next();
+      if (!line.ok()) {
+        fail_all(
+            Unavailable("bad reply from the daemon at " + path_ + ": " + line.status().message()));
+        return;
       }
-      if (bad) break;
-      const ssize_t n = ::recv(fd_, buf, sizeof(buf), 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;
-      splitter_.append(std::string_view(buf, static_cast<std::size_t>(n)));
-    }
-    ::shutdown(fd_, SHUT_RDWR);
-    std::unordered_map<std::uint64_t, std::shared_ptr<Slot>> orphans;
-    {
+      if (!line->has_value()) return;
+      auto reply = daemon::decode_reply(**line);
+      if (!reply.ok()) {
+        fail_all(
+            Unavailable("bad reply from the daemon at " + path_ + ": " + reply.status().message()));
+        return;
+      }
+      if (!reply->id) continue;  // about a request we could not have sent; nobody waits
       MutexLock lock(mutex_);
-      dead_ = true;
-      lost_ = why;
-      orphans.swap(pending_);
-    }
-    for (auto& [id, slot] : orphans) slot->fulfil(why);
-  }
-
-  void deliver(Reply reply) {
-    if (!reply.id) return;  // an error about a request we could not have sent; nobody waits
-    std::shared_ptr<Slot> slot;
-    {
-      MutexLock lock(mutex_);
-      const auto it = pending_.find(*reply.id);
-      if (it == pending_.end()) return;  // a fire-and-forget cancel
-      slot = std::move(it->second);
+      const auto it = pending_.find(*reply->id);
+      if (it == pending_.end()) continue;  // a fire-and-forget cancel
+      it->second->reply.emplace(std::move(reply).value());
       pending_.erase(it);
     }
-    slot->fulfil(std::move(reply));
+  }
+
+  void fail_all(const Status& why) {
+    ::shutdown(fd_, SHUT_RDWR);
+    MutexLock lock(mutex_);
+    if (!dead_) {
+      dead_ = true;
+      lost_ = why;
+    }
+    for (auto& [id, pending] : pending_) pending->reply.emplace(why);
+    pending_.clear();
   }
 
   const int fd_;
   const std::string path_;
-  std::thread reader_;
   daemon::LineSplitter splitter_{daemon::kMaxReplyBytes};  // the reader's alone
   Mutex write_mutex_;                                      // one request's bytes at a time
-  mutable Mutex mutex_;
+  Mutex mutex_;
+  std::condition_variable cv_;
   std::uint64_t next_id_ GUARDED_BY(mutex_) = 1;
-  std::unordered_map<std::uint64_t, std::shared_ptr<Slot>> pending_ GUARDED_BY(mutex_);
+  std::unordered_map<std::uint64_t, std::shared_ptr<Pending>> pending_ GUARDED_BY(mutex_);
+  bool reading_ GUARDED_BY(mutex_) = false;
   bool dead_ GUARDED_BY(mutex_) = false;
   Status lost_ GUARDED_BY(mutex_);
 };
@@ -277,8 +279,8 @@ class RemoteLedger final : public Ledger {
       const auto left = *wait.deadline - std::chrono::steady_clock::now();
       r.timeout_s = std::max(0.0, std::chrono::duration<double>(left).count());
     }
-    auto slot = std::make_shared<Slot>();
-    if (Status s = (*conn)->send(r, slot); !s.ok()) return s;
+    auto pending = std::make_shared<Connection::Pending>();
+    if (Status s = (*conn)->send(r, pending); !s.ok()) return s;
     std::optional<std::uint64_t> subscription;
     if (wait.cancel) {
       CancelToken token = *wait.cancel;
@@ -294,7 +296,7 @@ class RemoteLedger final : public Ledger {
         }
       });
     }
-    auto reply = slot->wait();
+    auto reply = (*conn)->wait(pending);
     if (subscription) {
       CancelToken token = *wait.cancel;
       token.unsubscribe(*subscription);
