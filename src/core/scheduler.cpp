@@ -156,7 +156,29 @@ void Scheduler::update_reservation() {
   for (const int d : reserved_) {
     if (!devices_[static_cast<std::size_t>(d)].healthy) keep = false;
   }
-  if (keep) return;
+  if (keep) {
+    // The reservation only ever improves: an unreserved device where the head already fits
+    // replaces the reserved device with the largest shortfall. Without this a multi-GPU
+    // head waits for its slowest reserved device while backfill refills devices that
+    // drained sooner (durations are unknown, so the first choice is a guess).
+    bool changed = false;
+    for (std::size_t i = 0; i < devices_.size(); ++i) {
+      const int u = static_cast<int>(i);
+      if (!allowed_[i] || !devices_[i].healthy || devices_[i].admissible() < r.bytes) continue;
+      if (r.device >= 0 && r.device != u) continue;
+      auto worst = std::max_element(reserved_.begin(), reserved_.end(), [&](int a, int b) {
+        return devices_[static_cast<std::size_t>(a)].admissible() >
+               devices_[static_cast<std::size_t>(b)].admissible();
+      });
+      if (devices_[static_cast<std::size_t>(*worst)].admissible() >= r.bytes) break;
+      allowed_[static_cast<std::size_t>(*worst)] = true;
+      allowed_[i] = false;
+      *worst = u;
+      changed = true;
+    }
+    if (changed) std::sort(reserved_.begin(), reserved_.end());
+    return;
+  }
 
   // Reserve the devices where the head will fit soonest: the smallest shortfall between
   // what it needs and what is admissible there now. Sticky until the head changes or a
@@ -226,6 +248,7 @@ StatusOr<std::vector<Grant>> Scheduler::enqueue(const LeaseRequest& request, Hol
   fit_[key.neg_priority][ClassKey{request.gpus, request.device}].push_back(key.seq, request.bytes);
   waiting_index_.emplace(request.job_id, key);
   if (deadline) deadlines_.emplace(*deadline, key);
+  if (request.gpus > 1) gang_waiters_.insert(key);
   queue_.emplace(key, std::move(waiter));
   return schedule(now);
 }
@@ -239,6 +262,7 @@ void Scheduler::remove_waiter(std::map<Key, Waiter>::iterator it) {
   if (cls->second.empty()) level->second.erase(cls);
   if (level->second.empty()) fit_.erase(level);
   if (w.deadline) deadlines_.erase({*w.deadline, key});
+  gang_waiters_.erase(key);
   waiting_index_.erase(w.request.job_id);
   if (reserved_for_ == w.request.job_id) {
     reserved_for_.clear();
@@ -293,6 +317,38 @@ std::optional<TimeNs> Scheduler::next_deadline() const {
   return deadlines_.begin()->first;
 }
 
+std::optional<Scheduler::Key> Scheduler::reserve_for_gangs(const Key& head,
+                                                           std::vector<bool>& allowed,
+                                                           std::vector<bool>* gang_allowed) const {
+  for (const Key& key : gang_waiters_) {
+    if (key == head) continue;
+    int free_devices = 0;
+    for (std::size_t i = 0; i < devices_.size(); ++i) {
+      if (allowed[i] && devices_[i].healthy) ++free_devices;
+    }
+    if (free_devices < 2) break;  // no multi-GPU job can use what is left
+    const LeaseRequest& r = queue_.at(key).request;
+    if (!place(r, allowed).empty()) {
+      // It may start now on devices no earlier job reserved; schedule() weighs it against
+      // the earliest backfill candidate.
+      if (gang_allowed != nullptr) *gang_allowed = allowed;
+      return key;
+    }
+    std::vector<int> candidates;
+    for (std::size_t i = 0; i < devices_.size(); ++i) {
+      if (allowed[i] && devices_[i].healthy && devices_[i].capacity >= r.bytes) {
+        candidates.push_back(static_cast<int>(i));
+      }
+    }
+    if (candidates.size() < static_cast<std::size_t>(r.gpus)) continue;
+    auto admissible = [&](int d) { return devices_[static_cast<std::size_t>(d)].admissible(); };
+    std::stable_sort(candidates.begin(), candidates.end(),
+                     [&](int a, int b) { return admissible(a) > admissible(b); });
+    for (int k = 0; k < r.gpus; ++k) allowed[static_cast<std::size_t>(candidates[k])] = false;
+  }
+  return std::nullopt;
+}
+
 std::vector<Grant> Scheduler::schedule(TimeNs now) {
   std::vector<Grant> grants;
   const std::vector<bool> all(devices_.size(), true);
@@ -303,18 +359,27 @@ std::vector<Grant> Scheduler::schedule(TimeNs now) {
     if (devices.empty()) {
       if (config_.queue == QueuePolicy::kFifo) break;
       update_reservation();
-      // Backfill: the earliest waiter, in queue order, that fits on unreserved devices.
+      // Gang reservations, then backfill on what no one has reserved.
+      std::vector<bool> allowed = allowed_;
+      std::vector<bool> gang_allowed;
+      std::optional<Key> gang = reserve_for_gangs(head->first, allowed, &gang_allowed);
       std::optional<Key> found;
       for (const auto& [neg_priority, classes] : fit_) {
         for (const auto& [cls, index] : classes) {
-          const auto seq = index.first_at_most(threshold(cls, allowed_));
+          const auto seq = index.first_at_most(threshold(cls, allowed));
           if (seq && (!found || *seq < found->seq)) found = Key{neg_priority, *seq};
         }
         if (found) break;
       }
-      if (!found) break;
-      chosen = queue_.find(*found);
-      devices = place(chosen->second.request, allowed_);
+      if (gang && (!found || *gang < *found)) {
+        chosen = queue_.find(*gang);
+        devices = place(chosen->second.request, gang_allowed);
+      } else if (found) {
+        chosen = queue_.find(*found);
+        devices = place(chosen->second.request, allowed);
+      } else {
+        break;
+      }
       if (devices.empty()) break;  // cannot happen: the index and place() agree
     }
     const Waiter& w = chosen->second;
@@ -324,6 +389,14 @@ std::vector<Grant> Scheduler::schedule(TimeNs now) {
   }
   if (queue_.empty()) update_reservation();
   return grants;
+}
+
+std::vector<bool> Scheduler::backfill_devices(bool* gang_can_start) const {
+  std::vector<bool> allowed = allowed_;
+  const bool startable =
+      !queue_.empty() && reserve_for_gangs(queue_.begin()->first, allowed, nullptr).has_value();
+  if (gang_can_start != nullptr) *gang_can_start = startable;
+  return allowed;
 }
 
 std::vector<const Scheduler::Waiter*> Scheduler::waiters() const {

@@ -14,6 +14,8 @@
 //   will fit soonest (the smallest shortfall). A later job may start ahead of the head only
 //   on devices the head has not reserved, so that no job placed after the head began waiting
 //   can delay it: the head starts as soon as enough is released on its reserved devices.
+//   Multi-GPU waiters behind the head reserve devices too, in queue order (a gang needs
+//   several devices drained at once, which backfill would otherwise keep refilling).
 // - FIFO: nothing starts while an earlier job waits.
 #pragma once
 
@@ -153,6 +155,10 @@ class Scheduler {
   bool is_waiting(std::string_view job_id) const;
   // Devices held back for the head of the queue (empty when none).
   const std::vector<int>& reserved_devices() const { return reserved_; }
+  // Devices that no waiter has reserved: where a backfilled job may start. Sets
+  // `gang_can_start` when a multi-GPU waiter could start now on devices no earlier waiter
+  // reserved (false after a pass: the pass would have started it).
+  std::vector<bool> backfill_devices(bool* gang_can_start = nullptr) const;
 
  private:
   // Queue order: higher priority first, then arrival.
@@ -179,6 +185,12 @@ class Scheduler {
   // Chooses the head's reserved devices (sticky while they stay valid); fills allowed_ with
   // the devices others may use.
   void update_reservation();
+  // Multi-GPU waiters after the head, in queue order, each reserve the devices where they
+  // will fit soonest among those not reserved before them (marking them in `allowed`). The
+  // first one that fits now on unreserved devices stops the walk and is returned, with those
+  // devices in gang_allowed_.
+  std::optional<Key> reserve_for_gangs(const Key& head, std::vector<bool>& allowed,
+                                       std::vector<bool>* gang_allowed) const;
   bool limit_reached() const { return active_count() >= config_.max_concurrent_jobs; }
   std::uint64_t capacity_rank(int gpus) const;  // the gpus-th largest capacity
 
@@ -193,7 +205,8 @@ class Scheduler {
 
   std::string reserved_for_;
   std::vector<int> reserved_;
-  std::vector<bool> allowed_;  // devices not reserved for the head
+  std::vector<bool> allowed_;   // devices not reserved for the head
+  std::set<Key> gang_waiters_;  // waiting multi-GPU requests, in queue order
 };
 
 }  // namespace gpumgr::core

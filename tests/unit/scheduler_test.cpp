@@ -153,6 +153,24 @@ TEST(Scheduler, MultiGpuJobsAreAllOrNothing) {
   EXPECT_EQ(s.device(2).leased, 0u);
 }
 
+TEST(Scheduler, MultiGpuWaitersBehindTheHeadReserveDevicesToo) {
+  Scheduler s = make({10, 10, 10, 10});
+  start(s, req("a", 8, 0, 1, 0));
+  start(s, req("b", 8, 0, 1, 1));
+  start(s, req("c", 3, 0, 1, 2));
+  start(s, req("d", 3, 0, 1, 3));
+  // head needs 9 GiB on one device (reserves one); the gang needs 9 GiB on two devices and
+  // reserves the two with the most admissible memory that are left.
+  EXPECT_TRUE(wait(s, req("head", 9)).empty());
+  EXPECT_TRUE(wait(s, req("gang", 9, 0, 2)).empty());
+  const std::vector<bool> unreserved = s.backfill_devices();
+  EXPECT_EQ(std::count(unreserved.begin(), unreserved.end(), true), 1);
+  // A 1 GiB job may use only the one device nobody reserved.
+  auto grants = wait(s, req("small", 1));
+  ASSERT_EQ(ids(grants), std::vector<std::string>{"small"});
+  EXPECT_TRUE(unreserved[static_cast<std::size_t>(grants[0].devices[0])]);
+}
+
 TEST(Scheduler, PlacementPolicies) {
   // Admissible: 6, 2, 9 GiB. A 2 GiB job: best-fit -> 1, spread -> 2, first-fit -> 0.
   for (auto [policy, expected] :
@@ -300,34 +318,37 @@ TEST(Scheduler, PeakLeasedIsTracked) {
   EXPECT_EQ(s.device(0).peak_leased, 7 * kGiB);
 }
 
-// After every pass the queue is "settled": the head cannot start anywhere, and no other
-// waiter fits on the devices the head has not reserved (under FIFO: the head cannot start).
-// Leases never exceed capacity (outside use may grow after a grant, so leased + foreign
-// may). Checked against a brute-force reading of the state.
+// After every pass the queue is "settled": the head cannot start anywhere, no multi-GPU
+// waiter can start on devices no earlier waiter reserved, and no other waiter fits on the
+// devices nobody reserved (under FIFO: the head cannot start). Leases never exceed capacity
+// (outside use may grow after a grant, so leased + foreign may). Checked against a
+// brute-force reading of the state.
 void expect_settled(const Scheduler& s) {
   for (std::size_t d = 0; d < s.device_count(); ++d) {
     const auto& dev = s.device(static_cast<int>(d));
     EXPECT_LE(dev.leased, dev.capacity) << "device " << d;
   }
   if (s.waiting_count() == 0 || s.active_count() >= s.config().max_concurrent_jobs) return;
-  auto fits = [&](const LeaseRequest& r, bool respect_reservation) {
+  auto fits = [&](const LeaseRequest& r, const std::vector<bool>& allowed) {
     int n = 0;
-    const auto& reserved = s.reserved_devices();
     for (std::size_t d = 0; d < s.device_count(); ++d) {
       const int di = static_cast<int>(d);
       if (r.device >= 0 && r.device != di) continue;
-      if (respect_reservation && std::find(reserved.begin(), reserved.end(), di) != reserved.end())
-        continue;
       const auto& dev = s.device(di);
-      if (dev.healthy && dev.admissible() >= r.bytes) ++n;
+      if (allowed[d] && dev.healthy && dev.admissible() >= r.bytes) ++n;
     }
     return n >= r.gpus;
   };
   const auto waiters = s.waiters();
-  EXPECT_FALSE(fits(waiters[0]->request, false)) << "head " << waiters[0]->request.job_id;
+  EXPECT_FALSE(fits(waiters[0]->request, std::vector<bool>(s.device_count(), true)))
+      << "head " << waiters[0]->request.job_id;
   if (s.config().queue == QueuePolicy::kFifo) return;
+  bool gang_can_start = true;
+  const std::vector<bool> unreserved = s.backfill_devices(&gang_can_start);
+  EXPECT_FALSE(gang_can_start);
+  for (const int d : s.reserved_devices()) EXPECT_FALSE(unreserved[static_cast<std::size_t>(d)]);
   for (std::size_t i = 1; i < waiters.size(); ++i) {
-    EXPECT_FALSE(fits(waiters[i]->request, true)) << "waiter " << waiters[i]->request.job_id;
+    EXPECT_FALSE(fits(waiters[i]->request, unreserved)) << "waiter " << waiters[i]->request.job_id;
   }
 }
 
