@@ -1,10 +1,13 @@
 #include "daemon/protocol.h"
 
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 
 namespace gpumgr::daemon {
@@ -333,6 +336,18 @@ std::string default_server_socket_path() {
     return std::string(xdg) + "/gpumgr.sock";
   }
   return "/tmp/gpumgr-" + std::to_string(::geteuid()) + "/gpumgr.sock";
+}
+
+bool socket_answers(const std::string& path) {
+  if (path.size() >= sizeof(sockaddr_un{}.sun_path)) return false;
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  ::close(fd);
+  return ok;
 }
 
 std::string default_client_socket_path() {

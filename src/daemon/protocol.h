@@ -84,6 +84,8 @@ std::string default_server_socket_path();
 // user's default path (which the "no daemon" error then names).
 std::string default_client_socket_path();
 inline constexpr const char* kSystemSocketPath = "/run/gpumgr/gpumgr.sock";
+// Whether something accepts connections at `path` (a live daemon, not a stale socket).
+bool socket_answers(const std::string& path);
 
 class LineSplitter {
  public:

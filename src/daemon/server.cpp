@@ -43,18 +43,6 @@ std::string command_of(std::uint32_t pid) {
   return raw;
 }
 
-// Connects to `path` to see whether a daemon answers there.
-bool something_listens(const std::string& path) {
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  ::close(fd);
-  return ok;
-}
-
 }  // namespace
 
 // Grants decided on other threads come here to be posted onto the loop; once the loop has
@@ -543,7 +531,7 @@ StatusOr<std::unique_ptr<Server>> Server::create(ServerOptions options,
     if (!S_ISSOCK(st.st_mode)) {
       return InvalidArgument(path + " exists and is not a socket; refusing to replace it");
     }
-    if (something_listens(path)) {
+    if (socket_answers(path)) {
       return Status(ErrorCode::kFailedPrecondition,
                     "a daemon is already listening at " + path +
                         "; stop it first (systemctl stop gpumgr) or choose another --socket");
