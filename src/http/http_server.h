@@ -40,7 +40,12 @@ class HttpServer {
 StatusOr<std::unique_ptr<HttpServer>> start_http_server(const HttpOptions& options,
                                                         SnapshotSource source);
 
-// Parses "HOST:PORT" ("127.0.0.1:9400", "[::1]:9400", "localhost:0").
+// Whether `host` (a name or a literal address, without brackets or port) is a loopback
+// address: localhost, 127.0.0.0/8, ::1. Other names count as public whatever they resolve to.
+bool is_loopback_host(const std::string& host);
+
+// Parses "HOST:PORT" ("127.0.0.1:9400", "[::1]:9400", "localhost:0"). kInvalidArgument for
+// malformed text, and for a non-loopback host unless allow_public (--http-public).
 StatusOr<HttpOptions> parse_http_address(const std::string& text, bool allow_public);
 
 }  // namespace gpumgr::http

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# ctest's wrapper for the dashboard browser test: skips (77) with a reason where node or
+# Chromium is missing, installs playwright-core (never a browser) if node_modules is missing.
+#   run.sh HTTP_FIXTURE [SCREENSHOT]
+# SCREENSHOT defaults to $GPUMGR_SCREENSHOT, else dashboard.png in the current directory
+# (ctest runs in the build tree); to refresh the README's picture:
+#   GPUMGR_SCREENSHOT=$PWD/docs/dashboard.png ctest --test-dir build -L browser
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+fixture=${1:?usage: run.sh HTTP_FIXTURE [SCREENSHOT]}
+screenshot=${2:-${GPUMGR_SCREENSHOT:-$PWD/dashboard.png}}
+chromium=${GPUMGR_CHROMIUM:-/usr/bin/chromium}
+
+if ! command -v node >/dev/null; then
+  echo "SKIP: node is not installed (apt-get install nodejs)"
+  exit 77
+fi
+if [[ ! -x $chromium ]]; then
+  echo "SKIP: no Chromium at $chromium (apt-get install chromium, or set GPUMGR_CHROMIUM)"
+  exit 77
+fi
+if [[ ! -d $here/node_modules/playwright-core ]]; then
+  echo "installing playwright-core from package-lock.json (no browser download)"
+  if ! (cd "$here" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund); then
+    echo "SKIP: npm ci failed in $here (no registry?); run it there by hand"
+    exit 77
+  fi
+fi
+exec node "$here/dashboard.test.js" "$fixture" "$screenshot"
