@@ -4,8 +4,8 @@
 
 #include <cmath>
 #include <condition_variable>
+#include <cstdio>
 #include <map>
-#include <sstream>
 
 #include "core/local_ledger.h"
 
@@ -41,9 +41,9 @@ Status validate_config(const LedgerConfig& config) {
                            std::to_string(config.max_concurrent_jobs));
   }
   if (!(config.memory_limit > 0.0 && config.memory_limit <= 1.0)) {
-    std::ostringstream out;
-    out << "memory_limit must be in (0, 1], got " << config.memory_limit;
-    return InvalidArgument(out.str());
+    char value[32];
+    std::snprintf(value, sizeof value, "%g", config.memory_limit);
+    return InvalidArgument(std::string("memory_limit must be in (0, 1], got ") + value);
   }
   if (config.poll_interval.count() <= 0) {
     return InvalidArgument("poll_interval must be positive, got " +

@@ -292,7 +292,9 @@ void LocalLedger::acquire_async(const LeaseRequest& request, Holder holder,
       if (deadline) deadline_ns = to_ns(*deadline);
       // enqueue() runs a scheduling pass: the request itself may start at once.
       handle_grants_locked(scheduler_.enqueue(r, holder, now, deadline_ns).value(), now, calls);
-      housekeeper_cv_.notify_all();
+      // Wake the housekeeper only for a real waiter (its deadline and polling); waking it
+      // for a lease granted at once only makes the two threads contend for the lock.
+      if (scheduler_.is_waiting(r.job_id)) housekeeper_cv_.notify_all();
     }
   }
   run_all(calls);

@@ -1,8 +1,8 @@
 #include "gpumgr/manager.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <set>
-#include <sstream>
 #include <unordered_map>
 
 #include "core/local_ledger.h"
@@ -177,12 +177,25 @@ Status Lease::release(JobOutcome outcome) {
 
 // ---- Manager ----
 
+namespace {
+// Plain formatting without iostreams (see cpu_backend.cpp for why Python-reachable code
+// avoids them).
+std::string text_of(const std::string& v) { return v.empty() ? "''" : v; }
+std::string text_of(std::string_view v) { return text_of(std::string(v)); }
+std::string text_of(int v) { return std::to_string(v); }
+std::string text_of(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+}  // namespace
+
 std::string describe_option_difference(const ManagerOptions& a, const ManagerOptions& b) {
-  std::ostringstream out;
+  std::string out;
   auto field = [&](const char* name, const auto& x, const auto& y) {
     if (x == y) return;
-    if (out.tellp() > 0) out << "; ";
-    out << name << ": " << x << " in use, " << y << " requested";
+    if (!out.empty()) out += "; ";
+    out += std::string(name) + ": " + text_of(x) + " in use, " + text_of(y) + " requested";
   };
   field("device", a.device, b.device);
   field("max_concurrent_jobs", a.max_concurrent_jobs, b.max_concurrent_jobs);
@@ -191,7 +204,7 @@ std::string describe_option_difference(const ManagerOptions& a, const ManagerOpt
   field("queue", queue_policy_name(a.queue), queue_policy_name(b.queue));
   field("simulate", a.simulate, b.simulate);
   field("socket", a.socket, b.socket);
-  return out.str();
+  return out;
 }
 
 namespace {

@@ -72,9 +72,15 @@ Status Scheduler::check_shape(std::uint64_t bytes, int gpus, int device) const {
             ? "device " + std::to_string(device) + "'s capacity"
             : (gpus == 1 ? "the largest device capacity"
                          : "the capacity of the " + std::to_string(gpus) + " largest devices");
-    return Status(ErrorCode::kNeverFits, "request of " + format_bytes(bytes) +
-                                             " per device can never fit: " + where + " is " +
-                                             format_bytes(limit));
+    // Near the limit both sizes may print alike ("19.2 GiB"): then give the exact bytes.
+    std::string asked = format_bytes(bytes);
+    std::string have = format_bytes(limit);
+    if (asked == have) {
+      asked += " (" + std::to_string(bytes) + " B)";
+      have += " (" + std::to_string(limit) + " B)";
+    }
+    return Status(ErrorCode::kNeverFits,
+                  "request of " + asked + " per device can never fit: " + where + " is " + have);
   }
   return Status::Ok();
 }

@@ -1,51 +1,94 @@
 // The CPU device: host memory as one pool, so that CPU fallback still has admission control.
+//
+// /proc files are read with read(2) and parsed with std::from_chars, not iostreams: inside a
+// Python process, libraries loaded with torch can interpose their own copies of the C++
+// stream symbols, and iostream parsing then fails or crashes.
+#include <fcntl.h>
 #include <unistd.h>
 
-#include <fstream>
-#include <sstream>
+#include <charconv>
+#include <optional>
+#include <string_view>
 
 #include "gpumgr/backends.h"
 
 namespace gpumgr {
 namespace {
 
+// The whole of a small file, or empty when it cannot be read.
+std::optional<std::string> read_small_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0) {
+      ::close(fd);
+      return std::nullopt;
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+    if (out.size() > (1u << 20)) break;  // /proc/meminfo is a few KiB
+  }
+  ::close(fd);
+  return out;
+}
+
+// The number after "KEY:" on its own line ("MemTotal:       24575788 kB"), in kB.
+std::optional<std::uint64_t> meminfo_field(std::string_view text, std::string_view key) {
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    const std::size_t end = std::min(text.find('\n', pos), text.size());
+    std::string_view line = text.substr(pos, end - pos);
+    pos = end + 1;
+    if (line.size() <= key.size() || line.substr(0, key.size()) != key || line[key.size()] != ':') {
+      continue;
+    }
+    line.remove_prefix(key.size() + 1);
+    while (!line.empty() && line.front() == ' ') line.remove_prefix(1);
+    std::uint64_t value = 0;
+    const auto [ptr, ec] = std::from_chars(line.data(), line.data() + line.size(), value);
+    if (ec != std::errc() || ptr == line.data()) return std::nullopt;
+    return value;
+  }
+  return std::nullopt;
+}
+
+std::string cpu_name() {
+  const auto text = read_small_file("/proc/cpuinfo");
+  if (!text) return "CPU";
+  const std::string_view view(*text);
+  const std::size_t at = view.find("model name");
+  if (at == std::string_view::npos) return "CPU";
+  const std::size_t colon = view.find(':', at);
+  const std::size_t end = view.find('\n', at);
+  if (colon == std::string_view::npos || colon + 2 > end) return "CPU";
+  return std::string(view.substr(colon + 2, end - colon - 2));
+}
+
 class CpuBackend final : public DeviceBackend {
  public:
-  explicit CpuBackend(std::string meminfo_path) : path_(std::move(meminfo_path)) {}
+  explicit CpuBackend(std::string meminfo_path)
+      : path_(std::move(meminfo_path)), name_(cpu_name()) {}
 
   BackendInfo info() const override { return BackendInfo{"cpu", "", "", ""}; }
 
   StatusOr<std::vector<DeviceInfo>> query() override {
-    std::ifstream in(path_);
-    if (!in) return Unavailable("cannot read " + path_);
-    std::uint64_t total_kib = 0;
-    std::uint64_t available_kib = 0;
-    bool have_total = false;
-    bool have_available = false;
-    std::string line;
-    while (std::getline(in, line)) {
-      std::istringstream fields(line);
-      std::string key;
-      std::uint64_t value = 0;
-      if (!(fields >> key >> value)) continue;
-      if (key == "MemTotal:") {
-        total_kib = value;
-        have_total = true;
-      } else if (key == "MemAvailable:") {
-        available_kib = value;
-        have_available = true;
-      }
-    }
-    if (!have_total || !have_available || total_kib == 0) {
+    const auto text = read_small_file(path_);
+    if (!text) return Unavailable("cannot read " + path_);
+    const auto total_kib = meminfo_field(*text, "MemTotal");
+    const auto available_kib = meminfo_field(*text, "MemAvailable");
+    if (!total_kib || !available_kib || *total_kib == 0) {
       return Unavailable(path_ + " has no MemTotal/MemAvailable lines");
     }
     DeviceInfo d;
     d.index = 0;
     d.kind = DeviceKind::kCpu;
     d.uuid = "CPU";
-    d.name = cpu_name();
-    d.total_bytes = total_kib * 1024;
-    d.free_bytes = std::min(available_kib, total_kib) * 1024;
+    d.name = name_;
+    d.total_bytes = *total_kib * 1024;
+    d.free_bytes = std::min(*available_kib, *total_kib) * 1024;
     d.used_bytes = d.total_bytes - d.free_bytes;
     // Which process uses host memory is not tracked: the used figure counts as outside use,
     // less what this process reports through the framework provider.
@@ -54,19 +97,8 @@ class CpuBackend final : public DeviceBackend {
   }
 
  private:
-  static std::string cpu_name() {
-    std::ifstream in("/proc/cpuinfo");
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.rfind("model name", 0) == 0) {
-        const auto colon = line.find(':');
-        if (colon != std::string::npos && colon + 2 <= line.size()) return line.substr(colon + 2);
-      }
-    }
-    return "CPU";
-  }
-
   const std::string path_;
+  const std::string name_;
 };
 
 }  // namespace

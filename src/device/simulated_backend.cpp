@@ -1,4 +1,4 @@
-#include <sstream>
+#include <algorithm>
 
 #include "gpumgr/backends.h"
 #include "gpumgr/units.h"

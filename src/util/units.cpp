@@ -26,7 +26,9 @@ constexpr std::array<Unit, 9> kUnits{{
 }  // namespace
 
 StatusOr<std::uint64_t> parse_size(std::string_view text) {
-  const std::string quoted = "'" + std::string(text) + "'";
+  // Built by appending: g++ 12's -Wrestrict misfires on "'" + std::string(...) at -O3.
+  std::string quoted(1, '\'');
+  quoted.append(text).push_back('\'');
   if (text.empty())
     return InvalidArgument("empty size: expected an integer with a unit such as 24GiB");
   std::size_t digits = 0;
