@@ -25,6 +25,7 @@ Command setup_status(CLI::App& app, const GlobalOptions& global);
 Command setup_simulate(CLI::App& app, const GlobalOptions& global);
 Command setup_serve(CLI::App& app, const GlobalOptions& global);
 Command setup_run(CLI::App& app, const GlobalOptions& global);
+Command setup_watch(CLI::App& app, const GlobalOptions& global);
 
 // Exit codes shared by every command (docs/cli.md).
 inline constexpr int kExitOk = 0;

@@ -12,6 +12,7 @@ constexpr gpumgr::cli::CommandSetup kCommands[] = {
     gpumgr::cli::setup_simulate,
     gpumgr::cli::setup_serve,
     gpumgr::cli::setup_run,
+    gpumgr::cli::setup_watch,
 };
 
 }  // namespace

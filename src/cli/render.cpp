@@ -84,7 +84,13 @@ std::string memory_bar(const DeviceAccount& d, int width, bool color) {
   return out + "]";
 }
 
-std::string render_status(const Snapshot& s, const RenderOptions& o) {
+namespace {
+
+int count_lines(const std::string& text) {
+  return static_cast<int>(std::count(text.begin(), text.end(), '\n'));
+}
+
+std::string render_unbounded(const Snapshot& s, const RenderOptions& o) {
   std::ostringstream out;
   const auto now = std::chrono::system_clock::now();
   out << "gpumgr: " << s.source << ", " << s.backend.name << " backend";
@@ -168,6 +174,37 @@ std::string render_status(const Snapshot& s, const RenderOptions& o) {
       << format_duration(st.wait_seconds.mean()) << ", max " << format_duration(st.wait_seconds.max)
       << "\n";
   return out.str();
+}
+
+}  // namespace
+
+std::string render_status(const Snapshot& s, const RenderOptions& o) {
+  std::string text = render_unbounded(s, o);
+  if (o.height <= 0 || count_lines(text) <= o.height) return text;
+  // Fewer lease and queue rows first: the largest row limit whose rendering fits. The line
+  // count grows with the limit, so a binary search finds it.
+  const int all_rows = static_cast<int>(std::max(s.leases.size(), s.queue.size()));
+  int lo = 0;
+  int hi = o.max_rows < 0 ? all_rows : std::min(o.max_rows, all_rows);
+  RenderOptions fitted = o;
+  fitted.height = -1;
+  while (lo < hi) {
+    fitted.max_rows = (lo + hi + 1) / 2;
+    if (count_lines(render_unbounded(s, fitted)) <= o.height) {
+      lo = fitted.max_rows;
+    } else {
+      hi = fitted.max_rows - 1;
+    }
+  }
+  fitted.max_rows = lo;
+  text = render_unbounded(s, fitted);
+  const int lines = count_lines(text);
+  if (lines <= o.height) return text;
+  // Still too tall (many devices, a tiny terminal): keep the top, say what was cut.
+  std::size_t end = 0;
+  for (int i = 0; i < o.height - 1; ++i) end = text.find('\n', end) + 1;
+  return text.substr(0, end) + "... " + std::to_string(lines - (o.height - 1)) +
+         " more lines: enlarge the terminal\n";
 }
 
 }  // namespace gpumgr::cli

@@ -13,6 +13,9 @@ struct RenderOptions {
   int width = 100;     // terminal columns
   bool color = false;  // ANSI colours
   int max_rows = -1;   // rows of leases/queue to show; -1 for all
+  // Lines the whole rendering may take (`gpumgr watch` fits the terminal); -1: no limit.
+  // Lease and queue rows are cut first ("... N more"), then whatever still does not fit.
+  int height = -1;
 };
 
 // "[####%%%%....|..]": leased '#', outside '%', free '.', and '|' where capacity ends.
