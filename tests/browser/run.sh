@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # ctest's wrapper for the dashboard browser test: skips (77) with a reason where node or
 # Chromium is missing, installs playwright-core (never a browser) if node_modules is missing.
-#   run.sh HTTP_FIXTURE [SCREENSHOT]
+#   run.sh HTTP_FIXTURE [SCREENSHOT]      the dashboard over http_fixture (takes the screenshot)
+#   run.sh --daemon GPUMGR_BINARY         the dashboard over `gpumgr serve` and `gpumgr run`
 # SCREENSHOT defaults to $GPUMGR_SCREENSHOT, else dashboard.png in the current directory
 # (ctest runs in the build tree); to refresh the README's picture:
 #   GPUMGR_SCREENSHOT=$PWD/docs/dashboard.png ctest --test-dir build -L browser
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-fixture=${1:?usage: run.sh HTTP_FIXTURE [SCREENSHOT]}
+daemon=false
+if [[ ${1:-} == --daemon ]]; then
+  daemon=true
+  shift
+fi
+binary=${1:?usage: run.sh HTTP_FIXTURE [SCREENSHOT] | run.sh --daemon GPUMGR_BINARY}
 screenshot=${2:-${GPUMGR_SCREENSHOT:-$PWD/dashboard.png}}
 chromium=${GPUMGR_CHROMIUM:-/usr/bin/chromium}
 
@@ -26,4 +32,7 @@ if [[ ! -d $here/node_modules/playwright-core ]]; then
     exit 77
   fi
 fi
-exec node "$here/dashboard.test.js" "$fixture" "$screenshot"
+if $daemon; then
+  exec node "$here/dashboard_daemon.test.js" "$binary"
+fi
+exec node "$here/dashboard.test.js" "$binary" "$screenshot"
