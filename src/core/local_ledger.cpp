@@ -25,14 +25,19 @@ Histogram make_time_histogram() {
 }
 
 void observe(Histogram& h, double value) {
-  for (std::size_t i = 0; i < h.bounds.size(); ++i) {
-    if (value <= h.bounds[i]) ++h.counts[i];
-  }
-  ++h.counts.back();
+  // One bucket per observation here; cumulative() sums them when a snapshot is taken, so the
+  // hot path does not touch every bucket.
+  const auto bucket = std::lower_bound(h.bounds.begin(), h.bounds.end(), value) - h.bounds.begin();
+  ++h.counts[static_cast<std::size_t>(bucket)];
   h.min = h.count == 0 ? value : std::min(h.min, value);
   h.max = h.count == 0 ? value : std::max(h.max, value);
   ++h.count;
   h.sum += value;
+}
+
+Histogram cumulative(Histogram h) {
+  for (std::size_t i = 1; i < h.counts.size(); ++i) h.counts[i] += h.counts[i - 1];
+  return h;
 }
 
 TimeNs LocalLedger::now_ns() { return to_ns(std::chrono::steady_clock::now()); }
@@ -74,6 +79,7 @@ LocalLedger::LocalLedger(std::shared_ptr<DeviceBackend> backend, const LedgerCon
     holders_.resize(devices.size());
     apply_devices_locked(std::move(devices));
     last_refresh_ = now_ns();
+    last_refresh_seen_.store(last_refresh_, std::memory_order_relaxed);
   }
   housekeeper_ = std::thread([this] { housekeeper_loop(); });
 }
@@ -117,13 +123,13 @@ void LocalLedger::apply_backend_failure_locked(const Status& failure) {
 }
 
 std::uint64_t LocalLedger::foreign_bytes_locked(int device, const DeviceInfo& info) const {
-  const auto& holders = holders_[static_cast<std::size_t>(device)];
   std::uint64_t holders_known_usage = 0;
-  if (!info.processes_known && own_usage_ && holders.count(self_.pid) != 0) {
+  if (!info.processes_known && own_usage_ && holds_lease_on_locked(device, self_.pid)) {
     holders_known_usage = own_usage_(device).value_or(0);
   }
   return foreign_bytes_if(
-      info, [&](std::uint32_t pid) { return holders.count(pid) != 0; }, holders_known_usage);
+      info, [&](std::uint32_t pid) { return holds_lease_on_locked(device, pid); },
+      holders_known_usage);
 }
 
 void LocalLedger::refresh_foreign_locked(const std::vector<int>& devices) {
@@ -139,8 +145,24 @@ void LocalLedger::count_holder_locked(const std::vector<int>& devices, std::uint
                                       int delta) {
   for (const int d : devices) {
     auto& counts = holders_[static_cast<std::size_t>(d)];
-    if ((counts[pid] += delta) <= 0) counts.erase(pid);
+    auto it = std::find_if(counts.begin(), counts.end(),
+                           [pid](const HolderCount& h) { return h.pid == pid; });
+    if (it == counts.end()) {
+      if (delta > 0) counts.push_back(HolderCount{pid, delta});
+      continue;
+    }
+    it->leases += delta;
+    if (it->leases <= 0) {
+      *it = counts.back();  // order does not matter; keep the vector's capacity
+      counts.pop_back();
+    }
   }
+}
+
+bool LocalLedger::holds_lease_on_locked(int device, std::uint32_t pid) const {
+  const auto& counts = holders_[static_cast<std::size_t>(device)];
+  return std::any_of(counts.begin(), counts.end(),
+                     [pid](const HolderCount& h) { return h.pid == pid; });
 }
 
 Status LocalLedger::refresh() {
@@ -155,6 +177,7 @@ Status LocalLedger::refresh() {
       apply_backend_failure_locked(reading.status());
     }
     last_refresh_ = now_ns();
+    last_refresh_seen_.store(last_refresh_, std::memory_order_relaxed);
     schedule_locked(last_refresh_, calls);
   }
   run_all(calls);
@@ -162,13 +185,9 @@ Status LocalLedger::refresh() {
 }
 
 void LocalLedger::refresh_if_stale() {
-  bool stale = false;
-  {
-    MutexLock lock(mutex_);
-    stale = now_ns() - last_refresh_ >=
-            std::chrono::duration_cast<std::chrono::nanoseconds>(config_.poll_interval).count();
-  }
-  if (stale) (void)refresh();
+  const TimeNs poll_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(config_.poll_interval).count();
+  if (now_ns() - last_refresh_seen_.load(std::memory_order_relaxed) >= poll_ns) (void)refresh();
 }
 
 void LocalLedger::set_own_usage_provider(
@@ -198,14 +217,18 @@ void LocalLedger::schedule_locked(TimeNs now, Calls& calls) {
   handle_grants_locked(scheduler_.schedule(now), now, calls);
 }
 
+void LocalLedger::record_grant_locked(const Grant& g) {
+  // The new holder's own memory on these devices is now covered by its lease.
+  count_holder_locked(g.devices, scheduler_.active().at(g.job_id).holder.pid, +1);
+  refresh_foreign_locked(g.devices);
+  stats_.active_jobs = scheduler_.active_count();
+  stats_.peak_active_jobs = std::max(stats_.peak_active_jobs, stats_.active_jobs);
+  observe(stats_.wait_seconds, static_cast<double>(g.granted_at - g.requested_at) / 1e9);
+}
+
 void LocalLedger::handle_grants_locked(const std::vector<Grant>& grants, TimeNs now, Calls& calls) {
   for (const Grant& g : grants) {
-    // The new holder's own memory on these devices is now covered by its lease.
-    count_holder_locked(g.devices, scheduler_.active().at(g.job_id).holder.pid, +1);
-    refresh_foreign_locked(g.devices);
-    stats_.active_jobs = scheduler_.active_count();
-    stats_.peak_active_jobs = std::max(stats_.peak_active_jobs, stats_.active_jobs);
-    observe(stats_.wait_seconds, static_cast<double>(g.granted_at - g.requested_at) / 1e9);
+    record_grant_locked(g);
     auto it = pending_.find(g.job_id);
     if (it == pending_.end()) continue;
     calls.push_back(
@@ -231,8 +254,13 @@ StatusOr<LeaseInfo> LocalLedger::try_acquire(const LeaseRequest& request) {
 
 StatusOr<LeaseInfo> LocalLedger::try_acquire_as(const LeaseRequest& request, Holder holder) {
   refresh_if_stale();
-  LeaseRequest r = request;
-  if (pinned_device_ >= 0 && r.device == -1) r.device = pinned_device_;
+  // Copy the request only when pinning changes it: this is the hot path.
+  std::optional<LeaseRequest> pinned;
+  if (pinned_device_ >= 0 && request.device == -1) {
+    pinned = request;
+    pinned->device = pinned_device_;
+  }
+  const LeaseRequest& r = pinned ? *pinned : request;
   MutexLock lock(mutex_);
   if (pinned_device_ >= 0 && r.device != pinned_device_) {
     return InvalidArgument("this manager is pinned to device " + std::to_string(pinned_device_) +
@@ -247,8 +275,7 @@ StatusOr<LeaseInfo> LocalLedger::try_acquire_as(const LeaseRequest& request, Hol
     }
     return grant.status();
   }
-  Calls none;  // a direct grant has no pending callback
-  handle_grants_locked({grant.value()}, now, none);
+  record_grant_locked(grant.value());
   return lease_info_locked(r.job_id, now);
 }
 
@@ -277,8 +304,7 @@ void LocalLedger::acquire_async(const LeaseRequest& request, Holder holder,
       // No time to wait: take it now if the queue allows, else time out at once.
       auto grant = scheduler_.try_start(r, holder, now);
       if (grant.ok()) {
-        Calls none;  // a direct grant has no pending callback
-        handle_grants_locked({grant.value()}, now, none);
+        record_grant_locked(grant.value());
         calls.push_back([&done, info = lease_info_locked(r.job_id, now)] { done(info); });
       } else {
         ++stats_.jobs_timed_out;
@@ -476,6 +502,8 @@ StatusOr<Snapshot> LocalLedger::snapshot() {
     snap.queue.push_back(std::move(info));
   }
   snap.stats = stats_;
+  snap.stats.hold_seconds = cumulative(stats_.hold_seconds);
+  snap.stats.wait_seconds = cumulative(stats_.wait_seconds);
   snap.stats.active_jobs = scheduler_.active_count();
   return snap;
 }

@@ -8,6 +8,7 @@
 // the ledger's mutex is released; they may call back into the ledger.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -75,11 +76,14 @@ class LocalLedger final : public Ledger {
   void refresh_foreign_locked(const std::vector<int>& devices) REQUIRES(mutex_);
   void count_holder_locked(const std::vector<int>& devices, std::uint32_t pid, int delta)
       REQUIRES(mutex_);
+  bool holds_lease_on_locked(int device, std::uint32_t pid) const REQUIRES(mutex_);
   // Refreshes when the last reading is older than the poll interval.
   void refresh_if_stale();
   // Runs a scheduling pass and collects the callbacks of those granted.
   void schedule_locked(TimeNs now, std::vector<std::function<void()>>& calls) REQUIRES(mutex_);
-  // Records grants in the statistics and queues the callbacks of those that waited.
+  // Records one grant: holder attribution and statistics.
+  void record_grant_locked(const Grant& grant) REQUIRES(mutex_);
+  // Records grants and queues the callbacks of those that waited.
   void handle_grants_locked(const std::vector<Grant>& grants, TimeNs now,
                             std::vector<std::function<void()>>& calls) REQUIRES(mutex_);
   void finish_dropped_locked(const std::vector<Dropped>& dropped,
@@ -103,8 +107,16 @@ class LocalLedger final : public Ledger {
   Scheduler scheduler_ GUARDED_BY(mutex_);
   std::vector<DeviceInfo> devices_ GUARDED_BY(mutex_);  // the last reading
   // For each device, how many leases each holder pid has there: whose usage is not foreign.
-  std::vector<std::unordered_map<std::uint32_t, int>> holders_ GUARDED_BY(mutex_);
+  // A short flat list: a device has few holders, and it allocates nothing once grown.
+  struct HolderCount {
+    std::uint32_t pid;
+    int leases;
+  };
+  std::vector<std::vector<HolderCount>> holders_ GUARDED_BY(mutex_);
   TimeNs last_refresh_ GUARDED_BY(mutex_) = 0;
+  // A copy of last_refresh_ that the hot path reads without the lock, to decide whether a
+  // refresh is due.
+  std::atomic<TimeNs> last_refresh_seen_{0};
   std::unordered_map<std::string, Done> pending_ GUARDED_BY(mutex_);  // waiters' callbacks
   LedgerStats stats_ GUARDED_BY(mutex_);
   std::function<std::optional<std::uint64_t>(int)> own_usage_ GUARDED_BY(mutex_);
@@ -115,6 +127,9 @@ class LocalLedger final : public Ledger {
 
 // Default histogram bounds (seconds) for wait and hold times.
 Histogram make_time_histogram();
+// Adds one observation to its own bucket (not cumulative, which would touch every bucket on
+// the hot path); cumulative() gives the public, Prometheus-style form.
 void observe(Histogram& histogram, double value);
+Histogram cumulative(Histogram histogram);
 
 }  // namespace gpumgr::core

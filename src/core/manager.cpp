@@ -31,6 +31,9 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
   bool uses_gpu() const { return uses_gpu_; }
   const std::string& note() const { return note_; }
 
+  bool needs_pin(const LeaseRequest& request) const {
+    return pinned_device_ >= 0 && request.device == -1;
+  }
   LeaseRequest pin(LeaseRequest request) const {
     if (pinned_device_ >= 0 && request.device == -1) request.device = pinned_device_;
     return request;
@@ -306,6 +309,7 @@ StatusOr<bool> Manager::can_admit(std::uint64_t bytes, int gpus) {
 }
 
 StatusOr<Lease> Manager::try_acquire(const LeaseRequest& request) {
+  if (!core_->needs_pin(request)) return core_->make_lease(core_->ledger()->try_acquire(request));
   return core_->make_lease(core_->ledger()->try_acquire(core_->pin(request)));
 }
 

@@ -11,23 +11,27 @@ constexpr std::size_t kMaxJobIdLength = 256;
 }  // namespace
 
 Scheduler::Scheduler(SchedulerConfig config, std::size_t device_count)
-    : config_(config), devices_(device_count), allowed_(device_count, true) {}
+    : config_(config),
+      devices_(device_count),
+      allowed_(device_count, true),
+      all_devices_(device_count, true),
+      capacities_desc_(device_count, 0) {}
 
 void Scheduler::set_device(int device, std::uint64_t capacity, std::uint64_t foreign,
                            bool healthy) {
   DeviceState& d = devices_.at(static_cast<std::size_t>(device));
-  d.capacity = capacity;
+  if (d.capacity != capacity) {
+    d.capacity = capacity;
+    for (std::size_t i = 0; i < devices_.size(); ++i) capacities_desc_[i] = devices_[i].capacity;
+    std::sort(capacities_desc_.begin(), capacities_desc_.end(), std::greater<>());
+  }
   d.foreign = foreign;
   d.healthy = healthy;
 }
 
 std::uint64_t Scheduler::capacity_rank(int gpus) const {
-  std::vector<std::uint64_t> caps;
-  caps.reserve(devices_.size());
-  for (const auto& d : devices_) caps.push_back(d.capacity);
-  if (gpus < 1 || static_cast<std::size_t>(gpus) > caps.size()) return 0;
-  std::nth_element(caps.begin(), caps.begin() + (gpus - 1), caps.end(), std::greater<>());
-  return caps[static_cast<std::size_t>(gpus - 1)];
+  if (gpus < 1 || static_cast<std::size_t>(gpus) > capacities_desc_.size()) return 0;
+  return capacities_desc_[static_cast<std::size_t>(gpus - 1)];
 }
 
 Status Scheduler::check(const LeaseRequest& request) const {
@@ -87,6 +91,28 @@ Status Scheduler::check_shape(std::uint64_t bytes, int gpus, int device) const {
 
 std::vector<int> Scheduler::place(const LeaseRequest& request,
                                   const std::vector<bool>& allowed) const {
+  if (request.gpus == 1) {
+    // One device: a single scan chooses it, with the same ties (lowest index) as the sort
+    // below, and allocates only the result.
+    int best = -1;
+    std::uint64_t best_adm = 0;
+    for (std::size_t i = 0; i < devices_.size(); ++i) {
+      const int index = static_cast<int>(i);
+      if (!allowed[i] || !devices_[i].healthy) continue;
+      if (request.device >= 0 && request.device != index) continue;
+      const std::uint64_t adm = devices_[i].admissible();
+      if (adm < request.bytes) continue;
+      const bool better = best < 0 ||
+                          (config_.placement == PlacementPolicy::kBestFit && adm < best_adm) ||
+                          (config_.placement == PlacementPolicy::kSpread && adm > best_adm);
+      if (better) {
+        best = index;
+        best_adm = adm;
+      }
+    }
+    if (best < 0) return {};
+    return {best};
+  }
   std::vector<int> candidates;
   for (std::size_t i = 0; i < devices_.size(); ++i) {
     const int index = static_cast<int>(i);
@@ -221,7 +247,7 @@ StatusOr<Grant> Scheduler::try_start(const LeaseRequest& request, Holder holder,
   }
   std::vector<int> devices;
   if (queue_.empty()) {
-    devices = place(request, std::vector<bool>(devices_.size(), true));
+    devices = place(request, all_devices_);
   } else if (config_.queue == QueuePolicy::kFifo) {
     return Status(ErrorCode::kResourceExhausted,
                   std::to_string(queue_.size()) + " earlier job(s) wait and the queue is FIFO");
@@ -229,7 +255,7 @@ StatusOr<Grant> Scheduler::try_start(const LeaseRequest& request, Holder holder,
     update_reservation();
     // A request that outranks the head would be the head itself: it may use any device.
     const bool outranks = request.priority > queue_.begin()->second.request.priority;
-    devices = place(request, outranks ? std::vector<bool>(devices_.size(), true) : allowed_);
+    devices = place(request, outranks ? all_devices_ : allowed_);
   }
   if (devices.empty()) {
     std::uint64_t best = 0;
@@ -357,10 +383,9 @@ std::optional<Scheduler::Key> Scheduler::reserve_for_gangs(const Key& head,
 
 std::vector<Grant> Scheduler::schedule(TimeNs now) {
   std::vector<Grant> grants;
-  const std::vector<bool> all(devices_.size(), true);
   while (!queue_.empty() && !limit_reached()) {
     auto head = queue_.begin();
-    std::vector<int> devices = place(head->second.request, all);
+    std::vector<int> devices = place(head->second.request, all_devices_);
     auto chosen = head;
     if (devices.empty()) {
       if (config_.queue == QueuePolicy::kFifo) break;

@@ -205,8 +205,10 @@ class Scheduler {
 
   std::string reserved_for_;
   std::vector<int> reserved_;
-  std::vector<bool> allowed_;   // devices not reserved for the head
-  std::set<Key> gang_waiters_;  // waiting multi-GPU requests, in queue order
+  std::vector<bool> allowed_;                   // devices not reserved for the head
+  const std::vector<bool> all_devices_;         // every device allowed
+  std::vector<std::uint64_t> capacities_desc_;  // capacities, largest first
+  std::set<Key> gang_waiters_;                  // waiting multi-GPU requests, in queue order
 };
 
 }  // namespace gpumgr::core
