@@ -6,6 +6,8 @@
 #include <functional>
 #include <string>
 
+#include "gpumgr/manager.h"
+
 namespace gpumgr::cli {
 
 // Options every command accepts.
@@ -26,6 +28,12 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global);
 Command setup_serve(CLI::App& app, const GlobalOptions& global);
 Command setup_run(CLI::App& app, const GlobalOptions& global);
 Command setup_watch(CLI::App& app, const GlobalOptions& global);
+
+// Points `options` at the host's daemon when one answers at the default socket path, unless
+// a socket (option or GPUMGR_SOCKET) or simulated devices were asked for: the views
+// (status, watch) then show the daemon's leases and queue rather than an empty in-process
+// ledger.
+void use_running_daemon(ManagerOptions& options);
 
 // Exit codes shared by every command (docs/cli.md).
 inline constexpr int kExitOk = 0;

@@ -52,6 +52,7 @@ Command setup_status(CLI::App& app, const GlobalOptions& global) {
             mo.socket = opts->socket;
             mo.memory_limit = opts->memory_limit;
             mo.max_concurrent_jobs = opts->max_concurrent_jobs;
+            use_running_daemon(mo);
             auto manager = Manager::create(mo);
             if (!manager.ok()) {
               std::fprintf(stderr, "gpumgr status: %s\n", manager.status().message().c_str());
