@@ -26,7 +26,6 @@
 
 #include "cli/commands.h"
 #include "cli/render.h"
-#include "daemon/protocol.h"
 #include "gpumgr/manager.h"
 
 namespace gpumgr::cli {
@@ -251,41 +250,35 @@ Command setup_watch(CLI::App& app, const GlobalOptions& global) {
   sub->footer(
       "When stdout is not a terminal, prints one snapshot and exits.\n"
       "Exit codes: 0 ok; 1 backend failure; 2 bad arguments; 3 no driver or daemon reachable.");
-  return {
-      sub, [opts, &global]() -> int {
-        ManagerOptions mo;
-        mo.device = opts->device;
-        mo.simulate = global.simulate;
-        mo.socket = opts->socket;
-        mo.memory_limit = opts->memory_limit;
-        mo.max_concurrent_jobs = opts->max_concurrent_jobs;
-        // Watching is most useful on the host's daemon: use it when one answers at the
-        // default path, unless a socket or simulated devices were asked for.
-        const bool simulating = !mo.simulate.empty() || std::getenv("GPUMGR_SIMULATE") != nullptr;
-        if (mo.socket.empty() && std::getenv("GPUMGR_SOCKET") == nullptr && !simulating) {
-          const std::string path = daemon::default_client_socket_path();
-          if (daemon::socket_answers(path)) mo.socket = path;
-        }
-        auto manager = Manager::create(mo);
-        if (!manager.ok()) {
-          std::fprintf(stderr, "gpumgr watch: %s\n", manager.status().message().c_str());
-          return exit_code_for(manager.status());
-        }
-        if (::isatty(STDOUT_FILENO) == 0) {
-          auto snap = manager.value()->snapshot();
-          if (!snap.ok()) {
-            std::fprintf(stderr, "gpumgr watch: %s\n", snap.status().message().c_str());
-            return exit_code_for(snap.status());
-          }
-          RenderOptions ro;
-          if (const char* cols = std::getenv("COLUMNS"); cols != nullptr && std::atoi(cols) > 0) {
-            ro.width = std::atoi(cols);
-          }
-          std::cout << render_status(snap.value(), ro);
-          return kExitOk;
-        }
-        return run_live(*manager.value(), opts->interval);
-      }};
+  return {sub, [opts, &global]() -> int {
+            ManagerOptions mo;
+            mo.device = opts->device;
+            mo.simulate = global.simulate;
+            mo.socket = opts->socket;
+            mo.memory_limit = opts->memory_limit;
+            mo.max_concurrent_jobs = opts->max_concurrent_jobs;
+            use_running_daemon(mo);  // the host's daemon, when one answers
+            auto manager = Manager::create(mo);
+            if (!manager.ok()) {
+              std::fprintf(stderr, "gpumgr watch: %s\n", manager.status().message().c_str());
+              return exit_code_for(manager.status());
+            }
+            if (::isatty(STDOUT_FILENO) == 0) {
+              auto snap = manager.value()->snapshot();
+              if (!snap.ok()) {
+                std::fprintf(stderr, "gpumgr watch: %s\n", snap.status().message().c_str());
+                return exit_code_for(snap.status());
+              }
+              RenderOptions ro;
+              if (const char* cols = std::getenv("COLUMNS");
+                  cols != nullptr && std::atoi(cols) > 0) {
+                ro.width = std::atoi(cols);
+              }
+              std::cout << render_status(snap.value(), ro);
+              return kExitOk;
+            }
+            return run_live(*manager.value(), opts->interval);
+          }};
 }
 
 }  // namespace gpumgr::cli
