@@ -1,6 +1,12 @@
 #include "core/accounting.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <charconv>
 #include <cmath>
+#include <optional>
+#include <string_view>
 
 namespace gpumgr::core {
 
@@ -15,6 +21,53 @@ std::uint64_t foreign_bytes(const DeviceInfo& info, const std::set<std::uint32_t
                             std::uint64_t holders_known_usage) {
   return foreign_bytes_if(
       info, [&](std::uint32_t pid) { return holder_pids.count(pid) != 0; }, holders_known_usage);
+}
+
+namespace {
+
+// The parent pid from /proc/<pid>/stat ("pid (comm) state ppid ..."), read with read(2): the
+// command name may hold spaces and parentheses, so parse after the last ')'.
+std::optional<std::uint32_t> parent_of(std::uint32_t pid, const std::string& proc_root) {
+  const std::string path = proc_root + "/" + std::to_string(pid) + "/stat";
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  char buf[1024];
+  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return std::nullopt;
+  std::string_view text(buf, static_cast<std::size_t>(n));
+  const std::size_t paren = text.rfind(')');
+  if (paren == std::string_view::npos || paren + 4 >= text.size()) return std::nullopt;
+  text.remove_prefix(paren + 4);  // ") S " -> the ppid
+  std::uint32_t ppid = 0;
+  const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), ppid);
+  if (ec != std::errc() || ptr == text.data()) return std::nullopt;
+  return ppid;
+}
+
+}  // namespace
+
+std::vector<std::uint32_t> process_ancestors(std::uint32_t pid, const std::string& proc_root) {
+  std::vector<std::uint32_t> out;
+  constexpr int kMaxDepth = 64;  // a cycle cannot happen, but a bound is cheap
+  for (int depth = 0; depth < kMaxDepth; ++depth) {
+    const auto parent = parent_of(pid, proc_root);
+    if (!parent || *parent == 0) break;
+    out.push_back(*parent);
+    if (*parent == 1) break;
+    pid = *parent;
+  }
+  return out;
+}
+
+Ancestry read_ancestry(const std::vector<DeviceInfo>& devices, const std::string& proc_root) {
+  Ancestry out;
+  for (const auto& d : devices) {
+    for (const auto& p : d.processes) {
+      if (p.pid != 0 && out.count(p.pid) == 0) out[p.pid] = process_ancestors(p.pid, proc_root);
+    }
+  }
+  return out;
 }
 
 }  // namespace gpumgr::core

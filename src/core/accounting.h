@@ -4,6 +4,9 @@
 
 #include <cstdint>
 #include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "gpumgr/device.h"
 
@@ -31,5 +34,17 @@ std::uint64_t foreign_bytes_if(const DeviceInfo& info, IsHolder&& is_holder,
   }
   return info.used_bytes > holders_known_usage ? info.used_bytes - holders_known_usage : 0;
 }
+
+// A process's ancestors (parent first, up to init), from /proc/<pid>/stat under `proc_root`;
+// empty when the process is gone or cannot be read. A lease covers its holder's children:
+// the command `gpumgr run` starts, or the workers a Python holder forks, use the memory the
+// lease was taken for.
+std::vector<std::uint32_t> process_ancestors(std::uint32_t pid,
+                                             const std::string& proc_root = "/proc");
+
+// The ancestors of every process listed on these devices (pid 0, outside use, excluded).
+using Ancestry = std::unordered_map<std::uint32_t, std::vector<std::uint32_t>>;
+Ancestry read_ancestry(const std::vector<DeviceInfo>& devices,
+                       const std::string& proc_root = "/proc");
 
 }  // namespace gpumgr::core

@@ -77,6 +77,7 @@ LocalLedger::LocalLedger(std::shared_ptr<DeviceBackend> backend, const LedgerCon
     stats_.hold_seconds = make_time_histogram();
     stats_.wait_seconds = make_time_histogram();
     holders_.resize(devices.size());
+    ancestors_ = read_ancestry(devices);
     apply_devices_locked(std::move(devices));
     last_refresh_ = now_ns();
     last_refresh_seen_.store(last_refresh_, std::memory_order_relaxed);
@@ -161,17 +162,28 @@ void LocalLedger::count_holder_locked(const std::vector<int>& devices, std::uint
 
 bool LocalLedger::holds_lease_on_locked(int device, std::uint32_t pid) const {
   const auto& counts = holders_[static_cast<std::size_t>(device)];
-  return std::any_of(counts.begin(), counts.end(),
-                     [pid](const HolderCount& h) { return h.pid == pid; });
+  auto holds = [&](std::uint32_t p) {
+    return std::any_of(counts.begin(), counts.end(),
+                       [p](const HolderCount& h) { return h.pid == p; });
+  };
+  if (counts.empty()) return false;
+  if (holds(pid)) return true;
+  // A holder's descendants are covered by its lease.
+  const auto it = ancestors_.find(pid);
+  if (it == ancestors_.end()) return false;
+  return std::any_of(it->second.begin(), it->second.end(), holds);
 }
 
 Status LocalLedger::refresh() {
   MutexLock serial(refresh_mutex_);
   auto reading = backend_->query();
+  // /proc is read here, outside the ledger's lock.
+  Ancestry ancestry = reading.ok() ? read_ancestry(reading.value()) : Ancestry{};
   Calls calls;
   {
     MutexLock lock(mutex_);
     if (reading.ok()) {
+      ancestors_ = std::move(ancestry);
       apply_devices_locked(std::move(reading).value());
     } else {
       apply_backend_failure_locked(reading.status());

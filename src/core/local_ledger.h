@@ -19,6 +19,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/accounting.h"
 #include "core/scheduler.h"
 #include "gpumgr/device.h"
 #include "gpumgr/ledger.h"
@@ -113,6 +114,8 @@ class LocalLedger final : public Ledger {
     int leases;
   };
   std::vector<std::vector<HolderCount>> holders_ GUARDED_BY(mutex_);
+  // The ancestors of each process the last reading listed: a holder's children count as it.
+  Ancestry ancestors_ GUARDED_BY(mutex_);
   TimeNs last_refresh_ GUARDED_BY(mutex_) = 0;
   // A copy of last_refresh_ that the hot path reads without the lock, to decide whether a
   // refresh is due.
