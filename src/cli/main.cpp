@@ -25,7 +25,11 @@ int main(int argc, char** argv) {
   app.add_option("--simulate", global.simulate,
                  "Use simulated devices instead of hardware, e.g. 2x24GiB (as GPUMGR_SIMULATE)");
   std::vector<gpumgr::cli::Command> commands;
-  for (const auto setup : kCommands) commands.push_back(setup(app, global));
+  for (const auto setup : kCommands) {
+    commands.push_back(setup(app, global));
+    // Global options (--simulate) may also follow the command: gpumgr status --simulate 2x24GiB
+    commands.back().subcommand->fallthrough();
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
