@@ -52,7 +52,7 @@ sleep 1  # let the daemon's next reading see the child's memory
 GPUMGR_SOCKET="$sock" "$gpumgr" status --json > "$work/child.json"
 judge child "dev['leased_bytes'] == 12 * GiB and dev['foreign_bytes'] < 1 * GiB and dev['used_bytes'] >= 8 * GiB and d['leases'][0]['job_id'] == 'child-job'"
 wait $runner
-GPUMGR_SOCKET="$sock" "$gpumgr" status --json > "$work/after.json"
+GPUMGR_SOCKET="$sock" "$gpumgr" status --json > "$work/released.json"
 judge released "dev['leased_bytes'] == 0 and len(d['leases']) == 0"
 kill $daemon; wait $daemon 2>/dev/null
 [ $fail -eq 0 ] && echo "RESULT: PASS" || echo "RESULT: FAIL"
