@@ -17,10 +17,23 @@ std::uint64_t capacity_bytes(std::uint64_t total_bytes, double memory_limit) {
   return static_cast<std::uint64_t>(std::floor(product));
 }
 
+std::uint64_t foreign_bytes(const DeviceInfo& info, const std::vector<bool>& is_holder,
+                            std::uint64_t holders_known_usage) {
+  if (info.processes_known) {
+    std::uint64_t sum = 0;
+    for (std::size_t i = 0; i < info.processes.size(); ++i) {
+      if (i >= is_holder.size() || !is_holder[i]) sum += info.processes[i].used_bytes;
+    }
+    return sum;
+  }
+  return info.used_bytes > holders_known_usage ? info.used_bytes - holders_known_usage : 0;
+}
+
 std::uint64_t foreign_bytes(const DeviceInfo& info, const std::set<std::uint32_t>& holder_pids,
                             std::uint64_t holders_known_usage) {
-  return foreign_bytes_if(
-      info, [&](std::uint32_t pid) { return holder_pids.count(pid) != 0; }, holders_known_usage);
+  std::vector<bool> is_holder;
+  for (const auto& p : info.processes) is_holder.push_back(holder_pids.count(p.pid) != 0);
+  return foreign_bytes(info, is_holder, holders_known_usage);
 }
 
 namespace {

@@ -21,19 +21,9 @@ std::uint64_t capacity_bytes(std::uint64_t total_bytes, double memory_limit);
 std::uint64_t foreign_bytes(const DeviceInfo& info, const std::set<std::uint32_t>& holder_pids,
                             std::uint64_t holders_known_usage);
 
-// The same, with `is_holder(pid)` answering whether a pid holds a lease on the device.
-template <typename IsHolder>
-std::uint64_t foreign_bytes_if(const DeviceInfo& info, IsHolder&& is_holder,
-                               std::uint64_t holders_known_usage) {
-  if (info.processes_known) {
-    std::uint64_t sum = 0;
-    for (const auto& p : info.processes) {
-      if (!is_holder(p.pid)) sum += p.used_bytes;
-    }
-    return sum;
-  }
-  return info.used_bytes > holders_known_usage ? info.used_bytes - holders_known_usage : 0;
-}
+// The same, with `is_holder[i]` telling whether info.processes[i] is covered by a lease.
+std::uint64_t foreign_bytes(const DeviceInfo& info, const std::vector<bool>& is_holder,
+                            std::uint64_t holders_known_usage);
 
 // A process's ancestors (parent first, up to init), from /proc/<pid>/stat under `proc_root`;
 // empty when the process is gone or cannot be read. A lease covers its holder's children:

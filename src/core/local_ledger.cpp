@@ -128,9 +128,10 @@ std::uint64_t LocalLedger::foreign_bytes_locked(int device, const DeviceInfo& in
   if (!info.processes_known && own_usage_ && holds_lease_on_locked(device, self_.pid)) {
     holders_known_usage = own_usage_(device).value_or(0);
   }
-  return foreign_bytes_if(
-      info, [&](std::uint32_t pid) { return holds_lease_on_locked(device, pid); },
-      holders_known_usage);
+  std::vector<bool> is_holder;
+  is_holder.reserve(info.processes.size());
+  for (const auto& p : info.processes) is_holder.push_back(holds_lease_on_locked(device, p.pid));
+  return foreign_bytes(info, is_holder, holders_known_usage);
 }
 
 void LocalLedger::refresh_foreign_locked(const std::vector<int>& devices) {
@@ -161,17 +162,16 @@ void LocalLedger::count_holder_locked(const std::vector<int>& devices, std::uint
 }
 
 bool LocalLedger::holds_lease_on_locked(int device, std::uint32_t pid) const {
-  const auto& counts = holders_[static_cast<std::size_t>(device)];
-  auto holds = [&](std::uint32_t p) {
-    return std::any_of(counts.begin(), counts.end(),
+  const auto& holders = holders_[static_cast<std::size_t>(device)];
+  if (holders.empty()) return false;
+  auto holds = [&holders](std::uint32_t p) {
+    return std::any_of(holders.begin(), holders.end(),
                        [p](const HolderCount& h) { return h.pid == p; });
   };
-  if (counts.empty()) return false;
   if (holds(pid)) return true;
   // A holder's descendants are covered by its lease.
   const auto it = ancestors_.find(pid);
-  if (it == ancestors_.end()) return false;
-  return std::any_of(it->second.begin(), it->second.end(), holds);
+  return it != ancestors_.end() && std::any_of(it->second.begin(), it->second.end(), holds);
 }
 
 Status LocalLedger::refresh() {
