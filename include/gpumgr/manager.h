@@ -17,6 +17,7 @@
 #include "gpumgr/lease.h"
 #include "gpumgr/ledger.h"
 #include "gpumgr/status.h"
+#include "gpumgr/units.h"
 
 namespace gpumgr {
 
