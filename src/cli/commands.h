@@ -35,6 +35,22 @@ Command setup_watch(CLI::App& app, const GlobalOptions& global);
 // ledger.
 void use_running_daemon(ManagerOptions& options);
 
+// The options of the viewing commands (status, watch).
+struct ViewOptions {
+  std::string device = "auto";
+  std::string socket;
+  double memory_limit = 0.8;
+  int max_concurrent_jobs = 3;
+};
+void add_view_options(CLI::App& sub, ViewOptions& view);
+// The manager a view reads: the daemon's (an explicit socket, GPUMGR_SOCKET, or one answering
+// at the default path), else an in-process look at the devices. On failure prints the error
+// as "gpumgr COMMAND: ...", sets `exit_code` and returns null.
+std::unique_ptr<Manager> open_view_manager(const ViewOptions& view, const GlobalOptions& global,
+                                           const char* command, int* exit_code);
+// The exit code for a failed status (kExitUsage for bad input, kExitUnavailable, ...).
+int exit_code_for(const Status& status);
+
 // Exit codes shared by every command (docs/cli.md).
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitError = 1;        // a runtime failure (backend, daemon, I/O)

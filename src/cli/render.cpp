@@ -103,8 +103,7 @@ std::string render_unbounded(const Snapshot& s, const RenderOptions& o) {
 
   // Fixed columns take 78 characters; the memory bar gets the rest (at least 10).
   const int bar = std::clamp(o.width - 80, 10, 60);
-  out << pad("GPU", 4) << pad("NAME", 24)
-      << pad("MEMORY", static_cast<std::size_t>(bar + 3))
+  out << pad("GPU", 4) << pad("NAME", 24) << pad("MEMORY", static_cast<std::size_t>(bar + 3))
       << pad("USED/TOTAL GiB", 15) << pad("CAP", 6, true) << pad("UTIL", 6, true)
       << pad("TEMP", 6, true) << pad("POWER", 8, true) << "  HEALTH\n";
   for (const auto& d : s.devices) {

@@ -27,7 +27,6 @@
 
 namespace gpumgr::cli {
 
-int exit_code_for(const Status& status);  // status_cmd.cpp
 
 namespace {
 

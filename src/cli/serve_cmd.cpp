@@ -19,7 +19,6 @@
 
 namespace gpumgr::cli {
 
-int exit_code_for(const Status& status);  // status_cmd.cpp
 
 Command setup_serve(CLI::App& app, const GlobalOptions& global) {
   struct Options {

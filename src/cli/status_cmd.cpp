@@ -29,36 +29,19 @@ int exit_code_for(const Status& status) {
 Command setup_status(CLI::App& app, const GlobalOptions& global) {
   struct Options {
     bool json = false;
-    std::string device = "auto";
-    std::string socket;
-    double memory_limit = 0.8;
-    int max_concurrent_jobs = 3;
+    ViewOptions view;
   };
   auto opts = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand("status", "Show devices, leases, the queue and statistics");
   sub->add_flag("--json", opts->json, "Print the documented JSON (docs/status-json.md)");
-  sub->add_option("--device", opts->device, "Device selector: auto, cuda, cuda:N or cpu");
-  sub->add_option("--socket", opts->socket, "Ask the daemon at this socket (as GPUMGR_SOCKET)");
-  sub->add_option("--memory-limit", opts->memory_limit,
-                  "Share of each device leases may hold, for an in-process look (0 < F <= 1)");
-  sub->add_option("--max-concurrent-jobs", opts->max_concurrent_jobs,
-                  "Concurrency limit, for an in-process look");
+  add_view_options(*sub, opts->view);
   sub->footer(
       "Exit codes: 0 ok; 1 backend failure; 2 bad arguments; 3 no driver or daemon reachable.");
   return {sub, [opts, &global]() -> int {
-            ManagerOptions mo;
-            mo.device = opts->device;
-            mo.simulate = global.simulate;
-            mo.socket = opts->socket;
-            mo.memory_limit = opts->memory_limit;
-            mo.max_concurrent_jobs = opts->max_concurrent_jobs;
-            use_running_daemon(mo);
-            auto manager = Manager::create(mo);
-            if (!manager.ok()) {
-              std::fprintf(stderr, "gpumgr status: %s\n", manager.status().message().c_str());
-              return exit_code_for(manager.status());
-            }
-            auto snap = manager.value()->snapshot();
+            int code = kExitOk;
+            auto manager = open_view_manager(opts->view, global, "status", &code);
+            if (!manager) return code;
+            auto snap = manager->snapshot();
             if (!snap.ok()) {
               std::fprintf(stderr, "gpumgr status: %s\n", snap.status().message().c_str());
               return exit_code_for(snap.status());

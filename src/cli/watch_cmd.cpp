@@ -30,7 +30,6 @@
 
 namespace gpumgr::cli {
 
-int exit_code_for(const Status& status);  // status_cmd.cpp
 
 namespace {
 
@@ -229,10 +228,7 @@ int run_live(Manager& manager, double interval_s) {
 Command setup_watch(CLI::App& app, const GlobalOptions& global) {
   struct Options {
     double interval = 1.0;
-    std::string device = "auto";
-    std::string socket;
-    double memory_limit = 0.8;
-    int max_concurrent_jobs = 3;
+    ViewOptions view;
   };
   auto opts = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand(
@@ -241,30 +237,16 @@ Command setup_watch(CLI::App& app, const GlobalOptions& global) {
   sub->fallthrough();
   sub->add_option("--interval", opts->interval, "Seconds between refreshes")
       ->check(CLI::Range(0.1, 3600.0));
-  sub->add_option("--device", opts->device, "Device selector: auto, cuda, cuda:N or cpu");
-  sub->add_option("--socket", opts->socket, "Watch the daemon at this socket (as GPUMGR_SOCKET)");
-  sub->add_option("--memory-limit", opts->memory_limit,
-                  "Share of each device leases may hold, for an in-process look (0 < F <= 1)");
-  sub->add_option("--max-concurrent-jobs", opts->max_concurrent_jobs,
-                  "Concurrency limit, for an in-process look");
+  add_view_options(*sub, opts->view);
   sub->footer(
       "When stdout is not a terminal, prints one snapshot and exits.\n"
       "Exit codes: 0 ok; 1 backend failure; 2 bad arguments; 3 no driver or daemon reachable.");
   return {sub, [opts, &global]() -> int {
-            ManagerOptions mo;
-            mo.device = opts->device;
-            mo.simulate = global.simulate;
-            mo.socket = opts->socket;
-            mo.memory_limit = opts->memory_limit;
-            mo.max_concurrent_jobs = opts->max_concurrent_jobs;
-            use_running_daemon(mo);  // the host's daemon, when one answers
-            auto manager = Manager::create(mo);
-            if (!manager.ok()) {
-              std::fprintf(stderr, "gpumgr watch: %s\n", manager.status().message().c_str());
-              return exit_code_for(manager.status());
-            }
+            int code = kExitOk;
+            auto manager = open_view_manager(opts->view, global, "watch", &code);
+            if (!manager) return code;
             if (::isatty(STDOUT_FILENO) == 0) {
-              auto snap = manager.value()->snapshot();
+              auto snap = manager->snapshot();
               if (!snap.ok()) {
                 std::fprintf(stderr, "gpumgr watch: %s\n", snap.status().message().c_str());
                 return exit_code_for(snap.status());
@@ -277,7 +259,7 @@ Command setup_watch(CLI::App& app, const GlobalOptions& global) {
               std::cout << render_status(snap.value(), ro);
               return kExitOk;
             }
-            return run_live(*manager.value(), opts->interval);
+            return run_live(*manager, opts->interval);
           }};
 }
 
