@@ -74,8 +74,6 @@ struct Reply {
 };
 StatusOr<Reply> decode_reply(std::string_view line);
 
-// Splits a byte stream into lines, enforcing a maximum line length. Not thread-safe: one
-// per connection, used by the connection's reader.
 // Where `gpumgr serve` listens by default: /run/gpumgr/gpumgr.sock as root, else
 // $XDG_RUNTIME_DIR/gpumgr.sock (/tmp/gpumgr-<uid>/gpumgr.sock without XDG_RUNTIME_DIR).
 std::string default_server_socket_path();
@@ -87,6 +85,8 @@ inline constexpr const char* kSystemSocketPath = "/run/gpumgr/gpumgr.sock";
 // Whether something accepts connections at `path` (a live daemon, not a stale socket).
 bool socket_answers(const std::string& path);
 
+// Splits a byte stream into lines, enforcing a maximum line length. Not thread-safe: one
+// per connection, used by the connection's reader.
 class LineSplitter {
  public:
   explicit LineSplitter(std::size_t max_line) : max_line_(max_line) {}
