@@ -138,8 +138,12 @@ void LocalLedger::refresh_foreign_locked(const std::vector<int>& devices) {
   for (const int d : devices) {
     const auto i = static_cast<std::size_t>(d);
     if (i >= devices_.size()) continue;
+    // Nothing a change of holders could move: no processes listed, or none known and no
+    // figure of our own to subtract.
+    const DeviceInfo& info = devices_[i];
+    if (info.processes_known ? info.processes.empty() : !own_usage_) continue;
     const auto& st = scheduler_.device(d);
-    scheduler_.set_device(d, st.capacity, foreign_bytes_locked(d, devices_[i]), st.healthy);
+    scheduler_.set_device(d, st.capacity, foreign_bytes_locked(d, info), st.healthy);
   }
 }
 
@@ -370,7 +374,8 @@ StatusOr<LeaseInfo> LocalLedger::acquire(const LeaseRequest& request, const Wait
 }
 
 Status LocalLedger::release_locked(std::string_view job_id, JobOutcome outcome,
-                                   std::optional<std::uint32_t> requester_uid, Calls& calls) {
+                                   std::optional<std::uint32_t> requester_uid, Calls& calls,
+                                   std::vector<int>* devices) {
   const auto it = scheduler_.active().find(std::string(job_id));
   if (it == scheduler_.active().end()) {
     return NotFound("no active lease for job '" + std::string(job_id) + "'");
@@ -396,27 +401,27 @@ Status LocalLedger::release_locked(std::string_view job_id, JobOutcome outcome,
   count_holder_locked(released->devices, released->holder.pid, -1);
   refresh_foreign_locked(released->devices);
   schedule_locked(now, calls);
+  if (devices != nullptr) *devices = std::move(released->devices);
   return Status::Ok();
 }
 
 Status LocalLedger::release(std::string_view job_id, JobOutcome outcome) {
-  Calls calls;
-  Status s;
-  {
-    MutexLock lock(mutex_);
-    s = release_locked(job_id, outcome, std::nullopt, calls);
-  }
-  run_all(calls);
-  return s;
+  return release_as(job_id, outcome, std::nullopt, nullptr);
 }
 
 Status LocalLedger::release_as(std::string_view job_id, JobOutcome outcome,
                                std::uint32_t requester_uid) {
+  return release_as(job_id, outcome, std::optional<std::uint32_t>(requester_uid), nullptr);
+}
+
+Status LocalLedger::release_as(std::string_view job_id, JobOutcome outcome,
+                               std::optional<std::uint32_t> requester_uid,
+                               std::vector<int>* devices) {
   Calls calls;
   Status s;
   {
     MutexLock lock(mutex_);
-    s = release_locked(job_id, outcome, requester_uid, calls);
+    s = release_locked(job_id, outcome, requester_uid, calls, devices);
   }
   run_all(calls);
   return s;

@@ -55,6 +55,10 @@ class LocalLedger final : public Ledger {
                      Done done);
   // `requester_uid` may release only its own uid's leases, unless it is root (0).
   Status release_as(std::string_view job_id, JobOutcome outcome, std::uint32_t requester_uid);
+  // Releases on behalf of `requester_uid` (none: no permission check) and reports the
+  // released lease's devices in `devices` (for the manager's cleanup hook).
+  Status release_as(std::string_view job_id, JobOutcome outcome,
+                    std::optional<std::uint32_t> requester_uid, std::vector<int>* devices);
   Status cancel_as(std::string_view job_id, std::uint32_t requester_uid);
 
   // Queries the backend now and schedules whatever that lets start.
@@ -92,7 +96,8 @@ class LocalLedger final : public Ledger {
   LeaseInfo lease_info_locked(const std::string& job_id, TimeNs now) const REQUIRES(mutex_);
   Status release_locked(std::string_view job_id, JobOutcome outcome,
                         std::optional<std::uint32_t> requester_uid,
-                        std::vector<std::function<void()>>& calls) REQUIRES(mutex_);
+                        std::vector<std::function<void()>>& calls, std::vector<int>* devices)
+      REQUIRES(mutex_);
   void housekeeper_loop();
   static TimeNs now_ns();
   static TimeNs to_ns(SteadyTime t);

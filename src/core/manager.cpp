@@ -23,7 +23,8 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
         device_string_(std::move(device_string)),
         uses_gpu_(uses_gpu),
         note_(std::move(note)),
-        pinned_device_(pinned_device) {}
+        pinned_device_(pinned_device),
+        local_(dynamic_cast<core::LocalLedger*>(ledger_.get())) {}
 
   const ManagerOptions& options() const { return options_; }
   const std::shared_ptr<Ledger>& ledger() const { return ledger_; }
@@ -43,16 +44,21 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
     if (!info.ok()) return info.status();
     {
       MutexLock lock(mutex_);
-      devices_of_[info->job_id] = info->devices;
+      // The in-process ledger reports a released lease's devices itself; for another ledger
+      // remember them, so that a release by job id can still run the cleanup hook there.
+      if (local_ == nullptr) devices_of_[info->job_id] = info->devices;
       for (const int d : info->devices) used_devices_.insert(d);
     }
     return Lease(shared_from_this(), std::move(info).value());
   }
 
   Status release(std::string_view job_id, JobOutcome outcome) {
-    Status s = ledger_->release(job_id, outcome);
     std::vector<int> devices;
-    {
+    Status s;
+    if (local_ != nullptr) {
+      s = local_->release_as(job_id, outcome, std::nullopt, &devices);
+    } else {
+      s = ledger_->release(job_id, outcome);
       MutexLock lock(mutex_);
       auto it = devices_of_.find(std::string(job_id));
       if (it != devices_of_.end()) {
@@ -96,11 +102,11 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
     }
     // Where the backend cannot list processes, this process's framework memory is what its
     // own leases use: tell the in-process ledger so it is not counted as outside use.
-    if (auto* local = dynamic_cast<core::LocalLedger*>(ledger_.get()); local != nullptr) {
+    if (local_ != nullptr) {
       if (!provider) {
-        local->set_own_usage_provider(nullptr);
+        local_->set_own_usage_provider(nullptr);
       } else {
-        local->set_own_usage_provider([provider](int d) -> std::optional<std::uint64_t> {
+        local_->set_own_usage_provider([provider](int d) -> std::optional<std::uint64_t> {
           auto mem = provider(d);
           if (!mem) return std::nullopt;
           return mem->reserved_bytes;
@@ -126,6 +132,7 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
   const bool uses_gpu_;
   const std::string note_;
   const int pinned_device_;
+  core::LocalLedger* const local_;  // ledger_ when it is in-process, else null
 
   mutable Mutex mutex_;
   std::unordered_map<std::string, std::vector<int>> devices_of_ GUARDED_BY(mutex_);

@@ -269,7 +269,7 @@ StatusOr<Grant> Scheduler::try_start(const LeaseRequest& request, Holder holder,
     return Status(ErrorCode::kResourceExhausted, msg);
   }
   grant(request.job_id, request, holder, devices, now, now);
-  return Grant{request.job_id, devices, request.bytes, now, now};
+  return Grant{request.job_id, std::move(devices), request.bytes, now, now};
 }
 
 StatusOr<std::vector<Grant>> Scheduler::enqueue(const LeaseRequest& request, Holder holder,
@@ -309,13 +309,13 @@ StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now) {
   if (it == active_.end()) {
     return NotFound("no active lease for job '" + std::string(job_id) + "'");
   }
-  const ActiveLease& lease = it->second;
+  ActiveLease& lease = it->second;
   for (const int d : lease.devices) {
     DeviceState& dev = devices_[static_cast<std::size_t>(d)];
     dev.leased -= lease.bytes;
     --dev.leases;
   }
-  Released out{lease.devices, lease.bytes, now - lease.granted_at, lease.holder};
+  Released out{std::move(lease.devices), lease.bytes, now - lease.granted_at, lease.holder};
   active_.erase(it);
   return out;
 }
@@ -415,7 +415,8 @@ std::vector<Grant> Scheduler::schedule(TimeNs now) {
     }
     const Waiter& w = chosen->second;
     grant(w.request.job_id, w.request, w.holder, devices, w.requested_at, now);
-    grants.push_back(Grant{w.request.job_id, devices, w.request.bytes, w.requested_at, now});
+    grants.push_back(
+        Grant{w.request.job_id, std::move(devices), w.request.bytes, w.requested_at, now});
     remove_waiter(chosen);
   }
   if (queue_.empty()) update_reservation();
