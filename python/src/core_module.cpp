@@ -10,22 +10,21 @@
 // framework-memory provider reads a cache that Python fills, never Python itself.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
-#include <mutex>
-#include <thread>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
-
-#include <unistd.h>
 
 #include "gpumgr/backends.h"
 #include "gpumgr/lease.h"
@@ -248,8 +247,8 @@ py::dict device_dict(const DeviceAccount& a) {
   d["power_draw_w"] = opt(i.power_draw_w);
   d["power_limit_w"] = opt(i.power_limit_w);
   if (i.compute_capability_major && i.compute_capability_minor) {
-    d["compute_capability"] = py::make_tuple(*i.compute_capability_major,
-                                             *i.compute_capability_minor);
+    d["compute_capability"] =
+        py::make_tuple(*i.compute_capability_major, *i.compute_capability_minor);
   } else {
     d["compute_capability"] = py::none();
   }
@@ -597,14 +596,13 @@ PYBIND11_MODULE(_core, mod) {
       "The C++ core of gpu_manager (libgpumgr), for the pure-Python package. Use the names "
       "that gpu_manager exports; this module's API may change.";
 
-  main_thread_ident = py::module_::import("threading")
-                          .attr("main_thread")()
-                          .attr("ident")
-                          .cast<unsigned long>();
+  main_thread_ident =
+      py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
   py::module_ err = py::module_::import("gpu_manager.errors");
   auto keep = [&err](const char* name) {
     py::object cls = err.attr(name);
-    return cls.release().ptr(); };
+    return cls.release().ptr();
+  };
   errors.base = keep("GPUManagerError");
   errors.capacity = keep("GPUCapacityError");
   errors.timeout = keep("QueueTimeoutError");
@@ -641,8 +639,7 @@ PYBIND11_MODULE(_core, mod) {
       .def_property_readonly(
           "memory_mb", [](const PyLease& l) { return l.lease().bytes() / kMiB; },
           "Leased memory per device, in MiB.")
-      .def_property_readonly(
-          "priority", [](const PyLease& l) { return l.lease().info().priority; })
+      .def_property_readonly("priority", [](const PyLease& l) { return l.lease().info().priority; })
       .def_property_readonly(
           "waited_s", [](const PyLease& l) { return l.lease().info().waited_s; },
           "Seconds the request waited in the queue.")
@@ -655,8 +652,7 @@ PYBIND11_MODULE(_core, mod) {
       .def("mark_failed", &PyLease::mark_failed,
            "Records that the job failed; the release counts it so.")
       .def(
-          "release",
-          [](PyLease& l, std::optional<bool> failed) { l.release(failed, py::none()); },
+          "release", [](PyLease& l, std::optional<bool> failed) { l.release(failed, py::none()); },
           py::arg("failed") = py::none(),
           "Releases the lease (idempotent) and empties the framework's cache on its devices. "
           "failed=True counts the job as failed.")
@@ -681,13 +677,14 @@ PYBIND11_MODULE(_core, mod) {
                            "The context manager of GPUManager.managed_generation(): waits for "
                            "the lease on entry, releases it on exit.")
       .def("__enter__", &PyGeneration::enter)
-      .def("__exit__", [](PyGeneration& g, py::handle type, py::handle value,
-                          py::handle) { return g.exit(type, value); });
+      .def("__exit__", [](PyGeneration& g, py::handle type, py::handle value, py::handle) {
+        return g.exit(type, value);
+      });
 
   py::class_<PyManager>(mod, "Manager", "gpumgr::Manager: the ledger and its hooks.")
       .def(py::init([](const std::string& device, int max_concurrent_jobs, double memory_limit,
-                       const std::string& simulate, const std::string& socket,
-                       bool in_process_only, double poll_interval_s, const std::string& placement,
+                       const std::string& simulate, const std::string& socket, bool in_process_only,
+                       double poll_interval_s, const std::string& placement,
                        const std::string& queue) {
              ManagerOptions o;
              o.device = device;
@@ -715,8 +712,7 @@ PYBIND11_MODULE(_core, mod) {
            py::arg("socket") = "", py::arg("in_process_only") = false,
            py::arg("poll_interval") = 0.25, py::arg("placement") = "best-fit",
            py::arg("queue") = "backfill")
-      .def_property_readonly("device",
-                             [](PyManager& m) { return m.manager().device_string(); })
+      .def_property_readonly("device", [](PyManager& m) { return m.manager().device_string(); })
       .def_property_readonly("uses_gpu", [](PyManager& m) { return m.manager().uses_gpu(); })
       .def_property_readonly("selection_note",
                              [](PyManager& m) { return m.manager().selection_note(); })
@@ -738,8 +734,8 @@ PYBIND11_MODULE(_core, mod) {
           "try_acquire",
           [](PyManager& m, std::string job_id, std::uint64_t bytes, int gpus, int priority,
              int device, std::string command) {
-            LeaseRequest r = make_request(std::move(job_id), bytes, gpus, priority, device,
-                                          std::move(command));
+            LeaseRequest r =
+                make_request(std::move(job_id), bytes, gpus, priority, device, std::move(command));
             StatusOr<Lease> lease = Status(ErrorCode::kInternal, "");
             {
               py::gil_scoped_release nogil;
@@ -754,14 +750,14 @@ PYBIND11_MODULE(_core, mod) {
           [](PyManager& m, std::string job_id, std::uint64_t bytes, std::optional<double> timeout,
              int gpus, int priority, int device, std::string command,
              std::optional<CancelToken> cancel) {
-            LeaseRequest r = make_request(std::move(job_id), bytes, gpus, priority, device,
-                                          std::move(command));
+            LeaseRequest r =
+                make_request(std::move(job_id), bytes, gpus, priority, device, std::move(command));
             WaitOptions wait = wait_options(timeout, std::move(cancel));
             return m.wrap(take(acquire_interruptibly(m.manager(), r, wait)));
           },
-          py::arg("job_id"), py::arg("bytes"), py::arg("timeout") = py::none(),
-          py::arg("gpus") = 1, py::arg("priority") = 0, py::arg("device") = -1,
-          py::arg("command") = "", py::arg("cancel") = py::none(),
+          py::arg("job_id"), py::arg("bytes"), py::arg("timeout") = py::none(), py::arg("gpus") = 1,
+          py::arg("priority") = 0, py::arg("device") = -1, py::arg("command") = "",
+          py::arg("cancel") = py::none(),
           "Waits (without the GIL) until the lease is granted; timeout in seconds, None: "
           "no deadline, 0: do not wait.")
       .def(
@@ -770,8 +766,8 @@ PYBIND11_MODULE(_core, mod) {
             Status s;
             {
               py::gil_scoped_release nogil;
-              s = m.manager().release(job_id, failed ? JobOutcome::kFailed
-                                                     : JobOutcome::kSucceeded);
+              s = m.manager().release(job_id,
+                                      failed ? JobOutcome::kFailed : JobOutcome::kSucceeded);
             }
             if (s.code() == ErrorCode::kNotFound) return false;
             check(s);
@@ -850,8 +846,8 @@ PYBIND11_MODULE(_core, mod) {
           py::arg("device"));
 
   mod.def(
-      "parse_size", [](const std::string& text) { return take(parse_size(text)); },
-      py::arg("text"), "'24GiB' -> bytes; a bare integer means MiB.");
+      "parse_size", [](const std::string& text) { return take(parse_size(text)); }, py::arg("text"),
+      "'24GiB' -> bytes; a bare integer means MiB.");
   mod.def("format_bytes", &format_bytes, py::arg("bytes"), "bytes -> '19.2 GiB'.");
   mod.def(
       "parse_simulate_spec",

@@ -27,7 +27,6 @@
 
 namespace gpumgr::cli {
 
-
 namespace {
 
 std::string join(const std::vector<std::string>& parts, const char* sep) {

@@ -19,7 +19,6 @@
 
 namespace gpumgr::cli {
 
-
 Command setup_serve(CLI::App& app, const GlobalOptions& global) {
   struct Options {
     std::string socket;

@@ -30,7 +30,6 @@
 
 namespace gpumgr::cli {
 
-
 namespace {
 
 volatile std::sig_atomic_t g_resized = 0;
