@@ -30,6 +30,18 @@
 
 namespace {
 using namespace gpumgr;
+
+// The command a benchmark lease reports; it sizes the messages, the floor's included.
+constexpr const char* kBenchCommand = "build/bench/daemon_bench --benchmark_filter=x";
+
+// One try_acquire + release round trip per iteration, over `client`'s connection.
+void acquire_release_loop(benchmark::State& state, Ledger& client, const LeaseRequest& r) {
+  for (auto _ : state) {
+    auto lease = client.try_acquire(r);
+    if (!lease.ok()) state.SkipWithError(lease.status().to_string().c_str());
+    (void)client.release(r.job_id, JobOutcome::kSucceeded);
+  }
+}
 constexpr std::uint64_t kGiB = 1024ull * 1024 * 1024;
 
 std::string temp_dir() {
@@ -92,7 +104,7 @@ Sizes message_sizes() {
   lease.devices = {0};
   lease.bytes = kGiB;
   lease.pid = 12345;
-  lease.command = "/work/main/build/bench/daemon_bench --benchmark_filter=x";
+  lease.command = kBenchCommand;
   lease.granted_at = std::chrono::system_clock::now();
   nlohmann::json lj = {{"job_id", lease.job_id},
                        {"devices", lease.devices},
@@ -165,12 +177,8 @@ void BM_Daemon_AcquireRelease(benchmark::State& state) {
     LeaseRequest r;
     r.job_id = "bench";
     r.bytes = kGiB;
-    r.command = "/work/main/build/bench/daemon_bench --benchmark_filter=x";
-    for (auto _ : state) {
-      auto lease = client->try_acquire(r);
-      if (!lease.ok()) state.SkipWithError(lease.status().to_string().c_str());
-      (void)client->release(r.job_id, JobOutcome::kSucceeded);
-    }
+    r.command = kBenchCommand;
+    acquire_release_loop(state, *client, r);
   }
   server.reset();
   ::rmdir(dir.c_str());
@@ -282,12 +290,8 @@ void BM_Daemon_AcquireRelease_OtherProcess(benchmark::State& state) {
   r.job_id = "bench";
   r.bytes = kGiB;
   r.device = 1;
-  r.command = "/work/main/build/bench/daemon_bench --benchmark_filter=x";
-  for (auto _ : state) {
-    auto lease = client->try_acquire(r);
-    if (!lease.ok()) state.SkipWithError(lease.status().to_string().c_str());
-    (void)client->release(r.job_id, JobOutcome::kSucceeded);
-  }
+  r.command = kBenchCommand;
+  acquire_release_loop(state, *client, r);
 }
 BENCHMARK(BM_Daemon_AcquireRelease_OtherProcess)->UseRealTime();
 
@@ -301,12 +305,8 @@ void BM_Daemon_AcquireRelease_1000Clients(benchmark::State& state) {
   r.job_id = "bench";
   r.bytes = kGiB;
   r.device = 1;
-  r.command = "/work/main/build/bench/daemon_bench --benchmark_filter=x";
-  for (auto _ : state) {
-    auto lease = client->try_acquire(r);
-    if (!lease.ok()) state.SkipWithError(lease.status().to_string().c_str());
-    (void)client->release(r.job_id, JobOutcome::kSucceeded);
-  }
+  r.command = kBenchCommand;
+  acquire_release_loop(state, *client, r);
   add_load_counters(state);
 }
 BENCHMARK(BM_Daemon_AcquireRelease_1000Clients)->UseRealTime();
