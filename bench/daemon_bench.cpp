@@ -27,12 +27,23 @@
 #include "daemon/server.h"
 #include "gpumgr/backends.h"
 #include "gpumgr/ledger.h"
+#include "gpumgr/units.h"
 
 namespace {
 using namespace gpumgr;
 
 // The command a benchmark lease reports; it sizes the messages, the floor's included.
 constexpr const char* kBenchCommand = "build/bench/daemon_bench --benchmark_filter=x";
+
+// The lease every daemon benchmark takes: 1 GiB, on `device` (-1: any).
+LeaseRequest bench_request(int device) {
+  LeaseRequest r;
+  r.job_id = "bench";
+  r.bytes = kGiB;
+  r.device = device;
+  r.command = kBenchCommand;
+  return r;
+}
 
 // One try_acquire + release round trip per iteration, over `client`'s connection.
 void acquire_release_loop(benchmark::State& state, Ledger& client, const LeaseRequest& r) {
@@ -42,7 +53,6 @@ void acquire_release_loop(benchmark::State& state, Ledger& client, const LeaseRe
     (void)client.release(r.job_id, JobOutcome::kSucceeded);
   }
 }
-constexpr std::uint64_t kGiB = 1024ull * 1024 * 1024;
 
 std::string temp_dir() {
   char tmpl[] = "/tmp/gpumgr-bench-XXXXXX";
@@ -174,11 +184,7 @@ void BM_Daemon_AcquireRelease(benchmark::State& state) {
   server->start_background();
   {
     auto client = connect_daemon(options.socket_path).value();
-    LeaseRequest r;
-    r.job_id = "bench";
-    r.bytes = kGiB;
-    r.command = kBenchCommand;
-    acquire_release_loop(state, *client, r);
+    acquire_release_loop(state, *client, bench_request(-1));
   }
   server.reset();
   ::rmdir(dir.c_str());
@@ -286,36 +292,27 @@ void add_load_counters(benchmark::State& state) {
 void BM_Daemon_AcquireRelease_OtherProcess(benchmark::State& state) {
   wait_for_load_daemon();
   auto client = connect_daemon(g_load.socket).value();
-  LeaseRequest r;
-  r.job_id = "bench";
-  r.bytes = kGiB;
-  r.device = 1;
-  r.command = kBenchCommand;
-  acquire_release_loop(state, *client, r);
+  acquire_release_loop(state, *client, bench_request(1));
 }
 BENCHMARK(BM_Daemon_AcquireRelease_OtherProcess)->UseRealTime();
 
+// Connects the 1,000 background clients once, for the benchmarks that measure under load.
+bool ensure_load_clients(benchmark::State& state) {
+  if (!g_load.clients.empty() || connect_load_clients(1000)) return true;
+  state.SkipWithError("could not connect 1000 clients");
+  return false;
+}
+
 void BM_Daemon_AcquireRelease_1000Clients(benchmark::State& state) {
-  if (g_load.clients.empty() && !connect_load_clients(1000)) {
-    state.SkipWithError("could not connect 1000 clients");
-    return;
-  }
+  if (!ensure_load_clients(state)) return;
   auto client = connect_daemon(g_load.socket).value();
-  LeaseRequest r;
-  r.job_id = "bench";
-  r.bytes = kGiB;
-  r.device = 1;
-  r.command = kBenchCommand;
-  acquire_release_loop(state, *client, r);
+  acquire_release_loop(state, *client, bench_request(1));
   add_load_counters(state);
 }
 BENCHMARK(BM_Daemon_AcquireRelease_1000Clients)->UseRealTime();
 
 void BM_Daemon_CanAdmit_1000Clients(benchmark::State& state) {
-  if (g_load.clients.empty() && !connect_load_clients(1000)) {
-    state.SkipWithError("could not connect 1000 clients");
-    return;
-  }
+  if (!ensure_load_clients(state)) return;
   auto client = connect_daemon(g_load.socket).value();
   for (auto _ : state) benchmark::DoNotOptimize(client->can_admit(kGiB, 1, 1));
   add_load_counters(state);
