@@ -48,15 +48,25 @@ def _torch_index(device: str) -> int | None:
         return None
 
 
-def empty_cache(device: str) -> bool:
-    """Empties torch's CUDA cache on ``device`` ('cuda:N'). Returns whether it did: False
-    without torch, without CUDA initialised, for 'cpu' or for a device torch does not have."""
+def _cuda_device(device: str) -> tuple[Any, int] | None:
+    """(torch, N) for ``device`` 'cuda:N' where torch is loaded, CUDA is initialised and N is
+    one of torch's devices; else None."""
     torch = loaded_torch()
     index = _torch_index(device)
     if torch is None or index is None or not cuda_ready(torch):
-        return False
+        return None
     if index >= torch.cuda.device_count():
+        return None
+    return torch, index
+
+
+def empty_cache(device: str) -> bool:
+    """Empties torch's CUDA cache on ``device`` ('cuda:N'). Returns whether it did: False
+    without torch, without CUDA initialised, for 'cpu' or for a device torch does not have."""
+    found = _cuda_device(device)
+    if found is None:
         return False
+    torch, index = found
     with torch.cuda.device(index):
         torch.cuda.empty_cache()
     return True
@@ -65,13 +75,11 @@ def empty_cache(device: str) -> bool:
 def memory_figures(device: str) -> tuple[int, int, int] | None:
     """torch's (allocated, reserved, max_allocated) bytes on ``device`` for this process, or
     None where torch is not loaded, CUDA is not initialised or the device is not torch's."""
-    torch = loaded_torch()
-    index = _torch_index(device)
-    if torch is None or index is None or not cuda_ready(torch):
-        return None
     try:
-        if index >= torch.cuda.device_count():
+        found = _cuda_device(device)
+        if found is None:
             return None
+        torch, index = found
         return (
             int(torch.cuda.memory_allocated(index)),
             int(torch.cuda.memory_reserved(index)),
@@ -83,12 +91,10 @@ def memory_figures(device: str) -> tuple[int, int, int] | None:
 
 def synchronize(device: str) -> bool:
     """torch.cuda.synchronize on ``device`` where torch drives it; returns whether it did."""
-    torch = loaded_torch()
-    index = _torch_index(device)
-    if torch is None or index is None or not cuda_ready(torch):
+    found = _cuda_device(device)
+    if found is None:
         return False
-    if index >= torch.cuda.device_count():
-        return False
+    torch, index = found
     torch.cuda.synchronize(index)
     return True
 
