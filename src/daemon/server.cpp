@@ -14,13 +14,13 @@
 #include <csignal>
 #include <cstring>
 #include <deque>
-#include <fstream>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "core/snapshot_json.h"
 #include "daemon/protocol.h"
+#include "util/small_file.h"
 #include "util/thread_annotations.h"
 
 namespace gpumgr::daemon {
@@ -33,8 +33,10 @@ std::string errno_text(int err) { return std::strerror(err); }
 // What the holder runs, for status displays, when the client did not say: its command line
 // from /proc, arguments separated by spaces, cut at the protocol's limit.
 std::string command_of(std::uint32_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
-  std::string raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // The holder may be exiting right now; its cmdline then reads as an error, shown as "".
+  std::string raw =
+      read_small_file("/proc/" + std::to_string(pid) + "/cmdline", kMaxCommandBytes + 1)
+          .value_or(std::string());
   while (!raw.empty() && raw.back() == '\0') raw.pop_back();
   for (char& c : raw) {
     if (c == '\0') c = ' ';

@@ -1,39 +1,16 @@
 // The CPU device: host memory as one pool, so that CPU fallback still has admission control.
 //
-// /proc files are read with read(2) and parsed with std::from_chars, not iostreams: inside a
-// Python process, libraries loaded with torch can interpose their own copies of the C++
-// stream symbols, and iostream parsing then fails or crashes.
-#include <fcntl.h>
-#include <unistd.h>
-
+// /proc files are read with read_small_file and parsed with std::from_chars, not iostreams
+// (util/small_file.h says why).
 #include <charconv>
 #include <optional>
 #include <string_view>
 
 #include "gpumgr/backends.h"
+#include "util/small_file.h"
 
 namespace gpumgr {
 namespace {
-
-// The whole of a small file, or empty when it cannot be read.
-std::optional<std::string> read_small_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return std::nullopt;
-  std::string out;
-  char buf[4096];
-  for (;;) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0) {
-      ::close(fd);
-      return std::nullopt;
-    }
-    if (n == 0) break;
-    out.append(buf, static_cast<std::size_t>(n));
-    if (out.size() > (1u << 20)) break;  // /proc/meminfo is a few KiB
-  }
-  ::close(fd);
-  return out;
-}
 
 // The number after "KEY:" on its own line ("MemTotal:       24575788 kB"), in kB.
 std::optional<std::uint64_t> meminfo_field(std::string_view text, std::string_view key) {
