@@ -42,6 +42,18 @@ Histogram cumulative(Histogram h) {
 
 TimeNs LocalLedger::now_ns() { return to_ns(std::chrono::steady_clock::now()); }
 
+TimeNs LocalLedger::wall_offset_now() {
+  const auto wall = std::chrono::duration_cast<std::chrono::nanoseconds>(
+      std::chrono::system_clock::now().time_since_epoch());
+  return wall.count() - now_ns();
+}
+
+std::chrono::system_clock::time_point LocalLedger::wall_time(TimeNs steady) const {
+  const auto ns = std::chrono::nanoseconds(steady + wall_offset_.load(std::memory_order_relaxed));
+  return std::chrono::system_clock::time_point(
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(ns));
+}
+
 TimeNs LocalLedger::to_ns(SteadyTime t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
@@ -81,6 +93,7 @@ LocalLedger::LocalLedger(std::shared_ptr<DeviceBackend> backend, const LedgerCon
     apply_devices_locked(std::move(devices));
     last_refresh_ = now_ns();
     last_refresh_seen_.store(last_refresh_, std::memory_order_relaxed);
+    wall_offset_.store(wall_offset_now(), std::memory_order_relaxed);
   }
   housekeeper_ = std::thread([this] { housekeeper_loop(); });
 }
@@ -194,16 +207,20 @@ Status LocalLedger::refresh() {
     }
     last_refresh_ = now_ns();
     last_refresh_seen_.store(last_refresh_, std::memory_order_relaxed);
+    wall_offset_.store(wall_offset_now(), std::memory_order_relaxed);
     schedule_locked(last_refresh_, calls);
   }
   run_all(calls);
   return reading.ok() ? Status::Ok() : reading.status();
 }
 
-void LocalLedger::refresh_if_stale() {
+TimeNs LocalLedger::refresh_if_stale() {
   const TimeNs poll_ns =
       std::chrono::duration_cast<std::chrono::nanoseconds>(config_.poll_interval).count();
-  if (now_ns() - last_refresh_seen_.load(std::memory_order_relaxed) >= poll_ns) (void)refresh();
+  const TimeNs now = now_ns();
+  if (now - last_refresh_seen_.load(std::memory_order_relaxed) < poll_ns) return now;
+  (void)refresh();
+  return now_ns();
 }
 
 void LocalLedger::set_own_usage_provider(
@@ -212,8 +229,8 @@ void LocalLedger::set_own_usage_provider(
   own_usage_ = std::move(provider);
 }
 
-LeaseInfo LocalLedger::lease_info_locked(const std::string& job_id, TimeNs now) const {
-  const auto& lease = scheduler_.active().at(job_id);
+LeaseInfo LocalLedger::lease_info_locked(const ActiveEntry& entry) const {
+  const auto& [job_id, lease] = entry;
   LeaseInfo info;
   info.job_id = job_id;
   info.devices = lease.devices;
@@ -222,33 +239,32 @@ LeaseInfo LocalLedger::lease_info_locked(const std::string& job_id, TimeNs now) 
   info.pid = lease.holder.pid;
   info.uid = lease.holder.uid;
   info.command = lease.command;
-  const auto held = std::chrono::nanoseconds(now - lease.granted_at);
-  info.granted_at = std::chrono::system_clock::now() -
-                    std::chrono::duration_cast<std::chrono::system_clock::duration>(held);
+  info.granted_at = wall_time(lease.granted_at);
   info.waited_s = static_cast<double>(lease.granted_at - lease.requested_at) / 1e9;
   return info;
 }
 
 void LocalLedger::schedule_locked(TimeNs now, Calls& calls) {
-  handle_grants_locked(scheduler_.schedule(now), now, calls);
+  handle_grants_locked(scheduler_.schedule(now), calls);
 }
 
-void LocalLedger::record_grant_locked(const Grant& g) {
+void LocalLedger::record_grant_locked(const ActiveLease& lease) {
   // The new holder's own memory on these devices is now covered by its lease.
-  count_holder_locked(g.devices, scheduler_.active().at(g.job_id).holder.pid, +1);
-  refresh_foreign_locked(g.devices);
+  count_holder_locked(lease.devices, lease.holder.pid, +1);
+  refresh_foreign_locked(lease.devices);
   stats_.active_jobs = scheduler_.active_count();
   stats_.peak_active_jobs = std::max(stats_.peak_active_jobs, stats_.active_jobs);
-  observe(stats_.wait_seconds, static_cast<double>(g.granted_at - g.requested_at) / 1e9);
+  observe(stats_.wait_seconds, static_cast<double>(lease.granted_at - lease.requested_at) / 1e9);
 }
 
-void LocalLedger::handle_grants_locked(const std::vector<Grant>& grants, TimeNs now, Calls& calls) {
+void LocalLedger::handle_grants_locked(const std::vector<Grant>& grants, Calls& calls) {
   for (const Grant& g : grants) {
-    record_grant_locked(g);
+    const ActiveEntry* entry = scheduler_.find_active(g.job_id);
+    record_grant_locked(entry->second);
     auto it = pending_.find(g.job_id);
     if (it == pending_.end()) continue;
     calls.push_back(
-        [done = std::move(it->second), info = lease_info_locked(g.job_id, now)] { done(info); });
+        [done = std::move(it->second), info = lease_info_locked(*entry)] { done(info); });
     pending_.erase(it);
   }
 }
@@ -269,7 +285,9 @@ StatusOr<LeaseInfo> LocalLedger::try_acquire(const LeaseRequest& request) {
 }
 
 StatusOr<LeaseInfo> LocalLedger::try_acquire_as(const LeaseRequest& request, Holder holder) {
-  refresh_if_stale();
+  // The time read for the staleness check stamps the grant too: one clock read, not two.
+  // It may be a lock wait older than the grant, which only makes the hold look longer.
+  const TimeNs now = refresh_if_stale();
   // Copy the request only when pinning changes it: this is the hot path.
   std::optional<LeaseRequest> pinned;
   if (pinned_device_ >= 0 && request.device == -1) {
@@ -282,7 +300,6 @@ StatusOr<LeaseInfo> LocalLedger::try_acquire_as(const LeaseRequest& request, Hol
     return InvalidArgument("this manager is pinned to device " + std::to_string(pinned_device_) +
                            "; job asked for device " + std::to_string(r.device));
   }
-  const TimeNs now = now_ns();
   auto grant = scheduler_.try_start(r, holder, now);
   if (!grant.ok()) {
     const ErrorCode code = grant.status().code();
@@ -291,8 +308,9 @@ StatusOr<LeaseInfo> LocalLedger::try_acquire_as(const LeaseRequest& request, Hol
     }
     return grant.status();
   }
-  record_grant_locked(grant.value());
-  return lease_info_locked(r.job_id, now);
+  const ActiveEntry& entry = *grant.value();
+  record_grant_locked(entry.second);
+  return lease_info_locked(entry);
 }
 
 void LocalLedger::acquire_async(const LeaseRequest& request, Holder holder,
@@ -320,8 +338,9 @@ void LocalLedger::acquire_async(const LeaseRequest& request, Holder holder,
       // No time to wait: take it now if the queue allows, else time out at once.
       auto grant = scheduler_.try_start(r, holder, now);
       if (grant.ok()) {
-        record_grant_locked(grant.value());
-        calls.push_back([&done, info = lease_info_locked(r.job_id, now)] { done(info); });
+        const ActiveEntry& entry = *grant.value();
+        record_grant_locked(entry.second);
+        calls.push_back([&done, info = lease_info_locked(entry)] { done(info); });
       } else {
         ++stats_.jobs_timed_out;
         calls.push_back([&done, s = grant.status()] {
@@ -333,7 +352,7 @@ void LocalLedger::acquire_async(const LeaseRequest& request, Holder holder,
       std::optional<TimeNs> deadline_ns;
       if (deadline) deadline_ns = to_ns(*deadline);
       // enqueue() runs a scheduling pass: the request itself may start at once.
-      handle_grants_locked(scheduler_.enqueue(r, holder, now, deadline_ns).value(), now, calls);
+      handle_grants_locked(scheduler_.enqueue(r, holder, now, deadline_ns).value(), calls);
       // Wake the housekeeper only for a real waiter (its deadline and polling); waking it
       // for a lease granted at once only makes the two threads contend for the lock.
       if (scheduler_.is_waiting(r.job_id)) housekeeper_cv_.notify_all();
@@ -376,18 +395,8 @@ StatusOr<LeaseInfo> LocalLedger::acquire(const LeaseRequest& request, const Wait
 Status LocalLedger::release_locked(std::string_view job_id, JobOutcome outcome,
                                    std::optional<std::uint32_t> requester_uid, Calls& calls,
                                    std::vector<int>* devices) {
-  const auto it = scheduler_.active().find(std::string(job_id));
-  if (it == scheduler_.active().end()) {
-    return NotFound("no active lease for job '" + std::string(job_id) + "'");
-  }
-  if (requester_uid && *requester_uid != 0 && *requester_uid != it->second.holder.uid) {
-    return Status(ErrorCode::kPermissionDenied,
-                  "job '" + std::string(job_id) + "' is held by uid " +
-                      std::to_string(it->second.holder.uid) + "; uid " +
-                      std::to_string(*requester_uid) + " may not release it");
-  }
   const TimeNs now = now_ns();
-  auto released = scheduler_.release(job_id, now);
+  auto released = scheduler_.release(job_id, now, requester_uid);
   if (!released.ok()) return released.status();
   if (outcome == JobOutcome::kSucceeded) {
     ++stats_.jobs_succeeded;
@@ -401,7 +410,11 @@ Status LocalLedger::release_locked(std::string_view job_id, JobOutcome outcome,
   count_holder_locked(released->devices, released->holder.pid, -1);
   refresh_foreign_locked(released->devices);
   schedule_locked(now, calls);
-  if (devices != nullptr) *devices = std::move(released->devices);
+  if (devices != nullptr) {
+    *devices = std::move(released->devices);
+  } else {
+    scheduler_.recycle(std::move(released->devices));
+  }
   return Status::Ok();
 }
 
@@ -483,6 +496,8 @@ StatusOr<Snapshot> LocalLedger::snapshot() {
   snap.taken_at = std::chrono::system_clock::now();
   snap.source = description();
   const TimeNs now = now_ns();
+  // Grant times shown in wall-clock time from the offset of this same moment.
+  wall_offset_.store(wall_offset_now(), std::memory_order_relaxed);
   const auto& reserved = scheduler_.reserved_devices();
   for (std::size_t i = 0; i < devices_.size(); ++i) {
     const auto& st = scheduler_.device(static_cast<int>(i));
@@ -498,9 +513,7 @@ StatusOr<Snapshot> LocalLedger::snapshot() {
         std::find(reserved.begin(), reserved.end(), static_cast<int>(i)) != reserved.end();
     snap.devices.push_back(std::move(acct));
   }
-  for (const auto& [job_id, lease] : scheduler_.active()) {
-    snap.leases.push_back(lease_info_locked(job_id, now));
-  }
+  for (const auto& entry : scheduler_.active()) snap.leases.push_back(lease_info_locked(entry));
   std::sort(snap.leases.begin(), snap.leases.end(),
             [](const LeaseInfo& a, const LeaseInfo& b) { return a.granted_at < b.granted_at; });
   int position = 0;

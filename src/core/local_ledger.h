@@ -56,7 +56,7 @@ class LocalLedger final : public Ledger {
   // `requester_uid` may release only its own uid's leases, unless it is root (0).
   Status release_as(std::string_view job_id, JobOutcome outcome, std::uint32_t requester_uid);
   // Releases on behalf of `requester_uid` (none: no permission check) and reports the
-  // released lease's devices in `devices` (for the manager's cleanup hook).
+  // released lease's devices in `devices` (for the manager's cleanup hook) unless it is null.
   Status release_as(std::string_view job_id, JobOutcome outcome,
                     std::optional<std::uint32_t> requester_uid, std::vector<int>* devices);
   Status cancel_as(std::string_view job_id, std::uint32_t requester_uid);
@@ -82,18 +82,18 @@ class LocalLedger final : public Ledger {
   void count_holder_locked(const std::vector<int>& devices, std::uint32_t pid, int delta)
       REQUIRES(mutex_);
   bool holds_lease_on_locked(int device, std::uint32_t pid) const REQUIRES(mutex_);
-  // Refreshes when the last reading is older than the poll interval.
-  void refresh_if_stale();
+  // Refreshes when the last reading is older than the poll interval; returns the time now.
+  TimeNs refresh_if_stale();
   // Runs a scheduling pass and collects the callbacks of those granted.
   void schedule_locked(TimeNs now, std::vector<std::function<void()>>& calls) REQUIRES(mutex_);
   // Records one grant: holder attribution and statistics.
-  void record_grant_locked(const Grant& grant) REQUIRES(mutex_);
+  void record_grant_locked(const ActiveLease& lease) REQUIRES(mutex_);
   // Records grants and queues the callbacks of those that waited.
-  void handle_grants_locked(const std::vector<Grant>& grants, TimeNs now,
+  void handle_grants_locked(const std::vector<Grant>& grants,
                             std::vector<std::function<void()>>& calls) REQUIRES(mutex_);
   void finish_dropped_locked(const std::vector<Dropped>& dropped,
                              std::vector<std::function<void()>>& calls) REQUIRES(mutex_);
-  LeaseInfo lease_info_locked(const std::string& job_id, TimeNs now) const REQUIRES(mutex_);
+  LeaseInfo lease_info_locked(const ActiveEntry& entry) const REQUIRES(mutex_);
   Status release_locked(std::string_view job_id, JobOutcome outcome,
                         std::optional<std::uint32_t> requester_uid,
                         std::vector<std::function<void()>>& calls, std::vector<int>* devices)
@@ -101,6 +101,12 @@ class LocalLedger final : public Ledger {
   void housekeeper_loop();
   static TimeNs now_ns();
   static TimeNs to_ns(SteadyTime t);
+  // Wall-clock minus steady-clock time, read now.
+  static TimeNs wall_offset_now();
+  // A steady-clock time as wall-clock time, by the offset of the last refresh or snapshot:
+  // the hot path reads one clock, and grant times are for display (a wall-clock step shows
+  // up at the next refresh, within a poll interval).
+  std::chrono::system_clock::time_point wall_time(TimeNs steady) const;
 
   const std::shared_ptr<DeviceBackend> backend_;
   const LedgerConfig config_;
@@ -125,6 +131,7 @@ class LocalLedger final : public Ledger {
   // A copy of last_refresh_ that the hot path reads without the lock, to decide whether a
   // refresh is due.
   std::atomic<TimeNs> last_refresh_seen_{0};
+  std::atomic<TimeNs> wall_offset_{0};                                // see wall_time()
   std::unordered_map<std::string, Done> pending_ GUARDED_BY(mutex_);  // waiters' callbacks
   LedgerStats stats_ GUARDED_BY(mutex_);
   std::function<std::optional<std::uint64_t>(int)> own_usage_ GUARDED_BY(mutex_);

@@ -89,27 +89,31 @@ Status Scheduler::check_shape(std::uint64_t bytes, int gpus, int device) const {
   return Status::Ok();
 }
 
+int Scheduler::place_one(const LeaseRequest& request, const std::vector<bool>& allowed) const {
+  // A single scan, with the same ties (lowest index) as the sort in place().
+  int best = -1;
+  std::uint64_t best_adm = 0;
+  for (std::size_t i = 0; i < devices_.size(); ++i) {
+    const int index = static_cast<int>(i);
+    if (!allowed[i] || !devices_[i].healthy) continue;
+    if (request.device >= 0 && request.device != index) continue;
+    const std::uint64_t adm = devices_[i].admissible();
+    if (adm < request.bytes) continue;
+    const bool better = best < 0 ||
+                        (config_.placement == PlacementPolicy::kBestFit && adm < best_adm) ||
+                        (config_.placement == PlacementPolicy::kSpread && adm > best_adm);
+    if (better) {
+      best = index;
+      best_adm = adm;
+    }
+  }
+  return best;
+}
+
 std::vector<int> Scheduler::place(const LeaseRequest& request,
                                   const std::vector<bool>& allowed) const {
   if (request.gpus == 1) {
-    // One device: a single scan chooses it, with the same ties (lowest index) as the sort
-    // below, and allocates only the result.
-    int best = -1;
-    std::uint64_t best_adm = 0;
-    for (std::size_t i = 0; i < devices_.size(); ++i) {
-      const int index = static_cast<int>(i);
-      if (!allowed[i] || !devices_[i].healthy) continue;
-      if (request.device >= 0 && request.device != index) continue;
-      const std::uint64_t adm = devices_[i].admissible();
-      if (adm < request.bytes) continue;
-      const bool better = best < 0 ||
-                          (config_.placement == PlacementPolicy::kBestFit && adm < best_adm) ||
-                          (config_.placement == PlacementPolicy::kSpread && adm > best_adm);
-      if (better) {
-        best = index;
-        best_adm = adm;
-      }
-    }
+    const int best = place_one(request, allowed);
     if (best < 0) return {};
     return {best};
   }
@@ -156,8 +160,8 @@ std::uint64_t Scheduler::threshold(const ClassKey& cls, const std::vector<bool>&
   return adm[k - 1];
 }
 
-void Scheduler::grant(const std::string& job_id, const LeaseRequest& request, Holder holder,
-                      const std::vector<int>& devices, TimeNs requested_at, TimeNs now) {
+ActiveEntry& Scheduler::grant(const std::string& job_id, const LeaseRequest& request, Holder holder,
+                              std::vector<int> devices, TimeNs requested_at, TimeNs now) {
   for (const int d : devices) {
     DeviceState& dev = devices_[static_cast<std::size_t>(d)];
     dev.leased += request.bytes;
@@ -165,14 +169,14 @@ void Scheduler::grant(const std::string& job_id, const LeaseRequest& request, Ho
     ++dev.leases;
   }
   ActiveLease lease;
-  lease.devices = devices;
+  lease.devices = std::move(devices);
   lease.bytes = request.bytes;
   lease.priority = request.priority;
   lease.holder = holder;
   lease.command = request.command;
   lease.requested_at = requested_at;
   lease.granted_at = now;
-  active_.emplace(job_id, std::move(lease));
+  return *active_.emplace(job_id, std::move(lease)).first;
 }
 
 void Scheduler::update_reservation() {
@@ -238,24 +242,34 @@ void Scheduler::update_reservation() {
   for (const int d : reserved_) allowed_[static_cast<std::size_t>(d)] = false;
 }
 
-StatusOr<Grant> Scheduler::try_start(const LeaseRequest& request, Holder holder, TimeNs now) {
+StatusOr<const ActiveEntry*> Scheduler::try_start(const LeaseRequest& request, Holder holder,
+                                                  TimeNs now) {
   if (Status s = check(request); !s.ok()) return s;
   if (limit_reached()) {
     return Status(ErrorCode::kResourceExhausted,
                   "concurrency limit reached: " + std::to_string(active_count()) + " of " +
                       std::to_string(config_.max_concurrent_jobs) + " jobs are active");
   }
-  std::vector<int> devices;
-  if (queue_.empty()) {
-    devices = place(request, all_devices_);
-  } else if (config_.queue == QueuePolicy::kFifo) {
-    return Status(ErrorCode::kResourceExhausted,
-                  std::to_string(queue_.size()) + " earlier job(s) wait and the queue is FIFO");
-  } else {
+  // Nobody waits: any device will do. Otherwise the request may use only what no waiter
+  // has reserved, unless it outranks the head (then it would be the head itself).
+  const std::vector<bool>* allowed = &all_devices_;
+  if (!queue_.empty()) {
+    if (config_.queue == QueuePolicy::kFifo) {
+      return Status(ErrorCode::kResourceExhausted,
+                    std::to_string(queue_.size()) + " earlier job(s) wait and the queue is FIFO");
+    }
     update_reservation();
-    // A request that outranks the head would be the head itself: it may use any device.
-    const bool outranks = request.priority > queue_.begin()->second.request.priority;
-    devices = place(request, outranks ? all_devices_ : allowed_);
+    if (request.priority <= queue_.begin()->second.request.priority) allowed = &allowed_;
+  }
+  // A single-GPU request (the common case) allocates nothing here once lists are recycled.
+  std::vector<int> devices;
+  if (request.gpus == 1) {
+    if (const int d = place_one(request, *allowed); d >= 0) {
+      devices = take_device_list();
+      devices.push_back(d);
+    }
+  } else {
+    devices = place(request, *allowed);
   }
   if (devices.empty()) {
     std::uint64_t best = 0;
@@ -268,8 +282,7 @@ StatusOr<Grant> Scheduler::try_start(const LeaseRequest& request, Holder holder,
     if (!queue_.empty()) msg += ", and " + std::to_string(queue_.size()) + " job(s) wait";
     return Status(ErrorCode::kResourceExhausted, msg);
   }
-  grant(request.job_id, request, holder, devices, now, now);
-  return Grant{request.job_id, std::move(devices), request.bytes, now, now};
+  return &grant(request.job_id, request, holder, std::move(devices), now, now);
 }
 
 StatusOr<std::vector<Grant>> Scheduler::enqueue(const LeaseRequest& request, Holder holder,
@@ -304,12 +317,19 @@ void Scheduler::remove_waiter(std::map<Key, Waiter>::iterator it) {
   queue_.erase(it);
 }
 
-StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now) {
-  auto it = active_.find(std::string(job_id));
+StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now,
+                                      std::optional<std::uint32_t> requester_uid) {
+  auto it = active_.find(job_id);
   if (it == active_.end()) {
     return NotFound("no active lease for job '" + std::string(job_id) + "'");
   }
   ActiveLease& lease = it->second;
+  if (requester_uid && *requester_uid != 0 && *requester_uid != lease.holder.uid) {
+    return Status(ErrorCode::kPermissionDenied,
+                  "job '" + std::string(job_id) + "' is held by uid " +
+                      std::to_string(lease.holder.uid) + "; uid " + std::to_string(*requester_uid) +
+                      " may not release it");
+  }
   for (const int d : lease.devices) {
     DeviceState& dev = devices_[static_cast<std::size_t>(d)];
     dev.leased -= lease.bytes;
@@ -317,6 +337,20 @@ StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now) {
   }
   Released out{std::move(lease.devices), lease.bytes, now - lease.granted_at, lease.holder};
   active_.erase(it);
+  return out;
+}
+
+void Scheduler::recycle(std::vector<int> devices) {
+  constexpr std::size_t kMaxSpare = 64;  // enough for the leases of a busy host
+  if (devices.capacity() == 0 || spare_device_lists_.size() >= kMaxSpare) return;
+  devices.clear();
+  spare_device_lists_.push_back(std::move(devices));
+}
+
+std::vector<int> Scheduler::take_device_list() {
+  if (spare_device_lists_.empty()) return {};
+  std::vector<int> out = std::move(spare_device_lists_.back());
+  spare_device_lists_.pop_back();
   return out;
 }
 
@@ -414,9 +448,8 @@ std::vector<Grant> Scheduler::schedule(TimeNs now) {
       if (devices.empty()) break;  // cannot happen: the index and place() agree
     }
     const Waiter& w = chosen->second;
-    grant(w.request.job_id, w.request, w.holder, devices, w.requested_at, now);
-    grants.push_back(
-        Grant{w.request.job_id, std::move(devices), w.request.bytes, w.requested_at, now});
+    grants.push_back(Grant{w.request.job_id, devices, w.request.bytes, w.requested_at, now});
+    grant(w.request.job_id, w.request, w.holder, std::move(devices), w.requested_at, now);
     remove_waiter(chosen);
   }
   if (queue_.empty()) update_reservation();

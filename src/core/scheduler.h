@@ -72,6 +72,27 @@ struct Released {
   Holder holder;
 };
 
+// A lease the scheduler holds, keyed by job id.
+struct ActiveLease {
+  std::vector<int> devices;
+  std::uint64_t bytes = 0;
+  int priority = 0;
+  Holder holder;
+  std::string command;
+  TimeNs requested_at = 0;
+  TimeNs granted_at = 0;
+};
+
+// Job ids are looked up by string_view without building a std::string (heterogeneous
+// lookup): releases arrive as string_views and this is the hot path.
+struct JobIdHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view id) const { return std::hash<std::string_view>{}(id); }
+};
+using ActiveMap = std::unordered_map<std::string, ActiveLease, JobIdHash, std::equal_to<>>;
+// One active lease with its job id (ActiveMap's element).
+using ActiveEntry = ActiveMap::value_type;
+
 class Scheduler {
  public:
   Scheduler(SchedulerConfig config, std::size_t device_count);
@@ -91,16 +112,25 @@ class Scheduler {
   Status check_shape(std::uint64_t bytes, int gpus, int device) const;
 
   // Starts a job now if it fits without delaying anyone who waits (as a backfill would);
-  // kResourceExhausted otherwise. Runs check() first.
-  StatusOr<Grant> try_start(const LeaseRequest& request, Holder holder, TimeNs now);
+  // kResourceExhausted otherwise. Runs check() first. The new lease is returned as the
+  // scheduler holds it (valid until the scheduler next changes), so that the caller reads it
+  // without another lookup or a copy of its device list.
+  StatusOr<const ActiveEntry*> try_start(const LeaseRequest& request, Holder holder, TimeNs now);
 
   // Queues a request (after check()); it starts at once if the queue allows. The grants of
   // the pass this triggers are returned (the request's own, if it started, among them).
   StatusOr<std::vector<Grant>> enqueue(const LeaseRequest& request, Holder holder, TimeNs now,
                                        std::optional<TimeNs> deadline);
 
-  // Releases an active lease. kNotFound for an unknown job. Call schedule() afterwards.
-  StatusOr<Released> release(std::string_view job_id, TimeNs now);
+  // Releases an active lease. kNotFound for an unknown job; kPermissionDenied when
+  // `requester_uid` is given, is not root (0) and is not the holder's uid. Call schedule()
+  // afterwards.
+  StatusOr<Released> release(std::string_view job_id, TimeNs now,
+                             std::optional<std::uint32_t> requester_uid = std::nullopt);
+
+  // Gives back the device list of a released lease (Released::devices) for reuse by a later
+  // grant, so that a steady stream of grants and releases does not allocate one each time.
+  void recycle(std::vector<int> devices);
 
   // Removes a waiting request. kNotFound when no such job waits. Call schedule() afterwards
   // (the head may have changed).
@@ -127,15 +157,6 @@ class Scheduler {
       return taken >= capacity ? 0 : capacity - taken;
     }
   };
-  struct ActiveLease {
-    std::vector<int> devices;
-    std::uint64_t bytes = 0;
-    int priority = 0;
-    Holder holder;
-    std::string command;
-    TimeNs requested_at = 0;
-    TimeNs granted_at = 0;
-  };
   struct Waiter {
     LeaseRequest request;
     Holder holder;
@@ -147,7 +168,12 @@ class Scheduler {
   const DeviceState& device(int index) const {
     return devices_.at(static_cast<std::size_t>(index));
   }
-  const std::unordered_map<std::string, ActiveLease>& active() const { return active_; }
+  const ActiveMap& active() const { return active_; }
+  // The active lease of a job, or null.
+  const ActiveEntry* find_active(std::string_view job_id) const {
+    const auto it = active_.find(job_id);
+    return it == active_.end() ? nullptr : &*it;
+  }
   int active_count() const { return static_cast<int>(active_.size()); }
   std::size_t waiting_count() const { return queue_.size(); }
   // Waiters in queue order (the head first).
@@ -177,10 +203,12 @@ class Scheduler {
   // The devices a request would get now among `allowed`, by the placement policy; empty
   // when it does not fit.
   std::vector<int> place(const LeaseRequest& request, const std::vector<bool>& allowed) const;
+  // The one device a single-GPU request would get now among `allowed`, or -1.
+  int place_one(const LeaseRequest& request, const std::vector<bool>& allowed) const;
   // The largest k-th admissible figure among allowed devices, for a fit-index query.
   std::uint64_t threshold(const ClassKey& cls, const std::vector<bool>& allowed) const;
-  void grant(const std::string& job_id, const LeaseRequest& request, Holder holder,
-             const std::vector<int>& devices, TimeNs requested_at, TimeNs now);
+  ActiveEntry& grant(const std::string& job_id, const LeaseRequest& request, Holder holder,
+                     std::vector<int> devices, TimeNs requested_at, TimeNs now);
   void remove_waiter(std::map<Key, Waiter>::iterator it);
   // Chooses the head's reserved devices (sticky while they stay valid); fills allowed_ with
   // the devices others may use.
@@ -191,17 +219,20 @@ class Scheduler {
   // devices in gang_allowed_.
   std::optional<Key> reserve_for_gangs(const Key& head, std::vector<bool>& allowed,
                                        std::vector<bool>* gang_allowed) const;
+  // An empty device list, from the recycled ones when there are some.
+  std::vector<int> take_device_list();
   bool limit_reached() const { return active_count() >= config_.max_concurrent_jobs; }
   std::uint64_t capacity_rank(int gpus) const;  // the gpus-th largest capacity
 
   SchedulerConfig config_;
   std::vector<DeviceState> devices_;
-  std::unordered_map<std::string, ActiveLease> active_;
+  ActiveMap active_;
   std::map<Key, Waiter> queue_;
   std::unordered_map<std::string, Key> waiting_index_;
   std::set<std::pair<TimeNs, Key>> deadlines_;
   std::map<int, std::map<ClassKey, FitIndex>> fit_;  // by -priority, then class
   std::uint64_t next_seq_ = 0;
+  std::vector<std::vector<int>> spare_device_lists_;  // see recycle()
 
   std::string reserved_for_;
   std::vector<int> reserved_;

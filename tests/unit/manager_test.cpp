@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <mutex>
 #include <set>
 #include <vector>
@@ -275,6 +276,24 @@ TEST(JobTableTest, SnapshotListsActiveLeasesWithTheirFields) {
   EXPECT_DOUBLE_EQ(render.waited_s, 0.0);  // a non-blocking grant never waited
   EXPECT_TRUE(s.queue.empty());
   EXPECT_EQ(s.source, "in-process");
+}
+
+TEST(JobTableTest, GrantTimesAreWallClockTimes) {
+  auto m = make_sim_manager({k24GiB});
+  ASSERT_NE(m.manager, nullptr);
+  const auto before = std::chrono::system_clock::now();
+  auto lease = m->try_acquire(request("timed", kGiB));
+  const auto after = std::chrono::system_clock::now();
+  ASSERT_TRUE(lease.ok());
+  // Derived from the steady clock by an offset taken at the last refresh: allow for the
+  // offset's own two clock reads, not for seconds.
+  const auto slack = std::chrono::milliseconds(5);
+  EXPECT_GE(lease->info().granted_at, before - slack);
+  EXPECT_LE(lease->info().granted_at, after + slack);
+  const Snapshot s = snap(*m.manager);
+  ASSERT_EQ(s.leases.size(), 1u);
+  EXPECT_GE(s.leases[0].granted_at, before - slack);
+  EXPECT_LE(s.leases[0].granted_at, after + slack);
 }
 
 TEST(JobTableTest, DuplicateActiveJobIdIsRejectedAndReusableAfterRelease) {

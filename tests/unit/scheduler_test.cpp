@@ -46,7 +46,11 @@ std::vector<std::string> ids(const std::vector<Grant>& grants) {
 Grant start(Scheduler& s, const LeaseRequest& r, TimeNs now = 0) {
   auto g = s.try_start(r, Holder{1, 1}, now);
   EXPECT_TRUE(g.ok()) << g.status().to_string();
-  return g.ok() ? g.value() : Grant{};
+  if (!g.ok()) return Grant{};
+  const auto& [job_id, lease] = *g.value();
+  EXPECT_EQ(job_id, r.job_id);
+  EXPECT_EQ(lease.bytes, r.bytes);
+  return Grant{job_id, lease.devices, lease.bytes, lease.requested_at, lease.granted_at};
 }
 
 std::vector<Grant> wait(Scheduler& s, const LeaseRequest& r, TimeNs now = 0,
@@ -306,6 +310,39 @@ TEST(Scheduler, DirectStartsRespectTheHeadsReservation) {
   EXPECT_EQ(start(s, req("y", 1)).devices, std::vector<int>{1});
   // A job that outranks the head would be the head: it may take device 0.
   EXPECT_EQ(start(s, req("vip", 2, 5)).devices, std::vector<int>{0});
+}
+
+TEST(Scheduler, OnlyTheHoldersUidOrRootMayRelease) {
+  Scheduler s = make({10});
+  ASSERT_TRUE(s.try_start(req("a", 4), Holder{100, 1000}, 0).ok());
+  auto denied = s.release("a", kSecond, 1001);
+  EXPECT_EQ(denied.status().code(), ErrorCode::kPermissionDenied);
+  EXPECT_NE(denied.status().message().find("held by uid 1000"), std::string::npos);
+  ASSERT_NE(s.find_active("a"), nullptr);  // nothing changed
+  EXPECT_EQ(s.device(0).leased, 4 * kGiB);
+  auto by_holder = s.release("a", kSecond, 1000);
+  ASSERT_TRUE(by_holder.ok());
+  EXPECT_EQ(by_holder->held_ns, kSecond);
+  EXPECT_EQ(by_holder->holder.pid, 100u);
+  ASSERT_TRUE(s.try_start(req("b", 4), Holder{100, 1000}, 0).ok());
+  EXPECT_TRUE(s.release("b", kSecond, 0).ok());  // root
+  ASSERT_TRUE(s.try_start(req("c", 4), Holder{100, 1000}, 0).ok());
+  EXPECT_TRUE(s.release("c", kSecond).ok());  // no requester: the in-process caller
+  EXPECT_EQ(s.device(0).leased, 0u);
+}
+
+TEST(Scheduler, RecycledDeviceListsHoldOnlyTheNewDevices) {
+  Scheduler s = make({10, 10, 10, 10}, QueuePolicy::kBackfill, PlacementPolicy::kFirstFit);
+  ASSERT_TRUE(s.try_start(req("pair", 2, 0, 2), Holder{}, 0).ok());  // devices 0 and 1
+  auto released = s.release("pair", 1);
+  ASSERT_TRUE(released.ok());
+  EXPECT_EQ(released->devices, (std::vector<int>{0, 1}));
+  s.recycle(std::move(released->devices));
+  ASSERT_TRUE(s.try_start(req("x", 9), Holder{}, 2).ok());  // device 0
+  auto one = s.try_start(req("one", 2, 0, 1, 3), Holder{}, 2);
+  ASSERT_TRUE(one.ok());
+  EXPECT_EQ(one.value()->second.devices, (std::vector<int>{3}));
+  EXPECT_EQ(s.find_active("x")->second.devices, (std::vector<int>{0}));
 }
 
 TEST(Scheduler, PeakLeasedIsTracked) {
