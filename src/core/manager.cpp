@@ -1,5 +1,6 @@
 #include "gpumgr/manager.h"
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <set>
@@ -42,12 +43,12 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
 
   StatusOr<Lease> make_lease(StatusOr<LeaseInfo> info) {
     if (!info.ok()) return info.status();
-    {
-      MutexLock lock(mutex_);
+    note_used(info->devices);
+    if (local_ == nullptr) {
       // The in-process ledger reports a released lease's devices itself; for another ledger
       // remember them, so that a release by job id can still run the cleanup hook there.
-      if (local_ == nullptr) devices_of_[info->job_id] = info->devices;
-      for (const int d : info->devices) used_devices_.insert(d);
+      MutexLock lock(mutex_);
+      devices_of_[info->job_id] = info->devices;
     }
     return Lease(shared_from_this(), std::move(info).value());
   }
@@ -56,7 +57,9 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
     std::vector<int> devices;
     Status s;
     if (local_ != nullptr) {
-      s = local_->release_as(job_id, outcome, std::nullopt, &devices);
+      // Ask for the devices only when a hook will use them.
+      const bool want = has_cleanup_hook_.load(std::memory_order_acquire);
+      s = local_->release_as(job_id, outcome, std::nullopt, want ? &devices : nullptr);
     } else {
       s = ledger_->release(job_id, outcome);
       MutexLock lock(mutex_);
@@ -71,6 +74,8 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
   }
 
   void cleanup(int device) {
+    // Most C++ users set no hook: then a release takes no lock here.
+    if (!has_cleanup_hook_.load(std::memory_order_acquire)) return;
     std::function<void(int)> hook;
     {
       MutexLock lock(mutex_);
@@ -84,7 +89,11 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
     std::set<int> devices;
     {
       MutexLock lock(mutex_);
-      devices = used_devices_;
+      devices = used_devices_high_;
+    }
+    const std::uint64_t low = used_devices_low_.load(std::memory_order_relaxed);
+    for (int d = 0; d < 64; ++d) {
+      if ((low >> d) & 1U) devices.insert(d);
     }
     if (devices.empty()) devices.insert(pinned_device_ >= 0 ? pinned_device_ : 0);
     for (const int d : devices) cleanup(d);
@@ -92,6 +101,7 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
 
   void set_cleanup_hook(std::function<void(int)> hook) {
     MutexLock lock(mutex_);
+    has_cleanup_hook_.store(static_cast<bool>(hook), std::memory_order_release);
     cleanup_hook_ = std::move(hook);
   }
 
@@ -126,6 +136,22 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
   }
 
  private:
+  // Remembers the devices this manager has leased, for run_cleanup() without a device: the
+  // first 64 in a lock-free bit set, since this runs on every acquire.
+  void note_used(const std::vector<int>& devices) {
+    for (const int d : devices) {
+      if (d >= 0 && d < 64) {
+        const std::uint64_t bit = std::uint64_t{1} << d;
+        if ((used_devices_low_.load(std::memory_order_relaxed) & bit) == 0) {
+          used_devices_low_.fetch_or(bit, std::memory_order_relaxed);
+        }
+      } else {
+        MutexLock lock(mutex_);
+        used_devices_high_.insert(d);
+      }
+    }
+  }
+
   const ManagerOptions options_;
   const std::shared_ptr<Ledger> ledger_;
   const std::string device_string_;
@@ -136,8 +162,10 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
 
   mutable Mutex mutex_;
   std::unordered_map<std::string, std::vector<int>> devices_of_ GUARDED_BY(mutex_);
-  std::set<int> used_devices_ GUARDED_BY(mutex_);
+  std::atomic<std::uint64_t> used_devices_low_{0};      // bit d: device d < 64 was leased
+  std::set<int> used_devices_high_ GUARDED_BY(mutex_);  // devices from 64 on
   std::function<void(int)> cleanup_hook_ GUARDED_BY(mutex_);
+  std::atomic<bool> has_cleanup_hook_{false};  // whether cleanup_hook_ is set
   std::function<std::optional<FrameworkMemory>(int)> provider_ GUARDED_BY(mutex_);
 };
 
