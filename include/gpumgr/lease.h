@@ -48,10 +48,13 @@ class Lease {
 
  private:
   friend class detail::ManagerCore;
-  Lease(std::shared_ptr<detail::ManagerCore> core, LeaseInfo info);
+  Lease(std::shared_ptr<detail::ManagerCore> core, LeaseInfo info, std::uint64_t grant);
 
   std::shared_ptr<detail::ManagerCore> core_;
   LeaseInfo info_;
+  // Which grant this handle holds, so that releasing it late (after a release by job id and
+  // a new lease of the same id) leaves the newer lease alone.
+  std::uint64_t grant_ = 0;
   JobOutcome outcome_ = JobOutcome::kSucceeded;
   bool released_ = false;
 };

@@ -65,6 +65,10 @@ struct LeaseInfo {
   std::string command;
   std::chrono::system_clock::time_point granted_at;
   double waited_s = 0;  // how long it waited in the queue before it was granted
+  // Which grant this is: unique within the in-process ledger that made it, so that a
+  // handle released late cannot release a newer lease of the same job id. 0 where unknown
+  // (leases from a daemon).
+  std::uint64_t lease_id = 0;
 };
 
 // A request waiting in the queue.

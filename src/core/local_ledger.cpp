@@ -241,6 +241,7 @@ LeaseInfo LocalLedger::lease_info_locked(const ActiveEntry& entry) const {
   info.command = lease.command;
   info.granted_at = wall_time(lease.granted_at);
   info.waited_s = static_cast<double>(lease.granted_at - lease.requested_at) / 1e9;
+  info.lease_id = lease.lease_id;
   return info;
 }
 
@@ -394,9 +395,9 @@ StatusOr<LeaseInfo> LocalLedger::acquire(const LeaseRequest& request, const Wait
 
 Status LocalLedger::release_locked(std::string_view job_id, JobOutcome outcome,
                                    std::optional<std::uint32_t> requester_uid, Calls& calls,
-                                   std::vector<int>* devices) {
+                                   std::vector<int>* devices, std::uint64_t lease_id) {
   const TimeNs now = now_ns();
-  auto released = scheduler_.release(job_id, now, requester_uid);
+  auto released = scheduler_.release(job_id, now, requester_uid, lease_id);
   if (!released.ok()) return released.status();
   if (outcome == JobOutcome::kSucceeded) {
     ++stats_.jobs_succeeded;
@@ -429,12 +430,12 @@ Status LocalLedger::release_as(std::string_view job_id, JobOutcome outcome,
 
 Status LocalLedger::release_as(std::string_view job_id, JobOutcome outcome,
                                std::optional<std::uint32_t> requester_uid,
-                               std::vector<int>* devices) {
+                               std::vector<int>* devices, std::uint64_t lease_id) {
   Calls calls;
   Status s;
   {
     MutexLock lock(mutex_);
-    s = release_locked(job_id, outcome, requester_uid, calls, devices);
+    s = release_locked(job_id, outcome, requester_uid, calls, devices, lease_id);
   }
   run_all(calls);
   return s;

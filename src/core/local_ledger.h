@@ -57,8 +57,11 @@ class LocalLedger final : public Ledger {
   Status release_as(std::string_view job_id, JobOutcome outcome, std::uint32_t requester_uid);
   // Releases on behalf of `requester_uid` (none: no permission check) and reports the
   // released lease's devices in `devices` (for the manager's cleanup hook) unless it is null.
+  // A `lease_id` other than 0 releases only that grant (LeaseInfo::lease_id): kNotFound if
+  // the job's lease is another one.
   Status release_as(std::string_view job_id, JobOutcome outcome,
-                    std::optional<std::uint32_t> requester_uid, std::vector<int>* devices);
+                    std::optional<std::uint32_t> requester_uid, std::vector<int>* devices,
+                    std::uint64_t lease_id = 0);
   Status cancel_as(std::string_view job_id, std::uint32_t requester_uid);
 
   // Queries the backend now and schedules whatever that lets start.
@@ -96,8 +99,8 @@ class LocalLedger final : public Ledger {
   LeaseInfo lease_info_locked(const ActiveEntry& entry) const REQUIRES(mutex_);
   Status release_locked(std::string_view job_id, JobOutcome outcome,
                         std::optional<std::uint32_t> requester_uid,
-                        std::vector<std::function<void()>>& calls, std::vector<int>* devices)
-      REQUIRES(mutex_);
+                        std::vector<std::function<void()>>& calls, std::vector<int>* devices,
+                        std::uint64_t lease_id) REQUIRES(mutex_);
   void housekeeper_loop();
   static TimeNs now_ns();
   static TimeNs to_ns(SteadyTime t);

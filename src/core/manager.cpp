@@ -44,29 +44,45 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
   StatusOr<Lease> make_lease(StatusOr<LeaseInfo> info) {
     if (!info.ok()) return info.status();
     note_used(info->devices);
+    // A handle releases only its own grant, not a later lease of the same job id: the
+    // in-process ledger numbers its grants; for another ledger this manager does.
+    std::uint64_t grant = info->lease_id;
     if (local_ == nullptr) {
-      // The in-process ledger reports a released lease's devices itself; for another ledger
-      // remember them, so that a release by job id can still run the cleanup hook there.
+      // The in-process ledger also reports a released lease's devices itself; for another
+      // ledger remember them, so that a release by job id can still run the cleanup hook.
       MutexLock lock(mutex_);
-      devices_of_[info->job_id] = info->devices;
+      grant = ++last_remote_grant_;
+      remote_leases_[info->job_id] = RemoteLease{info->devices, grant};
     }
-    return Lease(shared_from_this(), std::move(info).value());
+    return Lease(shared_from_this(), std::move(info).value(), grant);
   }
 
-  Status release(std::string_view job_id, JobOutcome outcome) {
+  // Releases the job's lease; with `grant` other than 0, only if it is still that grant
+  // (kNotFound otherwise).
+  Status release(std::string_view job_id, JobOutcome outcome, std::uint64_t grant = 0) {
     std::vector<int> devices;
     Status s;
     if (local_ != nullptr) {
       // Ask for the devices only when a hook will use them.
       const bool want = has_cleanup_hook_.load(std::memory_order_acquire);
-      s = local_->release_as(job_id, outcome, std::nullopt, want ? &devices : nullptr);
+      s = local_->release_as(job_id, outcome, std::nullopt, want ? &devices : nullptr, grant);
     } else {
+      std::uint64_t known = 0;  // the grant this manager knows for the job, if any
+      {
+        MutexLock lock(mutex_);
+        const auto it = remote_leases_.find(std::string(job_id));
+        if (it != remote_leases_.end()) known = it->second.grant;
+      }
+      if (grant != 0 && known != grant) {
+        return NotFound("lease of job '" + std::string(job_id) + "' was already released");
+      }
       s = ledger_->release(job_id, outcome);
       MutexLock lock(mutex_);
-      auto it = devices_of_.find(std::string(job_id));
-      if (it != devices_of_.end()) {
-        if (s.ok() || s.code() == ErrorCode::kNotFound) devices = std::move(it->second);
-        devices_of_.erase(it);
+      // Forget the grant released here, not one made for the same id since.
+      auto it = remote_leases_.find(std::string(job_id));
+      if (it != remote_leases_.end() && it->second.grant == known) {
+        if (s.ok() || s.code() == ErrorCode::kNotFound) devices = std::move(it->second.devices);
+        remote_leases_.erase(it);
       }
     }
     for (const int d : devices) cleanup(d);
@@ -161,7 +177,13 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
   core::LocalLedger* const local_;  // ledger_ when it is in-process, else null
 
   mutable Mutex mutex_;
-  std::unordered_map<std::string, std::vector<int>> devices_of_ GUARDED_BY(mutex_);
+  // The leases taken through a ledger other than the in-process one, by job id.
+  struct RemoteLease {
+    std::vector<int> devices;
+    std::uint64_t grant = 0;  // numbered by this manager
+  };
+  std::unordered_map<std::string, RemoteLease> remote_leases_ GUARDED_BY(mutex_);
+  std::uint64_t last_remote_grant_ GUARDED_BY(mutex_) = 0;
   std::atomic<std::uint64_t> used_devices_low_{0};      // bit d: device d < 64 was leased
   std::set<int> used_devices_high_ GUARDED_BY(mutex_);  // devices from 64 on
   std::function<void(int)> cleanup_hook_ GUARDED_BY(mutex_);
@@ -173,12 +195,13 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
 
 // ---- Lease ----
 
-Lease::Lease(std::shared_ptr<detail::ManagerCore> core, LeaseInfo info)
-    : core_(std::move(core)), info_(std::move(info)) {}
+Lease::Lease(std::shared_ptr<detail::ManagerCore> core, LeaseInfo info, std::uint64_t grant)
+    : core_(std::move(core)), info_(std::move(info)), grant_(grant) {}
 
 Lease::Lease(Lease&& other) noexcept
     : core_(std::move(other.core_)),
       info_(std::move(other.info_)),
+      grant_(other.grant_),
       outcome_(other.outcome_),
       released_(other.released_) {
   other.core_.reset();
@@ -190,6 +213,7 @@ Lease& Lease::operator=(Lease&& other) noexcept {
     if (held()) (void)release();
     core_ = std::move(other.core_);
     info_ = std::move(other.info_);
+    grant_ = other.grant_;
     outcome_ = other.outcome_;
     released_ = other.released_;
     other.core_.reset();
@@ -208,7 +232,7 @@ Status Lease::release(JobOutcome outcome) {
   if (!held()) return Status::Ok();
   released_ = true;
   outcome_ = outcome;
-  Status s = core_->release(info_.job_id, outcome);
+  Status s = core_->release(info_.job_id, outcome, grant_);
   // Released elsewhere already (by job id): still released, which is what was asked.
   return s.code() == ErrorCode::kNotFound ? Status::Ok() : s;
 }

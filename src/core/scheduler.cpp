@@ -169,6 +169,7 @@ ActiveEntry& Scheduler::grant(const std::string& job_id, const LeaseRequest& req
     ++dev.leases;
   }
   ActiveLease lease;
+  lease.lease_id = ++last_lease_id_;
   lease.devices = std::move(devices);
   lease.bytes = request.bytes;
   lease.priority = request.priority;
@@ -318,12 +319,18 @@ void Scheduler::remove_waiter(std::map<Key, Waiter>::iterator it) {
 }
 
 StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now,
-                                      std::optional<std::uint32_t> requester_uid) {
+                                      std::optional<std::uint32_t> requester_uid,
+                                      std::uint64_t lease_id) {
   auto it = active_.find(job_id);
   if (it == active_.end()) {
     return NotFound("no active lease for job '" + std::string(job_id) + "'");
   }
   ActiveLease& lease = it->second;
+  if (lease_id != 0 && lease.lease_id != lease_id) {
+    return NotFound("lease " + std::to_string(lease_id) + " of job '" + std::string(job_id) +
+                    "' was already released; the job id now holds lease " +
+                    std::to_string(lease.lease_id));
+  }
   if (requester_uid && *requester_uid != 0 && *requester_uid != lease.holder.uid) {
     return Status(ErrorCode::kPermissionDenied,
                   "job '" + std::string(job_id) + "' is held by uid " +

@@ -74,6 +74,7 @@ struct Released {
 
 // A lease the scheduler holds, keyed by job id.
 struct ActiveLease {
+  std::uint64_t lease_id = 0;  // unique per scheduler, from 1
   std::vector<int> devices;
   std::uint64_t bytes = 0;
   int priority = 0;
@@ -122,11 +123,13 @@ class Scheduler {
   StatusOr<std::vector<Grant>> enqueue(const LeaseRequest& request, Holder holder, TimeNs now,
                                        std::optional<TimeNs> deadline);
 
-  // Releases an active lease. kNotFound for an unknown job; kPermissionDenied when
-  // `requester_uid` is given, is not root (0) and is not the holder's uid. Call schedule()
-  // afterwards.
+  // Releases an active lease. kNotFound for an unknown job, or when `lease_id` is not 0 and
+  // the job's lease is another one (that lease was released and the id reused);
+  // kPermissionDenied when `requester_uid` is given, is not root (0) and is not the holder's
+  // uid. Call schedule() afterwards.
   StatusOr<Released> release(std::string_view job_id, TimeNs now,
-                             std::optional<std::uint32_t> requester_uid = std::nullopt);
+                             std::optional<std::uint32_t> requester_uid = std::nullopt,
+                             std::uint64_t lease_id = 0);
 
   // Gives back the device list of a released lease (Released::devices) for reuse by a later
   // grant, so that a steady stream of grants and releases does not allocate one each time.
@@ -232,6 +235,7 @@ class Scheduler {
   std::set<std::pair<TimeNs, Key>> deadlines_;
   std::map<int, std::map<ClassKey, FitIndex>> fit_;  // by -priority, then class
   std::uint64_t next_seq_ = 0;
+  std::uint64_t last_lease_id_ = 0;
   std::vector<std::vector<int>> spare_device_lists_;  // see recycle()
 
   std::string reserved_for_;

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "daemon_fixture.h"
+#include "gpumgr/manager.h"
 #include "shared_counters.h"
 
 namespace gpumgr::testing {
@@ -46,6 +47,29 @@ TEST(Daemon, RemoteLedgerServesTheLedgerInterface) {
   EXPECT_EQ(ledger.value()->release("a", JobOutcome::kSucceeded).code(), ErrorCode::kNotFound);
   EXPECT_EQ(ledger.value()->cancel("zz").code(), ErrorCode::kNotFound);
   EXPECT_EQ(d.snapshot().stats.jobs_succeeded, 1u);
+}
+
+// Through the daemon too, a lease handle released after a release by job id and a new
+// lease of the same id leaves the new lease alone.
+TEST(Daemon, AnOldHandleDoesNotReleaseANewerLeaseOfTheSameJobId) {
+  TestDaemon d;
+  ManagerOptions options;
+  options.socket = d.socket;
+  auto manager = Manager::create(options);
+  ASSERT_TRUE(manager.ok()) << manager.status().to_string();
+  Manager& m = *manager.value();
+  auto old_lease = m.try_acquire(req("reused", kGiB));
+  ASSERT_TRUE(old_lease.ok()) << old_lease.status().to_string();
+  ASSERT_TRUE(m.release("reused").ok());
+  auto new_lease = m.try_acquire(req("reused", 2 * kGiB));
+  ASSERT_TRUE(new_lease.ok()) << new_lease.status().to_string();
+  EXPECT_TRUE(old_lease->release().ok());  // already released: nothing to do
+  Snapshot s = d.snapshot();
+  ASSERT_EQ(s.leases.size(), 1u);
+  EXPECT_EQ(s.leases[0].bytes, 2 * kGiB);
+  EXPECT_EQ(s.stats.jobs_succeeded, 1u);
+  ASSERT_TRUE(new_lease->release().ok());
+  EXPECT_TRUE(d.snapshot().leases.empty());
 }
 
 TEST(Daemon, UnreachableDaemonSaysWhereItLookedAndHowToStartIt) {

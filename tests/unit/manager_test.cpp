@@ -296,6 +296,26 @@ TEST(JobTableTest, GrantTimesAreWallClockTimes) {
   EXPECT_LE(s.leases[0].granted_at, after + slack);
 }
 
+// A lease released by job id, whose id is then reused, must not release the newer lease
+// when the old handle is released or destroyed.
+TEST(JobTableTest, AnOldHandleDoesNotReleaseANewerLeaseOfTheSameJobId) {
+  auto m = make_sim_manager({k24GiB});
+  ASSERT_NE(m.manager, nullptr);
+  auto old_lease = m->try_acquire(request("reused", kGiB));
+  ASSERT_TRUE(old_lease.ok());
+  ASSERT_TRUE(m->release("reused").ok());
+  auto new_lease = m->try_acquire(request("reused", 2 * kGiB));
+  ASSERT_TRUE(new_lease.ok());
+  EXPECT_TRUE(old_lease->release().ok());  // already released: nothing to do
+  Snapshot s = snap(*m.manager);
+  ASSERT_EQ(s.leases.size(), 1u);
+  EXPECT_EQ(s.leases[0].bytes, 2 * kGiB);
+  EXPECT_EQ(s.devices[0].leased_bytes, 2 * kGiB);
+  EXPECT_EQ(s.stats.jobs_succeeded, 1u);
+  ASSERT_TRUE(new_lease->release().ok());
+  EXPECT_EQ(snap(*m.manager).devices[0].leased_bytes, 0u);
+}
+
 TEST(JobTableTest, DuplicateActiveJobIdIsRejectedAndReusableAfterRelease) {
   auto m = make_sim_manager({k24GiB});
   ASSERT_NE(m.manager, nullptr);
