@@ -48,7 +48,7 @@ class Lease {
 
  private:
   friend class detail::ManagerCore;
-  Lease(std::shared_ptr<detail::ManagerCore> core, LeaseInfo info, std::uint64_t grant);
+  Lease(std::shared_ptr<detail::ManagerCore> core, LeaseInfo&& info, std::uint64_t grant);
 
   std::shared_ptr<detail::ManagerCore> core_;
   LeaseInfo info_;

@@ -64,7 +64,8 @@ inline Status Unavailable(std::string m) { return {ErrorCode::kUnavailable, std:
 template <typename T>
 class [[nodiscard]] StatusOr {
  public:
-  StatusOr(T value) : value_(std::move(value)) {}         // NOLINT(google-explicit-constructor)
+  StatusOr(T&& value) : value_(std::move(value)) {}       // NOLINT(google-explicit-constructor)
+  StatusOr(const T& value) : value_(value) {}             // NOLINT(google-explicit-constructor)
   StatusOr(Status status) : status_(std::move(status)) {  // NOLINT(google-explicit-constructor)
     assert(!status_.ok() && "StatusOr needs a value or a non-OK status");
     if (status_.ok()) status_ = Status(ErrorCode::kInternal, "StatusOr built from an OK status");

@@ -195,7 +195,7 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
 
 // ---- Lease ----
 
-Lease::Lease(std::shared_ptr<detail::ManagerCore> core, LeaseInfo info, std::uint64_t grant)
+Lease::Lease(std::shared_ptr<detail::ManagerCore> core, LeaseInfo&& info, std::uint64_t grant)
     : core_(std::move(core)), info_(std::move(info)), grant_(grant) {}
 
 Lease::Lease(Lease&& other) noexcept

@@ -90,20 +90,30 @@ Status Scheduler::check_shape(std::uint64_t bytes, int gpus, int device) const {
 }
 
 int Scheduler::place_one(const LeaseRequest& request, const std::vector<bool>& allowed) const {
-  // A single scan, with the same ties (lowest index) as the sort in place().
+  // A single scan, with the same ties (lowest index) as the sort in place(). This runs on
+  // every acquire: a pinned request looks at its device only, first-fit stops at the first
+  // fit, and the bit set is read only where a waiter may have reserved devices.
+  std::size_t begin = 0;
+  std::size_t end = devices_.size();
+  if (request.device >= 0) {
+    begin = static_cast<std::size_t>(request.device);
+    end = std::min(end, begin + 1);
+  }
+  const bool every_device_allowed = &allowed == &all_devices_;
+  const PlacementPolicy policy = config_.placement;
+  const std::uint64_t bytes = request.bytes;
   int best = -1;
   std::uint64_t best_adm = 0;
-  for (std::size_t i = 0; i < devices_.size(); ++i) {
-    const int index = static_cast<int>(i);
-    if (!allowed[i] || !devices_[i].healthy) continue;
-    if (request.device >= 0 && request.device != index) continue;
-    const std::uint64_t adm = devices_[i].admissible();
-    if (adm < request.bytes) continue;
-    const bool better = best < 0 ||
-                        (config_.placement == PlacementPolicy::kBestFit && adm < best_adm) ||
-                        (config_.placement == PlacementPolicy::kSpread && adm > best_adm);
+  for (std::size_t i = begin; i < end; ++i) {
+    const DeviceState& d = devices_[i];
+    if (!d.healthy) continue;
+    const std::uint64_t adm = d.admissible();
+    if (adm < bytes || (!every_device_allowed && !allowed[i])) continue;
+    if (policy == PlacementPolicy::kFirstFit) return static_cast<int>(i);
+    const bool better =
+        best < 0 || (policy == PlacementPolicy::kBestFit ? adm < best_adm : adm > best_adm);
     if (better) {
-      best = index;
+      best = static_cast<int>(i);
       best_adm = adm;
     }
   }
