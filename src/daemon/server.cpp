@@ -486,19 +486,45 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     if (stop_requested.load()) {
       asio::post(io, [this] { begin_shutdown(); });
     }
-    io.run();
+    guarded([this] { io.run(); });
     {
       MutexLock lock(mailbox->mutex);
       mailbox->io = nullptr;
     }
     // Grants posted just before the mailbox closed: run them so that they are released.
     io.restart();
-    io.poll();
+    guarded([this] { io.poll(); });
     // Whatever is still held through a connection (a loop stopped without a shutdown).
     std::vector<ConnPtr> left;
     for (const auto& [cid, conn] : connections) left.push_back(conn);
     for (const auto& conn : left) drop(conn);
-    io.poll();
+    guarded([this] { io.poll(); });
+  }
+
+  // Runs the loop (run or poll) to its end. A handler that throws (a bug, memory exhausted)
+  // is logged and the loop goes on with the other handlers: one failed request must not take
+  // the daemon, and with it every client's leases and queue, down. Asio leaves the
+  // io_context usable after an exception leaves run().
+  template <typename Loop>
+  void guarded(Loop loop) {
+    for (;;) {
+      try {
+        loop();
+        return;
+      } catch (const std::exception& e) {
+        log_quietly(std::string("internal error in a request handler; going on: ") + e.what());
+      } catch (...) {
+        log_quietly("internal error in a request handler (not a std::exception); going on");
+      }
+    }
+  }
+
+  // log(), for the error path: a logger that throws too is not allowed to stop the loop.
+  void log_quietly(const std::string& line) const noexcept {
+    try {
+      log(line);
+    } catch (...) {  // NOLINT(bugprone-empty-catch): nothing is left to report it to
+    }
   }
 
   void remove_socket() const {

@@ -2,12 +2,15 @@
 // remote ledger, raw sockets) and in helper processes (killed, other uids, contenders).
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <random>
+#include <stdexcept>
 
 #include "daemon_fixture.h"
 #include "gpumgr/manager.h"
 #include "shared_counters.h"
+#include "util/thread_annotations.h"
 
 namespace gpumgr::testing {
 namespace {
@@ -70,6 +73,48 @@ TEST(Daemon, AnOldHandleDoesNotReleaseANewerLeaseOfTheSameJobId) {
   EXPECT_EQ(s.stats.jobs_succeeded, 1u);
   ASSERT_TRUE(new_lease->release().ok());
   EXPECT_TRUE(d.snapshot().leases.empty());
+}
+
+// A request handler that throws is logged, and the daemon goes on serving. The throw here
+// comes from the log callback itself, on the line a departing holder produces.
+TEST(Daemon, AHandlerThatThrowsDoesNotStopTheDaemon) {
+  TempDir dir;
+  const std::string socket = dir.path() + "/gpumgr.sock";
+  LedgerConfig config;
+  config.memory_limit = 1.0;
+  auto ledger = core::LocalLedger::create(SimulatedBackend::from_spec("1x10GiB").value(), config);
+  ASSERT_TRUE(ledger.ok());
+  Mutex mutex;
+  std::vector<std::string> lines;
+  daemon::ServerOptions options;
+  options.socket_path = socket;
+  options.log = [&](const std::string& line) {
+    {
+      MutexLock lock(mutex);
+      lines.push_back(line);
+    }
+    if (line.find(" left: ") != std::string::npos) throw std::runtime_error("logger failed");
+  };
+  auto server = daemon::Server::create(options, ledger.value());
+  ASSERT_TRUE(server.ok()) << server.status().to_string();
+  server.value()->start_background();
+  {
+    auto holder = connect_daemon(socket).value();
+    ASSERT_TRUE(holder->try_acquire(req("gone", 10 * kGiB)).ok());
+  }  // the holder leaves: its lease is released, then the log line throws
+  auto logged = [&](const std::string& text) {
+    MutexLock lock(mutex);
+    return std::any_of(lines.begin(), lines.end(),
+                       [&](const std::string& l) { return l.find(text) != std::string::npos; });
+  };
+  ASSERT_TRUE(eventually([&] { return logged("internal error in a request handler"); }));
+  EXPECT_TRUE(logged("logger failed"));
+  // Still serving, and the departed holder's memory is free again.
+  auto next = connect_daemon(socket);
+  ASSERT_TRUE(next.ok()) << next.status().to_string();
+  EXPECT_TRUE(next.value()->try_acquire(req("next", 10 * kGiB)).ok());
+  EXPECT_TRUE(next.value()->release("next", JobOutcome::kSucceeded).ok());
+  server.value()->stop();
 }
 
 TEST(Daemon, UnreachableDaemonSaysWhereItLookedAndHowToStartIt) {
