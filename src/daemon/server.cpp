@@ -413,7 +413,8 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
                             // The loop is gone: nobody is left to hand the lease to.
                             if (result.ok()) {
                               if (auto l = weak_ledger.lock())
-                                (void)l->release_as(job, JobOutcome::kFailed, 0);
+                                (void)l->release_as(job, JobOutcome::kFailed, std::nullopt, nullptr,
+                                                    result->lease_id);
                             }
                           });
   }
@@ -426,7 +427,8 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     if (result.ok()) {
       if (answered || conn->closing) {
         // Its holder left (or shutdown already answered it): give it straight back.
-        (void)ledger->release_as(job, JobOutcome::kFailed, 0);
+        // This grant, not a later lease of the same id.
+        (void)ledger->release_as(job, JobOutcome::kFailed, std::nullopt, nullptr, result->lease_id);
         erase_owner(job, cid);
         return;
       }
