@@ -499,8 +499,6 @@ StatusOr<Snapshot> LocalLedger::snapshot() {
   snap.taken_at = std::chrono::system_clock::now();
   snap.source = description();
   const TimeNs now = now_ns();
-  // Grant times shown in wall-clock time from the offset of this same moment.
-  wall_offset_.store(wall_offset_now(), std::memory_order_relaxed);
   const auto& reserved = scheduler_.reserved_devices();
   for (std::size_t i = 0; i < devices_.size(); ++i) {
     const auto& st = scheduler_.device(static_cast<int>(i));

@@ -106,9 +106,9 @@ class LocalLedger final : public Ledger {
   static TimeNs to_ns(SteadyTime t);
   // Wall-clock minus steady-clock time, read now.
   static TimeNs wall_offset_now();
-  // A steady-clock time as wall-clock time, by the offset of the last refresh or snapshot:
-  // the hot path reads one clock, and grant times are for display (a wall-clock step shows
-  // up at the next refresh, within a poll interval).
+  // A steady-clock time as wall-clock time, by the offset taken at the last refresh (a
+  // snapshot refreshes first): the hot path reads one clock, and grant times are for display
+  // (a wall-clock step shows up at the next refresh, within a poll interval).
   std::chrono::system_clock::time_point wall_time(TimeNs steady) const;
 
   const std::shared_ptr<DeviceBackend> backend_;
