@@ -1,12 +1,11 @@
 #include "core/accounting.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <charconv>
 #include <cmath>
 #include <optional>
 #include <string_view>
+
+#include "util/small_file.h"
 
 namespace gpumgr::core {
 
@@ -38,17 +37,13 @@ std::uint64_t foreign_bytes(const DeviceInfo& info, const std::set<std::uint32_t
 
 namespace {
 
-// The parent pid from /proc/<pid>/stat ("pid (comm) state ppid ..."), read with read(2): the
-// command name may hold spaces and parentheses, so parse after the last ')'.
+// The parent pid from /proc/<pid>/stat ("pid (comm) state ppid ..."), read with
+// read_small_file (the process may exit meanwhile): the command name may hold spaces and
+// parentheses, so parse after the last ')'.
 std::optional<std::uint32_t> parent_of(std::uint32_t pid, const std::string& proc_root) {
-  const std::string path = proc_root + "/" + std::to_string(pid) + "/stat";
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return std::nullopt;
-  char buf[1024];
-  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
-  ::close(fd);
-  if (n <= 0) return std::nullopt;
-  std::string_view text(buf, static_cast<std::size_t>(n));
+  const auto stat = read_small_file(proc_root + "/" + std::to_string(pid) + "/stat", 1023);
+  if (!stat || stat->empty()) return std::nullopt;
+  std::string_view text(*stat);
   const std::size_t paren = text.rfind(')');
   if (paren == std::string_view::npos || paren + 4 >= text.size()) return std::nullopt;
   text.remove_prefix(paren + 4);  // ") S " -> the ppid
