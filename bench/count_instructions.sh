@@ -22,8 +22,10 @@ count() {
     >"$work/$name.log" 2>&1
   local total calls
   total=$(grep -a 'Collected' "$work/$name.log" | awk '{print $NF}')
-  calls=$(callgrind_annotate --tree=caller "$work/$name.cg" 2>/dev/null |
-    grep -a "< .*$caller" | grep -aoE '\(([0-9,]+)x\)' | tr -dc '0-9\n' | sort -n | head -1)
+  # From the work folder: run where the sources are, callgrind_annotate annotates them and
+  # drops some caller lines.
+  calls=$(cd "$work" && callgrind_annotate --tree=caller "$name.cg" 2>/dev/null |
+    grep -a "< .*$caller" | grep -aoE '\(([0-9,]+)x\)' | tr -dc '0-9\n' | sort -n | awk 'NR == 1')
   echo "$total $calls"
 }
 
