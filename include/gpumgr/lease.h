@@ -22,7 +22,7 @@ class ManagerCore;
 
 class Lease {
  public:
-  Lease() = default;  // an empty lease, holding nothing
+  Lease() noexcept;  // an empty lease, holding nothing
   Lease(Lease&& other) noexcept;
   Lease& operator=(Lease&& other) noexcept;
   Lease(const Lease&) = delete;

@@ -71,6 +71,9 @@ class [[nodiscard]] StatusOr {
     if (status_.ok()) status_ = Status(ErrorCode::kInternal, "StatusOr built from an OK status");
   }
 
+  // Holds a default-constructed value, for callers that fill it in place.
+  explicit StatusOr(std::in_place_t) : value_(std::in_place) {}
+
   bool ok() const { return value_.has_value(); }
   const Status& status() const { return status_; }
 

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/accounting.h"
+#include "util/fast_clock.h"
 
 namespace gpumgr::core {
 namespace {
@@ -17,30 +18,38 @@ void run_all(Calls& calls) {
 }
 }  // namespace
 
-Histogram make_time_histogram() {
+DurationHistogram::DurationHistogram() {
+  constexpr double kBoundsSeconds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                       2.5,   5,    10,    30,   60,  300,  900, 3600};
+  for (const double b : kBoundsSeconds) bounds_.push_back(static_cast<TimeNs>(b * 1e9));
+  counts_.assign(bounds_.size() + 1, 0);
+}
+
+void DurationHistogram::observe(TimeNs duration) {
+  // The clock may step back a little (see util/fast_clock.h): a duration is never negative.
+  duration = std::max<TimeNs>(duration, 0);
+  const auto bucket = static_cast<std::size_t>(
+      std::lower_bound(bounds_.begin(), bounds_.end(), duration) - bounds_.begin());
+  ++counts_[bucket];
+  min_ = count_ == 0 ? duration : std::min(min_, duration);
+  max_ = std::max(max_, duration);
+  ++count_;
+  sum_seconds_ += static_cast<double>(duration) * 1e-9;
+}
+
+Histogram DurationHistogram::to_histogram() const {
   Histogram h;
-  h.bounds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600};
-  h.counts.assign(h.bounds.size() + 1, 0);
-  return h;
-}
-
-void observe(Histogram& h, double value) {
-  // One bucket per observation here; cumulative() sums them when a snapshot is taken, so the
-  // hot path does not touch every bucket.
-  const auto bucket = std::lower_bound(h.bounds.begin(), h.bounds.end(), value) - h.bounds.begin();
-  ++h.counts[static_cast<std::size_t>(bucket)];
-  h.min = h.count == 0 ? value : std::min(h.min, value);
-  h.max = h.count == 0 ? value : std::max(h.max, value);
-  ++h.count;
-  h.sum += value;
-}
-
-Histogram cumulative(Histogram h) {
+  for (const TimeNs b : bounds_) h.bounds.push_back(static_cast<double>(b) / 1e9);
+  h.counts = counts_;
   for (std::size_t i = 1; i < h.counts.size(); ++i) h.counts[i] += h.counts[i - 1];
+  h.count = count_;
+  h.sum = sum_seconds_;
+  h.min = static_cast<double>(min_) / 1e9;
+  h.max = static_cast<double>(max_) / 1e9;
   return h;
 }
 
-TimeNs LocalLedger::now_ns() { return to_ns(std::chrono::steady_clock::now()); }
+TimeNs LocalLedger::now_ns() { return fast_steady_ns(); }
 
 TimeNs LocalLedger::wall_offset_now() {
   const auto wall = std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -86,8 +95,6 @@ LocalLedger::LocalLedger(std::shared_ptr<DeviceBackend> backend, const LedgerCon
                  devices.size()) {
   {
     MutexLock lock(mutex_);
-    stats_.hold_seconds = make_time_histogram();
-    stats_.wait_seconds = make_time_histogram();
     holders_.resize(devices.size());
     ancestors_ = read_ancestry(devices);
     apply_devices_locked(std::move(devices));
@@ -147,34 +154,35 @@ std::uint64_t LocalLedger::foreign_bytes_locked(int device, const DeviceInfo& in
   return foreign_bytes(info, is_holder, holders_known_usage);
 }
 
-void LocalLedger::refresh_foreign_locked(const std::vector<int>& devices) {
-  for (const int d : devices) {
-    const auto i = static_cast<std::size_t>(d);
-    if (i >= devices_.size()) continue;
-    // Nothing a change of holders could move: no processes listed, or none known and no
-    // figure of our own to subtract.
-    const DeviceInfo& info = devices_[i];
-    if (info.processes_known ? info.processes.empty() : !own_usage_) continue;
-    const auto& st = scheduler_.device(d);
-    scheduler_.set_device(d, st.capacity, foreign_bytes_locked(d, info), st.healthy);
-  }
+void LocalLedger::refresh_foreign_locked(int d) {
+  const auto i = static_cast<std::size_t>(d);
+  if (i >= devices_.size()) return;
+  // Nothing a change of holders could move: no processes listed, or none known and no figure
+  // of our own to subtract.
+  const DeviceInfo& info = devices_[i];
+  if (info.processes_known ? info.processes.empty() : !own_usage_) return;
+  const auto& st = scheduler_.device(d);
+  scheduler_.set_device(d, st.capacity, foreign_bytes_locked(d, info), st.healthy);
 }
 
-void LocalLedger::count_holder_locked(const std::vector<int>& devices, std::uint32_t pid,
-                                      int delta) {
+void LocalLedger::change_holder_locked(std::span<const int> devices, std::uint32_t pid, int delta) {
   for (const int d : devices) {
     auto& counts = holders_[static_cast<std::size_t>(d)];
     auto it = std::find_if(counts.begin(), counts.end(),
                            [pid](const HolderCount& h) { return h.pid == pid; });
     if (it == counts.end()) {
       if (delta > 0) counts.push_back(HolderCount{pid, delta});
-      continue;
+    } else {
+      it->leases += delta;
+      if (it->leases <= 0) {
+        // Order does not matter; keep the vector's capacity. (No self-copy when it is the
+        // last: that load would wait for the store just made to it.)
+        if (it + 1 != counts.end()) *it = counts.back();
+        counts.pop_back();
+      }
     }
-    it->leases += delta;
-    if (it->leases <= 0) {
-      *it = counts.back();  // order does not matter; keep the vector's capacity
-      counts.pop_back();
-    }
+    // The holder's own memory there is now covered by its lease, or no longer is.
+    refresh_foreign_locked(d);
   }
 }
 
@@ -230,19 +238,25 @@ void LocalLedger::set_own_usage_provider(
 }
 
 LeaseInfo LocalLedger::lease_info_locked(const ActiveEntry& entry) const {
-  const auto& [job_id, lease] = entry;
   LeaseInfo info;
-  info.job_id = job_id;
-  info.devices = lease.devices;
+  fill_lease_info_locked(entry, info);
+  return info;
+}
+
+void LocalLedger::fill_lease_info_locked(const ActiveEntry& entry, LeaseInfo& info) const {
+  const auto& [job_id, lease] = entry;
+  info.job_id.assign(job_id);
+  info.devices.assign(lease.devices.begin(), lease.devices.end());
   info.bytes = lease.bytes;
   info.priority = lease.priority;
   info.pid = lease.holder.pid;
   info.uid = lease.holder.uid;
-  info.command = lease.command;
+  info.command.assign(lease.command);
   info.granted_at = wall_time(lease.granted_at);
-  info.waited_s = static_cast<double>(lease.granted_at - lease.requested_at) / 1e9;
+  // The clock may step back a little (util/fast_clock.h): a wait is never negative.
+  info.waited_s =
+      static_cast<double>(std::max<TimeNs>(lease.granted_at - lease.requested_at, 0)) / 1e9;
   info.lease_id = lease.lease_id;
-  return info;
 }
 
 void LocalLedger::schedule_locked(TimeNs now, Calls& calls) {
@@ -252,12 +266,10 @@ void LocalLedger::schedule_locked(TimeNs now, Calls& calls) {
 }
 
 void LocalLedger::record_grant_locked(const ActiveLease& lease) {
-  // The new holder's own memory on these devices is now covered by its lease.
-  count_holder_locked(lease.devices, lease.holder.pid, +1);
-  refresh_foreign_locked(lease.devices);
+  change_holder_locked(lease.devices, lease.holder.pid, +1);
   stats_.active_jobs = scheduler_.active_count();
   stats_.peak_active_jobs = std::max(stats_.peak_active_jobs, stats_.active_jobs);
-  observe(stats_.wait_seconds, static_cast<double>(lease.granted_at - lease.requested_at) / 1e9);
+  wait_times_.observe(lease.granted_at - lease.requested_at);
 }
 
 void LocalLedger::handle_grants_locked(const std::vector<Grant>& grants, Calls& calls) {
@@ -287,7 +299,17 @@ StatusOr<LeaseInfo> LocalLedger::try_acquire(const LeaseRequest& request) {
   return try_acquire_as(request, self_);
 }
 
+Status LocalLedger::try_acquire_into(const LeaseRequest& request, LeaseInfo& lease) {
+  return try_acquire_into(request, self_, lease);
+}
+
 StatusOr<LeaseInfo> LocalLedger::try_acquire_as(const LeaseRequest& request, Holder holder) {
+  LeaseInfo lease;
+  if (Status s = try_acquire_into(request, holder, lease); !s.ok()) return s;
+  return lease;
+}
+
+Status LocalLedger::try_acquire_into(const LeaseRequest& request, Holder holder, LeaseInfo& lease) {
   // The time read for the staleness check stamps the grant too: one clock read, not two.
   // It may be a lock wait older than the grant, which only makes the hold look longer.
   const TimeNs now = refresh_if_stale();
@@ -313,7 +335,8 @@ StatusOr<LeaseInfo> LocalLedger::try_acquire_as(const LeaseRequest& request, Hol
   }
   const ActiveEntry& entry = *grant.value();
   record_grant_locked(entry.second);
-  return lease_info_locked(entry);
+  fill_lease_info_locked(entry, lease);
+  return Status::Ok();
 }
 
 void LocalLedger::acquire_async(const LeaseRequest& request, Holder holder,
@@ -406,18 +429,14 @@ Status LocalLedger::release_locked(std::string_view job_id, JobOutcome outcome,
   } else {
     ++stats_.jobs_failed;
   }
-  observe(stats_.hold_seconds, static_cast<double>(released->held_ns) / 1e9);
+  hold_times_.observe(released->held_ns);
   stats_.active_jobs = scheduler_.active_count();
-  // The holder's own usage no longer shields it from the foreign count, and the freed
-  // memory may let waiters start.
-  count_holder_locked(released->devices, released->holder.pid, -1);
-  refresh_foreign_locked(released->devices);
+  // The holder's own usage no longer shields it from the foreign count. The device list
+  // is copied out before the scheduling pass, which may reuse the entry that holds it.
+  change_holder_locked(released->devices, released->holder.pid, -1);
+  if (devices != nullptr) devices->assign(released->devices.begin(), released->devices.end());
+  // The freed memory may let waiters start.
   schedule_locked(now, calls);
-  if (devices != nullptr) {
-    *devices = std::move(released->devices);
-  } else {
-    scheduler_.recycle(std::move(released->devices));
-  }
   return Status::Ok();
 }
 
@@ -529,12 +548,12 @@ StatusOr<Snapshot> LocalLedger::snapshot() {
     info.pid = w->holder.pid;
     info.uid = w->holder.uid;
     info.command = w->request.command;
-    info.waited_s = static_cast<double>(now - w->requested_at) / 1e9;
+    info.waited_s = static_cast<double>(std::max<TimeNs>(now - w->requested_at, 0)) / 1e9;
     snap.queue.push_back(std::move(info));
   }
   snap.stats = stats_;
-  snap.stats.hold_seconds = cumulative(stats_.hold_seconds);
-  snap.stats.wait_seconds = cumulative(stats_.wait_seconds);
+  snap.stats.hold_seconds = hold_times_.to_histogram();
+  snap.stats.wait_seconds = wait_times_.to_histogram();
   snap.stats.active_jobs = scheduler_.active_count();
   return snap;
 }

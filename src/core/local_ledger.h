@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -26,6 +27,25 @@
 #include "util/thread_annotations.h"
 
 namespace gpumgr::core {
+
+// A distribution of durations as the ledger keeps it: integer nanoseconds, one count per
+// bucket (not cumulative), so that an observation on the hot path is a short integer search
+// and one increment. to_histogram() gives the public, Prometheus-style form in seconds.
+// Not synchronised: the ledger's mutex guards it.
+class DurationHistogram {
+ public:
+  DurationHistogram();            // the default bounds for wait and hold times, 5 ms to 1 h
+  void observe(TimeNs duration);  // negative durations count as 0
+  Histogram to_histogram() const;
+
+ private:
+  std::vector<TimeNs> bounds_;
+  std::vector<std::uint64_t> counts_;  // bounds_.size() + 1, the last for +Inf
+  std::uint64_t count_ = 0;
+  double sum_seconds_ = 0;  // years of holds would overflow a sum in nanoseconds
+  TimeNs min_ = 0;
+  TimeNs max_ = 0;
+};
 
 class LocalLedger final : public Ledger {
  public:
@@ -46,6 +66,10 @@ class LocalLedger final : public Ledger {
   Status cancel(std::string_view job_id) override;
   StatusOr<bool> can_admit(std::uint64_t bytes, int gpus, int device) override;
   StatusOr<Snapshot> snapshot() override;
+
+  // try_acquire() for the Manager's hot path: fills `lease` (which may hold an earlier
+  // lease's values: every field is set) instead of returning a LeaseInfo to copy.
+  Status try_acquire_into(const LeaseRequest& request, LeaseInfo& lease);
 
   // On behalf of another process (the daemon's clients).
   StatusOr<LeaseInfo> try_acquire_as(const LeaseRequest& request, Holder holder);
@@ -80,9 +104,10 @@ class LocalLedger final : public Ledger {
   void apply_devices_locked(std::vector<DeviceInfo> devices) REQUIRES(mutex_);
   void apply_backend_failure_locked(const Status& failure) REQUIRES(mutex_);
   std::uint64_t foreign_bytes_locked(int device, const DeviceInfo& info) const REQUIRES(mutex_);
-  // Recomputes outside use on these devices after their set of lease holders changed.
-  void refresh_foreign_locked(const std::vector<int>& devices) REQUIRES(mutex_);
-  void count_holder_locked(const std::vector<int>& devices, std::uint32_t pid, int delta)
+  // Recomputes outside use on a device after its set of lease holders changed.
+  void refresh_foreign_locked(int device) REQUIRES(mutex_);
+  // Counts `delta` more leases of `pid` on these devices and recomputes their outside use.
+  void change_holder_locked(std::span<const int> devices, std::uint32_t pid, int delta)
       REQUIRES(mutex_);
   bool holds_lease_on_locked(int device, std::uint32_t pid) const REQUIRES(mutex_);
   // Refreshes when the last reading is older than the poll interval; returns the time now.
@@ -97,6 +122,8 @@ class LocalLedger final : public Ledger {
   void finish_dropped_locked(const std::vector<Dropped>& dropped,
                              std::vector<std::function<void()>>& calls) REQUIRES(mutex_);
   LeaseInfo lease_info_locked(const ActiveEntry& entry) const REQUIRES(mutex_);
+  void fill_lease_info_locked(const ActiveEntry& entry, LeaseInfo& info) const REQUIRES(mutex_);
+  Status try_acquire_into(const LeaseRequest& request, Holder holder, LeaseInfo& lease);
   Status release_locked(std::string_view job_id, JobOutcome outcome,
                         std::optional<std::uint32_t> requester_uid,
                         std::vector<std::function<void()>>& calls, std::vector<int>* devices,
@@ -136,18 +163,13 @@ class LocalLedger final : public Ledger {
   std::atomic<TimeNs> last_refresh_seen_{0};
   std::atomic<TimeNs> wall_offset_{0};                                // see wall_time()
   std::unordered_map<std::string, Done> pending_ GUARDED_BY(mutex_);  // waiters' callbacks
-  LedgerStats stats_ GUARDED_BY(mutex_);
+  LedgerStats stats_ GUARDED_BY(mutex_);  // the counters; the histograms are below
+  DurationHistogram hold_times_ GUARDED_BY(mutex_);
+  DurationHistogram wait_times_ GUARDED_BY(mutex_);
   std::function<std::optional<std::uint64_t>(int)> own_usage_ GUARDED_BY(mutex_);
   bool stopping_ GUARDED_BY(mutex_) = false;
   std::condition_variable housekeeper_cv_;
   std::thread housekeeper_;
 };
-
-// Default histogram bounds (seconds) for wait and hold times.
-Histogram make_time_histogram();
-// Adds one observation to its own bucket (not cumulative, which would touch every bucket on
-// the hot path); cumulative() gives the public, Prometheus-style form.
-void observe(Histogram& histogram, double value);
-Histogram cumulative(Histogram histogram);
 
 }  // namespace gpumgr::core

@@ -41,6 +41,28 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
     return request;
   }
 
+  bool is_local() const { return local_ != nullptr; }
+
+  // The hot path, with the in-process ledger: the lease's LeaseInfo is filled where the
+  // returned Lease holds it, not built, returned and moved twice (hence the one return
+  // statement, for the named return value optimisation). `self` is this core, as the
+  // Manager holds it: copying it is cheaper than shared_from_this().
+  StatusOr<Lease> try_acquire_local(const std::shared_ptr<ManagerCore>& self,
+                                    const LeaseRequest& request) {
+    StatusOr<Lease> out(std::in_place);
+    Lease& lease = *out;
+    Status s = needs_pin(request) ? local_->try_acquire_into(pin(request), lease.info_)
+                                  : local_->try_acquire_into(request, lease.info_);
+    if (s.ok()) {
+      note_used(lease.info_.devices);
+      lease.core_ = self;
+      lease.grant_ = lease.info_.lease_id;
+    } else {
+      out = std::move(s);
+    }
+    return out;
+  }
+
   StatusOr<Lease> make_lease(StatusOr<LeaseInfo> info) {
     if (!info.ok()) return info.status();
     note_used(info->devices);
@@ -194,6 +216,11 @@ class ManagerCore : public std::enable_shared_from_this<ManagerCore> {
 }  // namespace detail
 
 // ---- Lease ----
+
+// Defined here, not defaulted in the class: a user-provided constructor spares the
+// value-initialisation that StatusOr<Lease>(std::in_place) would otherwise begin with, a
+// zero-fill of the whole Lease on every acquire.
+Lease::Lease() noexcept = default;
 
 Lease::Lease(std::shared_ptr<detail::ManagerCore> core, LeaseInfo&& info, std::uint64_t grant)
     : core_(std::move(core)), info_(std::move(info)), grant_(grant) {}
@@ -368,7 +395,7 @@ StatusOr<bool> Manager::can_admit(std::uint64_t bytes, int gpus) {
 }
 
 StatusOr<Lease> Manager::try_acquire(const LeaseRequest& request) {
-  if (!core_->needs_pin(request)) return core_->make_lease(core_->ledger()->try_acquire(request));
+  if (core_->is_local()) return core_->try_acquire_local(core_, request);
   return core_->make_lease(core_->ledger()->try_acquire(core_->pin(request)));
 }
 

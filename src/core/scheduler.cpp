@@ -1,18 +1,59 @@
 #include "core/scheduler.h"
 
 #include <algorithm>
+#include <cstring>
+#include <limits>
 #include <numeric>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #include "gpumgr/units.h"
 
 namespace gpumgr::core {
 namespace {
 constexpr std::size_t kMaxJobIdLength = 256;
+// How many released table entries are kept for reuse: enough for the leases of a busy
+// host, bounded so that a burst does not pin its memory for good.
+constexpr std::size_t kMaxSpare = 64;
+
+// Whether `text` holds an ASCII control character (below 0x20, or 0x7f), eight bytes at a
+// time: job ids are checked on every acquire. (w - 0x20 in every byte) & ~w & 0x80 in every
+// byte is non-zero exactly when some byte of w is below 0x20; the same with w ^ 0x7f..7f and
+// 0x01 finds a byte equal to 0x7f.
+bool has_control_character(std::string_view text) {
+  constexpr std::uint64_t kOnes = 0x0101010101010101;
+  constexpr std::uint64_t kHighBits = 0x8080808080808080;
+  const auto word_has = [](std::uint64_t w) {
+    const std::uint64_t del = w ^ (kOnes * 0x7f);
+    return (((w - kOnes * 0x20) & ~w) | ((del - kOnes) & ~del)) & kHighBits;
+  };
+  std::size_t i = 0;
+  for (; i + 8 <= text.size(); i += 8) {
+    std::uint64_t w;
+    std::memcpy(&w, text.data() + i, 8);
+    if (word_has(w) != 0) return true;
+  }
+  if (i == text.size()) return false;
+  std::uint64_t tail = kOnes * ' ';  // the last bytes, padded with harmless spaces
+  std::memcpy(&tail, text.data() + i, text.size() - i);
+  return word_has(tail) != 0;
+}
+
+Status duplicate_error(std::string_view job_id) {
+  return Status(ErrorCode::kAlreadyExists, "job id '" + std::string(job_id) +
+                                               "' is already in use by an active or waiting job");
+}
 }  // namespace
+
+std::size_t JobIdHash::operator()(std::string_view id) const {
+  return static_cast<std::size_t>(XXH3_64bits(id.data(), id.size()));
+}
 
 Scheduler::Scheduler(SchedulerConfig config, std::size_t device_count)
     : config_(config),
       devices_(device_count),
+      fit_bytes_(device_count, 0),
       allowed_(device_count, true),
       all_devices_(device_count, true),
       capacities_desc_(device_count, 0) {}
@@ -27,6 +68,7 @@ void Scheduler::set_device(int device, std::uint64_t capacity, std::uint64_t for
   }
   d.foreign = foreign;
   d.healthy = healthy;
+  update_fit(static_cast<std::size_t>(device));
 }
 
 std::uint64_t Scheduler::capacity_rank(int gpus) const {
@@ -35,22 +77,25 @@ std::uint64_t Scheduler::capacity_rank(int gpus) const {
 }
 
 Status Scheduler::check(const LeaseRequest& request) const {
+  if (Status s = check_fields(request); !s.ok()) return s;
+  return duplicate_or(request.job_id, Status::Ok());
+}
+
+Status Scheduler::check_fields(const LeaseRequest& request) const {
   if (request.job_id.empty()) return InvalidArgument("job id must not be empty");
   if (request.job_id.size() > kMaxJobIdLength) {
     return InvalidArgument("job id is " + std::to_string(request.job_id.size()) +
                            " characters long; the limit is " + std::to_string(kMaxJobIdLength));
   }
-  for (const char c : request.job_id) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
-      return InvalidArgument("job id must not contain control characters");
-    }
+  if (has_control_character(request.job_id)) {
+    return InvalidArgument("job id must not contain control characters");
   }
-  if (Status s = check_shape(request.bytes, request.gpus, request.device); !s.ok()) return s;
-  if (active_.count(request.job_id) != 0 || waiting_index_.count(request.job_id) != 0) {
-    return Status(ErrorCode::kAlreadyExists,
-                  "job id '" + request.job_id + "' is already in use by an active or waiting job");
-  }
-  return Status::Ok();
+  return check_shape(request.bytes, request.gpus, request.device);
+}
+
+Status Scheduler::duplicate_or(std::string_view job_id, Status failure) const {
+  if (is_waiting(job_id) || active_.find(job_id) != active_.end()) return duplicate_error(job_id);
+  return failure;
 }
 
 Status Scheduler::check_shape(std::uint64_t bytes, int gpus, int device) const {
@@ -90,31 +135,47 @@ Status Scheduler::check_shape(std::uint64_t bytes, int gpus, int device) const {
 }
 
 int Scheduler::place_one(const LeaseRequest& request, const std::vector<bool>& allowed) const {
-  // A single scan, with the same ties (lowest index) as the sort in place(). This runs on
-  // every acquire: a pinned request looks at its device only, first-fit stops at the first
-  // fit, and the bit set is read only where a waiter may have reserved devices.
+  // A single scan of fit_bytes_, with the same ties (lowest index) as the sort in place().
+  // This runs on every acquire: a pinned request looks at its device only, first-fit stops
+  // at the first fit, and the bit set is read only where a waiter may have reserved devices.
   std::size_t begin = 0;
-  std::size_t end = devices_.size();
+  std::size_t end = fit_bytes_.size();
   if (request.device >= 0) {
     begin = static_cast<std::size_t>(request.device);
     end = std::min(end, begin + 1);
   }
   const bool every_device_allowed = &allowed == &all_devices_;
-  const PlacementPolicy policy = config_.placement;
   const std::uint64_t bytes = request.bytes;
   int best = -1;
-  std::uint64_t best_adm = 0;
-  for (std::size_t i = begin; i < end; ++i) {
-    const DeviceState& d = devices_[i];
-    if (!d.healthy) continue;
-    const std::uint64_t adm = d.admissible();
-    if (adm < bytes || (!every_device_allowed && !allowed[i])) continue;
-    if (policy == PlacementPolicy::kFirstFit) return static_cast<int>(i);
-    const bool better =
-        best < 0 || (policy == PlacementPolicy::kBestFit ? adm < best_adm : adm > best_adm);
-    if (better) {
-      best = static_cast<int>(i);
-      best_adm = adm;
+  switch (config_.placement) {
+    case PlacementPolicy::kFirstFit:
+      for (std::size_t i = begin; i < end; ++i) {
+        if (fit_bytes_[i] >= bytes && (every_device_allowed || allowed[i])) {
+          return static_cast<int>(i);
+        }
+      }
+      break;
+    case PlacementPolicy::kBestFit: {
+      std::uint64_t best_fit = std::numeric_limits<std::uint64_t>::max();
+      for (std::size_t i = begin; i < end; ++i) {
+        const std::uint64_t fit = fit_bytes_[i];
+        if (fit >= bytes && fit < best_fit && (every_device_allowed || allowed[i])) {
+          best = static_cast<int>(i);
+          best_fit = fit;
+        }
+      }
+      break;
+    }
+    case PlacementPolicy::kSpread: {
+      std::uint64_t best_fit = 0;
+      for (std::size_t i = begin; i < end; ++i) {
+        const std::uint64_t fit = fit_bytes_[i];
+        if (fit >= bytes && (best < 0 || fit > best_fit) && (every_device_allowed || allowed[i])) {
+          best = static_cast<int>(i);
+          best_fit = fit;
+        }
+      }
+      break;
     }
   }
   return best;
@@ -170,24 +231,41 @@ std::uint64_t Scheduler::threshold(const ClassKey& cls, const std::vector<bool>&
   return adm[k - 1];
 }
 
-ActiveEntry& Scheduler::grant(const std::string& job_id, const LeaseRequest& request, Holder holder,
-                              std::vector<int> devices, TimeNs requested_at, TimeNs now) {
-  for (const int d : devices) {
+ActiveEntry* Scheduler::insert_active(std::string_view job_id) {
+  if (spare_entries_.empty()) {
+    auto [it, inserted] = active_.try_emplace(std::string(job_id));
+    return inserted ? &*it : nullptr;
+  }
+  ActiveMap::node_type& spare = spare_entries_.back();
+  spare.key().assign(job_id.data(), job_id.size());
+  auto result = active_.insert(std::move(spare));
+  if (!result.inserted) {
+    spare = std::move(result.node);  // a duplicate: keep the entry for the next grant
+    return nullptr;
+  }
+  spare_entries_.pop_back();
+  return &*result.position;
+}
+
+ActiveEntry& Scheduler::grant(ActiveEntry& entry, const LeaseRequest& request, Holder holder,
+                              TimeNs requested_at, TimeNs now) {
+  ActiveLease& lease = entry.second;
+  for (const int d : lease.devices) {
     DeviceState& dev = devices_[static_cast<std::size_t>(d)];
     dev.leased += request.bytes;
     dev.peak_leased = std::max(dev.peak_leased, dev.leased);
     ++dev.leases;
+    update_fit(static_cast<std::size_t>(d));
   }
-  ActiveLease lease;
+  // Every other field is set: a reused entry still holds its last lease's values.
   lease.lease_id = ++last_lease_id_;
-  lease.devices = std::move(devices);
   lease.bytes = request.bytes;
   lease.priority = request.priority;
   lease.holder = holder;
-  lease.command = request.command;
+  lease.command.assign(request.command);
   lease.requested_at = requested_at;
   lease.granted_at = now;
-  return *active_.emplace(job_id, std::move(lease)).first;
+  return entry;
 }
 
 void Scheduler::update_reservation() {
@@ -255,34 +333,39 @@ void Scheduler::update_reservation() {
 
 StatusOr<const ActiveEntry*> Scheduler::try_start(const LeaseRequest& request, Holder holder,
                                                   TimeNs now) {
-  if (Status s = check(request); !s.ok()) return s;
+  // The look-up for a duplicate job id is the insertion at the end (one hash, not two); the
+  // paths that fail before it look it up themselves, so that a duplicate is reported first.
+  if (Status s = check_fields(request); !s.ok()) return s;
+  if (is_waiting(request.job_id)) return duplicate_error(request.job_id);
   if (limit_reached()) {
-    return Status(ErrorCode::kResourceExhausted,
-                  "concurrency limit reached: " + std::to_string(active_count()) + " of " +
-                      std::to_string(config_.max_concurrent_jobs) + " jobs are active");
+    return duplicate_or(
+        request.job_id,
+        Status(ErrorCode::kResourceExhausted,
+               "concurrency limit reached: " + std::to_string(active_count()) + " of " +
+                   std::to_string(config_.max_concurrent_jobs) + " jobs are active"));
   }
   // Nobody waits: any device will do. Otherwise the request may use only what no waiter
   // has reserved, unless it outranks the head (then it would be the head itself).
   const std::vector<bool>* allowed = &all_devices_;
   if (!queue_.empty()) {
     if (config_.queue == QueuePolicy::kFifo) {
-      return Status(ErrorCode::kResourceExhausted,
-                    std::to_string(queue_.size()) + " earlier job(s) wait and the queue is FIFO");
+      return duplicate_or(request.job_id, Status(ErrorCode::kResourceExhausted,
+                                                 std::to_string(queue_.size()) +
+                                                     " earlier job(s) wait and the queue is FIFO"));
     }
     update_reservation();
     if (request.priority <= queue_.begin()->second.request.priority) allowed = &allowed_;
   }
-  // A single-GPU request (the common case) allocates nothing here once lists are recycled.
-  std::vector<int> devices;
+  // A single-GPU request (the common case) allocates nothing here once table entries are
+  // reused: its device goes into the entry's own list.
+  int single = -1;
+  std::vector<int> several;
   if (request.gpus == 1) {
-    if (const int d = place_one(request, *allowed); d >= 0) {
-      devices = take_device_list();
-      devices.push_back(d);
-    }
+    single = place_one(request, *allowed);
   } else {
-    devices = place(request, *allowed);
+    several = place(request, *allowed);
   }
-  if (devices.empty()) {
+  if (single < 0 && several.empty()) {
     std::uint64_t best = 0;
     for (const auto& d : devices_) {
       if (d.healthy) best = std::max(best, d.admissible());
@@ -291,9 +374,18 @@ StatusOr<const ActiveEntry*> Scheduler::try_start(const LeaseRequest& request, H
                       std::to_string(request.gpus) + " GPU(s) does not fit now: the most " +
                       "admissible memory on a healthy device is " + format_bytes(best);
     if (!queue_.empty()) msg += ", and " + std::to_string(queue_.size()) + " job(s) wait";
-    return Status(ErrorCode::kResourceExhausted, msg);
+    return duplicate_or(request.job_id, Status(ErrorCode::kResourceExhausted, msg));
   }
-  return &grant(request.job_id, request, holder, std::move(devices), now, now);
+  ActiveEntry* entry = insert_active(request.job_id);
+  if (entry == nullptr) return duplicate_error(request.job_id);
+  std::vector<int>& devices = entry->second.devices;
+  if (single >= 0) {
+    devices.clear();
+    devices.push_back(single);
+  } else {
+    devices = std::move(several);
+  }
+  return &grant(*entry, request, holder, now, now);
 }
 
 StatusOr<std::vector<Grant>> Scheduler::enqueue(const LeaseRequest& request, Holder holder,
@@ -351,28 +443,25 @@ StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now,
     DeviceState& dev = devices_[static_cast<std::size_t>(d)];
     dev.leased -= lease.bytes;
     --dev.leases;
+    update_fit(static_cast<std::size_t>(d));
   }
-  Released out{std::move(lease.devices), lease.bytes, now - lease.granted_at, lease.holder};
-  active_.erase(it);
-  return out;
-}
-
-void Scheduler::recycle(std::vector<int> devices) {
-  constexpr std::size_t kMaxSpare = 64;  // enough for the leases of a busy host
-  if (devices.capacity() == 0 || spare_device_lists_.size() >= kMaxSpare) return;
-  devices.clear();
-  spare_device_lists_.push_back(std::move(devices));
-}
-
-std::vector<int> Scheduler::take_device_list() {
-  if (spare_device_lists_.empty()) return {};
-  std::vector<int> out = std::move(spare_device_lists_.back());
-  spare_device_lists_.pop_back();
-  return out;
+  // The entry is kept, device list and all, for a later grant; once kMaxSpare are kept, it
+  // replaces one of them (each in turn).
+  ActiveMap::node_type* kept;
+  if (spare_entries_.size() < kMaxSpare) {
+    kept = &spare_entries_.emplace_back(active_.extract(it));
+  } else {
+    kept = &spare_entries_[next_replaced_spare_];
+    *kept = active_.extract(it);
+    next_replaced_spare_ = (next_replaced_spare_ + 1) % kMaxSpare;
+  }
+  const ActiveLease& kept_lease = kept->mapped();
+  return Released{kept_lease.devices, kept_lease.bytes, now - kept_lease.granted_at,
+                  kept_lease.holder};
 }
 
 Status Scheduler::cancel(std::string_view job_id) {
-  auto idx = waiting_index_.find(std::string(job_id));
+  auto idx = waiting_index_.find(job_id);
   if (idx == waiting_index_.end()) {
     return NotFound("no waiting request for job '" + std::string(job_id) + "'");
   }
@@ -385,7 +474,8 @@ std::vector<Dropped> Scheduler::expire(TimeNs now) {
   while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
     const Key key = deadlines_.begin()->second;
     auto it = queue_.find(key);
-    const double waited_s = static_cast<double>(now - it->second.requested_at) / 1e9;
+    const double waited_s =
+        static_cast<double>(std::max<TimeNs>(now - it->second.requested_at, 0)) / 1e9;
     out.push_back(
         {it->second.request.job_id,
          Status(ErrorCode::kTimedOut, "timed out after waiting " + std::to_string(waited_s) +
@@ -466,7 +556,10 @@ std::vector<Grant> Scheduler::schedule(TimeNs now) {
     }
     const Waiter& w = chosen->second;
     grants.push_back(Grant{w.request.job_id, devices, w.request.bytes, w.requested_at, now});
-    grant(w.request.job_id, w.request, w.holder, std::move(devices), w.requested_at, now);
+    // A waiter's id is unique among active jobs: enqueue() and try_start() check both ways.
+    ActiveEntry& entry = *insert_active(w.request.job_id);
+    entry.second.devices = std::move(devices);
+    grant(entry, w.request, w.holder, w.requested_at, now);
     remove_waiter(chosen);
   }
   if (queue_.empty()) update_reservation();
@@ -489,7 +582,8 @@ std::vector<const Scheduler::Waiter*> Scheduler::waiters() const {
 }
 
 bool Scheduler::is_waiting(std::string_view job_id) const {
-  return waiting_index_.count(std::string(job_id)) != 0;
+  // An empty table is the common case; its find() would still hash the id.
+  return !waiting_index_.empty() && waiting_index_.find(job_id) != waiting_index_.end();
 }
 
 }  // namespace gpumgr::core

@@ -24,6 +24,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -64,9 +65,11 @@ struct Dropped {
   Status reason;  // kTimedOut, kCancelled, kNeverFits (devices changed)
 };
 
-// What release() returns: the released lease, for statistics and cleanup.
+// What release() returns: the released lease, for statistics and cleanup. `devices` stays
+// in the released table entry, which the scheduler keeps for its next grant: it is valid
+// until the scheduler next changes.
 struct Released {
-  std::vector<int> devices;
+  std::span<const int> devices;
   std::uint64_t bytes = 0;
   TimeNs held_ns = 0;
   Holder holder;
@@ -85,10 +88,11 @@ struct ActiveLease {
 };
 
 // Job ids are looked up by string_view without building a std::string (heterogeneous
-// lookup): releases arrive as string_views and this is the hot path.
+// lookup): releases arrive as string_views and this is the hot path. XXH3, which hashes a
+// short id in a fraction of std::hash's time.
 struct JobIdHash {
   using is_transparent = void;
-  std::size_t operator()(std::string_view id) const { return std::hash<std::string_view>{}(id); }
+  std::size_t operator()(std::string_view id) const;
 };
 using ActiveMap = std::unordered_map<std::string, ActiveLease, JobIdHash, std::equal_to<>>;
 // One active lease with its job id (ActiveMap's element).
@@ -109,6 +113,8 @@ class Scheduler {
   // bad fields (empty id, 0 bytes, gpus < 1 or > devices, unknown pinned device),
   // kAlreadyExists, kNeverFits.
   Status check(const LeaseRequest& request) const;
+  // check() without the look-up of the job id among active and waiting jobs.
+  Status check_fields(const LeaseRequest& request) const;
   // The size part of check(): bytes, gpus, pinned device and kNeverFits.
   Status check_shape(std::uint64_t bytes, int gpus, int device) const;
 
@@ -130,10 +136,6 @@ class Scheduler {
   StatusOr<Released> release(std::string_view job_id, TimeNs now,
                              std::optional<std::uint32_t> requester_uid = std::nullopt,
                              std::uint64_t lease_id = 0);
-
-  // Gives back the device list of a released lease (Released::devices) for reuse by a later
-  // grant, so that a steady stream of grants and releases does not allocate one each time.
-  void recycle(std::vector<int> devices);
 
   // Removes a waiting request. kNotFound when no such job waits. Call schedule() afterwards
   // (the head may have changed).
@@ -210,8 +212,15 @@ class Scheduler {
   int place_one(const LeaseRequest& request, const std::vector<bool>& allowed) const;
   // The largest k-th admissible figure among allowed devices, for a fit-index query.
   std::uint64_t threshold(const ClassKey& cls, const std::vector<bool>& allowed) const;
-  ActiveEntry& grant(const std::string& job_id, const LeaseRequest& request, Holder holder,
-                     std::vector<int> devices, TimeNs requested_at, TimeNs now);
+  // Adds an active entry for `job_id`, reusing a released one where one is spare (see
+  // spare_entries_); nullptr when the job id is already active. grant() fills it in.
+  ActiveEntry* insert_active(std::string_view job_id);
+  // Fills in a new entry whose devices are already set, and charges them.
+  ActiveEntry& grant(ActiveEntry& entry, const LeaseRequest& request, Holder holder,
+                     TimeNs requested_at, TimeNs now);
+  // kAlreadyExists when the job id is active or waiting, else `failure`: try_start's cold
+  // paths report a duplicate id first, as check() would have.
+  Status duplicate_or(std::string_view job_id, Status failure) const;
   void remove_waiter(std::map<Key, Waiter>::iterator it);
   // Chooses the head's reserved devices (sticky while they stay valid); fills allowed_ with
   // the devices others may use.
@@ -222,21 +231,32 @@ class Scheduler {
   // devices in gang_allowed_.
   std::optional<Key> reserve_for_gangs(const Key& head, std::vector<bool>& allowed,
                                        std::vector<bool>* gang_allowed) const;
-  // An empty device list, from the recycled ones when there are some.
-  std::vector<int> take_device_list();
   bool limit_reached() const { return active_count() >= config_.max_concurrent_jobs; }
   std::uint64_t capacity_rank(int gpus) const;  // the gpus-th largest capacity
+  // Recomputes fit_bytes_[device] after its state changed.
+  void update_fit(std::size_t device) {
+    const DeviceState& d = devices_[device];
+    fit_bytes_[device] = d.healthy ? d.admissible() : 0;
+  }
 
   SchedulerConfig config_;
   std::vector<DeviceState> devices_;
+  // The largest lease each device can take now: its admissible bytes, or 0 while it is
+  // unhealthy (a lease asks for at least 1 byte). Kept beside devices_ so that placing a
+  // lease scans one small array.
+  std::vector<std::uint64_t> fit_bytes_;
   ActiveMap active_;
   std::map<Key, Waiter> queue_;
-  std::unordered_map<std::string, Key> waiting_index_;
+  std::unordered_map<std::string, Key, JobIdHash, std::equal_to<>> waiting_index_;
   std::set<std::pair<TimeNs, Key>> deadlines_;
   std::map<int, std::map<ClassKey, FitIndex>> fit_;  // by -priority, then class
   std::uint64_t next_seq_ = 0;
   std::uint64_t last_lease_id_ = 0;
-  std::vector<std::vector<int>> spare_device_lists_;  // see recycle()
+  // Entries of released leases, node and all, for the next grants: a steady stream of
+  // leases then allocates no table node and no device list (and copies a job id into a
+  // string that already has room for it).
+  std::vector<ActiveMap::node_type> spare_entries_;
+  std::size_t next_replaced_spare_ = 0;  // which kept entry a release replaces when all are kept
 
   std::string reserved_for_;
   std::vector<int> reserved_;

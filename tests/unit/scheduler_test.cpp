@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <random>
+#include <tuple>
 
 #include "core/fit_index.h"
 #include "gpumgr/units.h"
@@ -331,18 +332,133 @@ TEST(Scheduler, OnlyTheHoldersUidOrRootMayRelease) {
   EXPECT_EQ(s.device(0).leased, 0u);
 }
 
-TEST(Scheduler, RecycledDeviceListsHoldOnlyTheNewDevices) {
+TEST(Scheduler, ReusedEntriesHoldOnlyTheNewDevices) {
   Scheduler s = make({10, 10, 10, 10}, QueuePolicy::kBackfill, PlacementPolicy::kFirstFit);
   ASSERT_TRUE(s.try_start(req("pair", 2, 0, 2), Holder{}, 0).ok());  // devices 0 and 1
   auto released = s.release("pair", 1);
   ASSERT_TRUE(released.ok());
-  EXPECT_EQ(released->devices, (std::vector<int>{0, 1}));
-  s.recycle(std::move(released->devices));
-  ASSERT_TRUE(s.try_start(req("x", 9), Holder{}, 2).ok());  // device 0
+  EXPECT_EQ(std::vector<int>(released->devices.begin(), released->devices.end()),
+            (std::vector<int>{0, 1}));
+  EXPECT_EQ(released->bytes, 2 * kGiB);
+  EXPECT_EQ(released->held_ns, 1);
+  // The next grant reuses the released entry, and its two-device list.
   auto one = s.try_start(req("one", 2, 0, 1, 3), Holder{}, 2);
   ASSERT_TRUE(one.ok());
   EXPECT_EQ(one.value()->second.devices, (std::vector<int>{3}));
+  ASSERT_TRUE(s.try_start(req("x", 9), Holder{}, 2).ok());  // a new entry: device 0
   EXPECT_EQ(s.find_active("x")->second.devices, (std::vector<int>{0}));
+  EXPECT_EQ(s.find_active("one")->second.devices, (std::vector<int>{3}));
+  EXPECT_EQ(s.device(1).leased, 0u);
+}
+
+TEST(Scheduler, ManyReleasesKeepOnlyABoundedNumberOfEntriesAndLoseNoLease) {
+  // More releases than entries are kept (64), in a random order, and grants in between.
+  Scheduler s = make({1000, 1000});
+  std::mt19937 rng(7);
+  std::vector<std::string> active;
+  for (int i = 0; i < 300; ++i) {
+    const std::string id = "job-" + std::to_string(i);
+    start(s, req(id, 1 + i % 3, 0, 1 + i % 2));
+    active.push_back(id);
+  }
+  std::shuffle(active.begin(), active.end(), rng);
+  for (std::size_t i = 0; i < active.size(); ++i) {
+    ASSERT_TRUE(s.release(active[i], 1).ok()) << active[i];
+    if (i % 3 == 0) start(s, req("again-" + std::to_string(i), 1));
+  }
+  std::uint64_t expected = 0;
+  for (const auto& [id, lease] : s.active()) {
+    EXPECT_EQ(id.rfind("again-", 0), 0u) << id;
+    EXPECT_EQ(lease.devices.size(), 1u) << id;
+    expected += lease.bytes;
+  }
+  EXPECT_EQ(s.active_count(), 100);
+  EXPECT_EQ(s.device(0).leased + s.device(1).leased, expected);
+}
+
+TEST(Scheduler, ADuplicateIdIsReportedFirstWhateverElseWouldFail) {
+  // try_start finds duplicates by its insertion, after placement; the paths that fail
+  // before it must still name the duplicate, as check() does.
+  Scheduler s = make({10}, QueuePolicy::kFifo, PlacementPolicy::kBestFit, /*max_jobs=*/2);
+  start(s, req("a", 8));
+  EXPECT_EQ(s.try_start(req("a", 5), Holder{}, 0).status().code(), ErrorCode::kAlreadyExists);
+  EXPECT_EQ(s.try_start(req("c", 5), Holder{}, 0).status().code(),
+            ErrorCode::kResourceExhausted);  // does not fit
+  start(s, req("b", 1));                     // the limit of 2 is reached
+  EXPECT_EQ(s.try_start(req("a", 1), Holder{}, 0).status().code(), ErrorCode::kAlreadyExists);
+  EXPECT_EQ(s.try_start(req("c", 1), Holder{}, 0).status().code(), ErrorCode::kResourceExhausted);
+  ASSERT_TRUE(s.release("b", 1).ok());
+  EXPECT_TRUE(wait(s, req("w", 5), 1).empty());  // waits: a FIFO queue now holds it
+  EXPECT_EQ(s.try_start(req("w", 1), Holder{}, 1).status().code(), ErrorCode::kAlreadyExists);
+  EXPECT_EQ(s.try_start(req("a", 1), Holder{}, 1).status().code(), ErrorCode::kAlreadyExists);
+  EXPECT_EQ(s.try_start(req("c", 1), Holder{}, 1).status().code(),
+            ErrorCode::kResourceExhausted);  // FIFO: "w" is ahead
+  EXPECT_EQ(s.active_count(), 1);
+  EXPECT_EQ(s.device(0).leased, 8 * kGiB);
+  EXPECT_EQ(s.waiting_count(), 1u);
+}
+
+TEST(Scheduler, AReusedEntryKeepsNothingOfItsLastLease) {
+  Scheduler s = make({10, 10});
+  LeaseRequest first = req("a-job-id-longer-than-any-short-string-buffer", 3, 5, 1, 1);
+  first.command = "python serve.py";
+  ASSERT_TRUE(s.try_start(first, Holder{7, 8}, 10).ok());
+  ASSERT_TRUE(s.release(first.job_id, 20).ok());
+  // The next grant reuses the released entry; a duplicate attempt in between must leave the
+  // spare entry usable.
+  start(s, req("b", 1));
+  EXPECT_EQ(s.try_start(req("b", 1), Holder{}, 30).status().code(), ErrorCode::kAlreadyExists);
+  const auto c = s.try_start(req("c", 2), Holder{1, 2}, 40);
+  ASSERT_TRUE(c.ok());
+  const auto& [job_id, lease] = *c.value();
+  EXPECT_EQ(job_id, "c");
+  EXPECT_EQ(lease.command, "");
+  EXPECT_EQ(lease.priority, 0);
+  EXPECT_EQ(lease.holder.pid, 1u);
+  EXPECT_EQ(lease.holder.uid, 2u);
+  EXPECT_EQ(lease.bytes, 2 * kGiB);
+  EXPECT_EQ(lease.requested_at, 40);
+  EXPECT_EQ(lease.granted_at, 40);
+  EXPECT_EQ(lease.lease_id, 3u);  // a = 1, b = 2
+  EXPECT_EQ(s.find_active(first.job_id), nullptr);
+  ASSERT_NE(s.find_active("b"), nullptr);
+  EXPECT_EQ(s.active_count(), 2);
+  EXPECT_EQ(s.device(0).leased + s.device(1).leased, 3 * kGiB);
+}
+
+TEST(Scheduler, JobIdsWithAControlCharacterAnywhereAreRefused) {
+  // Every length up to 20 (whole words of 8 bytes and every tail), every position.
+  Scheduler s = make({10});
+  for (std::size_t length = 1; length <= 20; ++length) {
+    for (std::size_t pos = 0; pos < length; ++pos) {
+      for (const int c : {0x00, 0x01, 0x09, 0x0a, 0x1f, 0x7f}) {
+        std::string id(length, 'a');
+        id[pos] = static_cast<char>(c);
+        EXPECT_EQ(s.check_fields(req(id, 1)).code(), ErrorCode::kInvalidArgument)
+            << "length " << length << ", byte " << c << " at " << pos;
+      }
+      for (const int c : {0x20, 0x21, 0x7e, 0x80, 0x9f, 0xc3, 0xfe, 0xff}) {
+        std::string id(length, 'a');
+        id[pos] = static_cast<char>(c);
+        EXPECT_TRUE(s.check_fields(req(id, 1)).ok())
+            << "length " << length << ", byte " << c << " at " << pos;
+      }
+    }
+  }
+  EXPECT_TRUE(s.check_fields(req("gen-Ã©tÃ©-æ¥æ¬", 1)).ok());
+}
+
+TEST(Scheduler, PlacementTiesGoToTheLowestIndex) {
+  for (auto [policy, first, second] : std::vector<std::tuple<PlacementPolicy, int, int>>{
+           {PlacementPolicy::kBestFit, 0, 0},  // then device 0 has the least room that fits
+           {PlacementPolicy::kSpread, 0, 1},   // then devices 1 and 2 tie for the most
+           {PlacementPolicy::kFirstFit, 0, 0}}) {
+    Scheduler s = make({10, 10, 10}, QueuePolicy::kBackfill, policy);
+    EXPECT_EQ(start(s, req("a", 2)).devices, std::vector<int>{first})
+        << placement_policy_name(policy);
+    EXPECT_EQ(start(s, req("b", 2)).devices, std::vector<int>{second})
+        << placement_policy_name(policy);
+  }
 }
 
 TEST(Scheduler, PeakLeasedIsTracked) {
