@@ -253,9 +253,10 @@ void LocalLedger::fill_lease_info_locked(const ActiveEntry& entry, LeaseInfo& in
   info.uid = lease.holder.uid;
   info.command.assign(lease.command);
   info.granted_at = wall_time(lease.granted_at);
-  // The clock may step back a little (util/fast_clock.h): a wait is never negative.
-  info.waited_s =
-      static_cast<double>(std::max<TimeNs>(lease.granted_at - lease.requested_at, 0)) / 1e9;
+  // The clock may step back a little (util/fast_clock.h): a wait is never negative. A
+  // non-blocking acquire never waits: no floating-point division then.
+  const TimeNs waited = lease.granted_at - lease.requested_at;
+  info.waited_s = waited > 0 ? static_cast<double>(waited) / 1e9 : 0.0;
   info.lease_id = lease.lease_id;
 }
 
@@ -419,7 +420,7 @@ StatusOr<LeaseInfo> LocalLedger::acquire(const LeaseRequest& request, const Wait
 }
 
 Status LocalLedger::release_locked(std::string_view job_id, JobOutcome outcome,
-                                   std::optional<std::uint32_t> requester_uid, Calls& calls,
+                                   const std::optional<std::uint32_t>& requester_uid, Calls& calls,
                                    std::vector<int>* devices, std::uint64_t lease_id) {
   const TimeNs now = now_ns();
   auto released = scheduler_.release(job_id, now, requester_uid, lease_id);
@@ -450,7 +451,7 @@ Status LocalLedger::release_as(std::string_view job_id, JobOutcome outcome,
 }
 
 Status LocalLedger::release_as(std::string_view job_id, JobOutcome outcome,
-                               std::optional<std::uint32_t> requester_uid,
+                               const std::optional<std::uint32_t>& requester_uid,
                                std::vector<int>* devices, std::uint64_t lease_id) {
   Calls calls;
   Status s;

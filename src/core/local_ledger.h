@@ -82,9 +82,10 @@ class LocalLedger final : public Ledger {
   // Releases on behalf of `requester_uid` (none: no permission check) and reports the
   // released lease's devices in `devices` (for the manager's cleanup hook) unless it is null.
   // A `lease_id` other than 0 releases only that grant (LeaseInfo::lease_id): kNotFound if
-  // the job's lease is another one.
+  // the job's lease is another one. (The optional goes by reference: passed by value in a
+  // register, it is loaded whole right after its flag byte is stored, which stalls.)
   Status release_as(std::string_view job_id, JobOutcome outcome,
-                    std::optional<std::uint32_t> requester_uid, std::vector<int>* devices,
+                    const std::optional<std::uint32_t>& requester_uid, std::vector<int>* devices,
                     std::uint64_t lease_id = 0);
   Status cancel_as(std::string_view job_id, std::uint32_t requester_uid);
 
@@ -125,7 +126,7 @@ class LocalLedger final : public Ledger {
   void fill_lease_info_locked(const ActiveEntry& entry, LeaseInfo& info) const REQUIRES(mutex_);
   Status try_acquire_into(const LeaseRequest& request, Holder holder, LeaseInfo& lease);
   Status release_locked(std::string_view job_id, JobOutcome outcome,
-                        std::optional<std::uint32_t> requester_uid,
+                        const std::optional<std::uint32_t>& requester_uid,
                         std::vector<std::function<void()>>& calls, std::vector<int>* devices,
                         std::uint64_t lease_id) REQUIRES(mutex_);
   void housekeeper_loop();

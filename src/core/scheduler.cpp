@@ -24,20 +24,22 @@ constexpr std::size_t kMaxSpare = 64;
 bool has_control_character(std::string_view text) {
   constexpr std::uint64_t kOnes = 0x0101010101010101;
   constexpr std::uint64_t kHighBits = 0x8080808080808080;
-  const auto word_has = [](std::uint64_t w) {
-    const std::uint64_t del = w ^ (kOnes * 0x7f);
-    return (((w - kOnes * 0x20) & ~w) | ((del - kOnes) & ~del)) & kHighBits;
-  };
-  std::size_t i = 0;
-  for (; i + 8 <= text.size(); i += 8) {
+  const auto word_has = [](const char* at) {
     std::uint64_t w;
-    std::memcpy(&w, text.data() + i, 8);
-    if (word_has(w) != 0) return true;
+    std::memcpy(&w, at, 8);
+    const std::uint64_t del = w ^ (kOnes * 0x7f);
+    return ((((w - kOnes * 0x20) & ~w) | ((del - kOnes) & ~del)) & kHighBits) != 0;
+  };
+  const std::size_t n = text.size();
+  if (n < 8) {
+    return std::any_of(text.begin(), text.end(),
+                       [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
   }
-  if (i == text.size()) return false;
-  std::uint64_t tail = kOnes * ' ';  // the last bytes, padded with harmless spaces
-  std::memcpy(&tail, text.data() + i, text.size() - i);
-  return word_has(tail) != 0;
+  for (std::size_t i = 0; i + 8 <= n; i += 8) {
+    if (word_has(text.data() + i)) return true;
+  }
+  // The last eight bytes, overlapping some already checked: no partial word to assemble.
+  return n % 8 != 0 && word_has(text.data() + n - 8);
 }
 
 Status duplicate_error(std::string_view job_id) {
@@ -421,7 +423,7 @@ void Scheduler::remove_waiter(std::map<Key, Waiter>::iterator it) {
 }
 
 StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now,
-                                      std::optional<std::uint32_t> requester_uid,
+                                      const std::optional<std::uint32_t>& requester_uid,
                                       std::uint64_t lease_id) {
   auto it = active_.find(job_id);
   if (it == active_.end()) {

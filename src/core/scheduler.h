@@ -134,7 +134,7 @@ class Scheduler {
   // kPermissionDenied when `requester_uid` is given, is not root (0) and is not the holder's
   // uid. Call schedule() afterwards.
   StatusOr<Released> release(std::string_view job_id, TimeNs now,
-                             std::optional<std::uint32_t> requester_uid = std::nullopt,
+                             const std::optional<std::uint32_t>& requester_uid = std::nullopt,
                              std::uint64_t lease_id = 0);
 
   // Removes a waiting request. kNotFound when no such job waits. Call schedule() afterwards
