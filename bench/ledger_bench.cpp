@@ -7,12 +7,15 @@
 //    tests/fakes/libfake_nvml.so next to this build), or over 8 simulated devices when the fake
 //    is not found (the output says which).
 // After the runs, main prints "ratio acquire+release / floor = X" for each thread count,
-// from the figures of this same run.
+// from the figures of this same run. Without --benchmark_filter, the pair and its floor run
+// alternately in 5 rounds and X is the median of the rounds' ratios: on a shared machine,
+// noise comes in bursts of seconds, and each round's ratio compares runs made side by side.
 #include <benchmark/benchmark.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -20,6 +23,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "gpumgr/backends.h"
 #include "gpumgr/manager.h"
@@ -170,42 +174,77 @@ class RecordingReporter : public benchmark::ConsoleReporter {
       if (run.run_type == Run::RT_Iteration && !run.error_occurred) {
         const double to_ns = benchmark::GetTimeUnitMultiplier(benchmark::kNanosecond) /
                              benchmark::GetTimeUnitMultiplier(run.time_unit);
-        ns_[run.benchmark_name()] = run.GetAdjustedRealTime() * to_ns;
-        cpu_ns_[run.benchmark_name()] = run.GetAdjustedCPUTime() * to_ns;
+        ns_[run.benchmark_name()].push_back(run.GetAdjustedRealTime() * to_ns);
+        cpu_ns_[run.benchmark_name()].push_back(run.GetAdjustedCPUTime() * to_ns);
       }
     }
     ConsoleReporter::ReportRuns(runs);
   }
-  const std::map<std::string, double>& ns() const { return ns_; }
-  const std::map<std::string, double>& cpu_ns() const { return cpu_ns_; }
+  // Every run of each benchmark, in order: wall and CPU time per operation.
+  const std::map<std::string, std::vector<double>>& ns() const { return ns_; }
+  const std::map<std::string, std::vector<double>>& cpu_ns() const { return cpu_ns_; }
 
  private:
-  std::map<std::string, double> ns_;      // wall time per operation
-  std::map<std::string, double> cpu_ns_;  // CPU time per operation (what a loaded machine
-                                          // does not inflate)
+  std::map<std::string, std::vector<double>> ns_;
+  std::map<std::string, std::vector<double>> cpu_ns_;
 };
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const std::size_t n = values.size();
+  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+constexpr int kRounds = 5;
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  bool filtered = false;
+  for (int i = 1; i < argc; ++i) {
+    filtered = filtered || std::string(argv[i]).rfind("--benchmark_filter", 0) == 0;
+  }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   RecordingReporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
+  if (filtered) {
+    benchmark::RunSpecifiedBenchmarks(&reporter);
+  } else {
+    for (int round = 0; round < kRounds; ++round) {
+      for (const char* threads : {"1", "2"}) {
+        for (const char* name : {"BM_AcquireRelease", "BM_Floor"}) {
+          benchmark::RunSpecifiedBenchmarks(
+              &reporter, std::string("^") + name + "/real_time/threads:" + threads + "$");
+        }
+      }
+    }
+    benchmark::RunSpecifiedBenchmarks(&reporter, "^BM_Snapshot8Gpus");
+  }
   const auto& ns = reporter.ns();
   const auto& cpu = reporter.cpu_ns();
   for (const char* threads : {"1", "2"}) {
     const std::string pair = std::string("BM_AcquireRelease/real_time/threads:") + threads;
     const std::string floor = std::string("BM_Floor/real_time/threads:") + threads;
     if (ns.count(pair) == 0 || ns.count(floor) == 0) continue;
+    const auto& p = ns.at(pair);
+    const auto& f = ns.at(floor);
+    const std::size_t rounds = std::min(p.size(), f.size());
+    std::vector<double> ratios;
+    std::vector<double> cpu_ratios;
+    for (std::size_t r = 0; r < rounds; ++r) {
+      ratios.push_back(p[r] / f[r]);
+      cpu_ratios.push_back(cpu.at(pair)[r] / cpu.at(floor)[r]);
+    }
     std::printf(
         "threads %s: acquire+release %.1f ns (cpu %.1f), floor %.1f ns (cpu %.1f), "
-        "ratio acquire+release / floor = %.2f (cpu time: %.2f)\n",
-        threads, ns.at(pair), cpu.at(pair), ns.at(floor), cpu.at(floor), ns.at(pair) / ns.at(floor),
-        cpu.at(pair) / cpu.at(floor));
+        "ratio acquire+release / floor = %.2f (cpu time: %.2f; %zu round(s), ratios %.2f to "
+        "%.2f)\n",
+        threads, median(p), median(cpu.at(pair)), median(f), median(cpu.at(floor)), median(ratios),
+        median(cpu_ratios), rounds, *std::min_element(ratios.begin(), ratios.end()),
+        *std::max_element(ratios.begin(), ratios.end()));
   }
   if (const auto it = ns.find("BM_Snapshot8Gpus"); it != ns.end()) {
-    std::printf("snapshot of 8 devices: %.2f us (%s)\n", it->second / 1000.0,
+    std::printf("snapshot of 8 devices: %.2f us (%s)\n", median(it->second) / 1000.0,
                 snapshot_source.c_str());
   }
   benchmark::Shutdown();
