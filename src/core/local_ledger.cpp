@@ -34,7 +34,12 @@ void DurationHistogram::observe(TimeNs duration) {
   min_ = count_ == 0 ? duration : std::min(min_, duration);
   max_ = std::max(max_, duration);
   ++count_;
-  sum_seconds_ += static_cast<double>(duration) * 1e-9;
+  constexpr std::uint64_t kNsPerSecond = 1'000'000'000;
+  sum_nanoseconds_ += static_cast<std::uint64_t>(duration);
+  if (sum_nanoseconds_ >= kNsPerSecond) {
+    sum_seconds_ += sum_nanoseconds_ / kNsPerSecond;
+    sum_nanoseconds_ %= kNsPerSecond;
+  }
 }
 
 Histogram DurationHistogram::to_histogram() const {
@@ -43,7 +48,7 @@ Histogram DurationHistogram::to_histogram() const {
   h.counts = counts_;
   for (std::size_t i = 1; i < h.counts.size(); ++i) h.counts[i] += h.counts[i - 1];
   h.count = count_;
-  h.sum = sum_seconds_;
+  h.sum = static_cast<double>(sum_seconds_) + static_cast<double>(sum_nanoseconds_) / 1e9;
   h.min = static_cast<double>(min_) / 1e9;
   h.max = static_cast<double>(max_) / 1e9;
   return h;

@@ -42,7 +42,10 @@ class DurationHistogram {
   std::vector<TimeNs> bounds_;
   std::vector<std::uint64_t> counts_;  // bounds_.size() + 1, the last for +Inf
   std::uint64_t count_ = 0;
-  double sum_seconds_ = 0;  // years of holds would overflow a sum in nanoseconds
+  // The sum, exactly, as whole seconds and nanoseconds below one second: a sum of
+  // nanoseconds alone would overflow after 292 years of holds, and one of doubles drifts.
+  std::uint64_t sum_seconds_ = 0;
+  std::uint64_t sum_nanoseconds_ = 0;
   TimeNs min_ = 0;
   TimeNs max_ = 0;
 };

@@ -53,5 +53,16 @@ TEST(DurationHistogram, MinimumAndMaximumFollowTheObservations) {
   EXPECT_NEAR(out.mean(), 0.137 / 3, 1e-12);
 }
 
+TEST(DurationHistogram, SumsExactlyOverManyObservations) {
+  // A thousand milliseconds are one second: a floating-point running sum would be off in
+  // the last digits (1.0000000000000007).
+  DurationHistogram h;
+  for (int i = 0; i < 1000; ++i) h.observe(kMs);
+  EXPECT_DOUBLE_EQ(h.to_histogram().sum, 1.0);
+  h.observe(999'999'999);
+  h.observe(1);
+  EXPECT_DOUBLE_EQ(h.to_histogram().sum, 2.0);
+}
+
 }  // namespace
 }  // namespace gpumgr::core
