@@ -258,9 +258,8 @@ void LocalLedger::fill_lease_info_locked(const ActiveEntry& entry, LeaseInfo& in
   info.uid = lease.holder.uid;
   info.command.assign(lease.command);
   info.granted_at = wall_time(lease.granted_at);
-  // The clock may step back a little (util/fast_clock.h): a wait is never negative. A
-  // non-blocking acquire never waits: no floating-point division then.
-  const TimeNs waited = lease.granted_at - lease.requested_at;
+  // A non-blocking acquire never waits: no floating-point division then.
+  const TimeNs waited = elapsed_ns(lease.requested_at, lease.granted_at);
   info.waited_s = waited > 0 ? static_cast<double>(waited) / 1e9 : 0.0;
   info.lease_id = lease.lease_id;
 }
@@ -275,7 +274,7 @@ void LocalLedger::record_grant_locked(const ActiveLease& lease) {
   change_holder_locked(lease.devices, lease.holder.pid, +1);
   stats_.active_jobs = scheduler_.active_count();
   stats_.peak_active_jobs = std::max(stats_.peak_active_jobs, stats_.active_jobs);
-  wait_times_.observe(lease.granted_at - lease.requested_at);
+  wait_times_.observe(elapsed_ns(lease.requested_at, lease.granted_at));
 }
 
 void LocalLedger::handle_grants_locked(const std::vector<Grant>& grants, Calls& calls) {
@@ -554,7 +553,7 @@ StatusOr<Snapshot> LocalLedger::snapshot() {
     info.pid = w->holder.pid;
     info.uid = w->holder.uid;
     info.command = w->request.command;
-    info.waited_s = static_cast<double>(std::max<TimeNs>(now - w->requested_at, 0)) / 1e9;
+    info.waited_s = static_cast<double>(elapsed_ns(w->requested_at, now)) / 1e9;
     snap.queue.push_back(std::move(info));
   }
   snap.stats = stats_;

@@ -458,7 +458,7 @@ StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now,
     next_replaced_spare_ = (next_replaced_spare_ + 1) % kMaxSpare;
   }
   const ActiveLease& kept_lease = kept->mapped();
-  return Released{kept_lease.devices, kept_lease.bytes, now - kept_lease.granted_at,
+  return Released{kept_lease.devices, kept_lease.bytes, elapsed_ns(kept_lease.granted_at, now),
                   kept_lease.holder};
 }
 
@@ -476,8 +476,7 @@ std::vector<Dropped> Scheduler::expire(TimeNs now) {
   while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
     const Key key = deadlines_.begin()->second;
     auto it = queue_.find(key);
-    const double waited_s =
-        static_cast<double>(std::max<TimeNs>(now - it->second.requested_at, 0)) / 1e9;
+    const double waited_s = static_cast<double>(elapsed_ns(it->second.requested_at, now)) / 1e9;
     out.push_back(
         {it->second.request.job_id,
          Status(ErrorCode::kTimedOut, "timed out after waiting " + std::to_string(waited_s) +

@@ -39,6 +39,11 @@ namespace gpumgr::core {
 // Nanoseconds on the owner's clock (steady clock, or a virtual one).
 using TimeNs = std::int64_t;
 
+// The time from `start` to `end`, never negative: the in-process ledger's clock
+// (util/fast_clock.h) may step back by microseconds when it is re-anchored, and a hold or a
+// wait is never shorter than nothing.
+inline TimeNs elapsed_ns(TimeNs start, TimeNs end) { return end > start ? end - start : 0; }
+
 struct Holder {
   std::uint32_t pid = 0;
   std::uint32_t uid = 0;
