@@ -18,18 +18,11 @@ void run_all(Calls& calls) {
 }
 }  // namespace
 
-DurationHistogram::DurationHistogram() {
-  constexpr double kBoundsSeconds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
-                                       2.5,   5,    10,    30,   60,  300,  900, 3600};
-  for (const double b : kBoundsSeconds) bounds_.push_back(static_cast<TimeNs>(b * 1e9));
-  counts_.assign(bounds_.size() + 1, 0);
-}
-
 void DurationHistogram::observe(TimeNs duration) {
   // The clock may step back a little (see util/fast_clock.h): a duration is never negative.
   duration = std::max<TimeNs>(duration, 0);
   const auto bucket = static_cast<std::size_t>(
-      std::lower_bound(bounds_.begin(), bounds_.end(), duration) - bounds_.begin());
+      std::lower_bound(kBounds.begin(), kBounds.end(), duration) - kBounds.begin());
   ++counts_[bucket];
   min_ = count_ == 0 ? duration : std::min(min_, duration);
   max_ = std::max(max_, duration);
@@ -44,8 +37,8 @@ void DurationHistogram::observe(TimeNs duration) {
 
 Histogram DurationHistogram::to_histogram() const {
   Histogram h;
-  for (const TimeNs b : bounds_) h.bounds.push_back(static_cast<double>(b) / 1e9);
-  h.counts = counts_;
+  for (const TimeNs b : kBounds) h.bounds.push_back(static_cast<double>(b) / 1e9);
+  h.counts.assign(counts_.begin(), counts_.end());
   for (std::size_t i = 1; i < h.counts.size(); ++i) h.counts[i] += h.counts[i - 1];
   h.count = count_;
   h.sum = static_cast<double>(sum_seconds_) + static_cast<double>(sum_nanoseconds_) / 1e9;

@@ -8,6 +8,7 @@
 // the ledger's mutex is released; they may call back into the ledger.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -34,13 +35,17 @@ namespace gpumgr::core {
 // Not synchronised: the ledger's mutex guards it.
 class DurationHistogram {
  public:
-  DurationHistogram();            // the default bounds for wait and hold times, 5 ms to 1 h
   void observe(TimeNs duration);  // negative durations count as 0
   Histogram to_histogram() const;
 
  private:
-  std::vector<TimeNs> bounds_;
-  std::vector<std::uint64_t> counts_;  // bounds_.size() + 1, the last for +Inf
+  // The bucket bounds for wait and hold times, 5 ms to 1 h.
+  static constexpr std::array<TimeNs, 16> kBounds = {
+      5'000'000,      10'000'000,      25'000'000,      50'000'000,
+      100'000'000,    250'000'000,     500'000'000,     1'000'000'000,
+      2'500'000'000,  5'000'000'000,   10'000'000'000,  30'000'000'000,
+      60'000'000'000, 300'000'000'000, 900'000'000'000, 3'600'000'000'000};
+  std::array<std::uint64_t, kBounds.size() + 1> counts_{};  // the last for +Inf
   std::uint64_t count_ = 0;
   // The sum, exactly, as whole seconds and nanoseconds below one second: a sum of
   // nanoseconds alone would overflow after 292 years of holds, and one of doubles drifts.
