@@ -22,7 +22,8 @@ namespace gpumgr {
 StatusOr<std::vector<std::uint64_t>> parse_simulate_spec(std::string_view spec);
 
 // Simulated devices whose state tests script. Memory "used" is what the manager's leases are
-// told to use (set_process_usage) plus outside use (set_foreign_usage).
+// told to use (set_process_usage), plus what a processes file lists (set_processes_file),
+// plus outside use (set_foreign_usage).
 class SimulatedBackend final : public DeviceBackend {
  public:
   explicit SimulatedBackend(std::vector<std::uint64_t> sizes);
@@ -36,6 +37,20 @@ class SimulatedBackend final : public DeviceBackend {
   Status set_foreign_usage(int device, std::uint64_t bytes);
   // Memory a given pid uses on `device` (0 removes it); lets tests model lease holders.
   Status set_process_usage(int device, std::uint32_t pid, std::uint64_t bytes);
+  // Scripts per-process use from outside the process (GPUMGR_SIMULATE_PROCESSES, see
+  // docs/cli.md): the file at `path` is re-read at every query(). Its lines are
+  // `DEVICE PID SIZE` (a device index, a pid > 0, a size as parse_size reads it, e.g. 6GiB);
+  // `#` starts a comment, blank lines are ignored; a device+pid pair may appear once (a
+  // second line for it is an error); a size of 0 lists nothing. What it lists adds to
+  // set_process_usage's figures for the same pid. A missing file lists nothing (a demo may
+  // create it later). A bad file (a malformed line, unreadable, over 1 MiB) changes nothing:
+  // the last good contents stay in use, the error (naming the file, the line and the
+  // problem) is kept for processes_file_error() and printed to stderr once per distinct
+  // text. Returns the error of the first read, if any (the path is kept either way); an
+  // empty path stops the scripting.
+  Status set_processes_file(std::string path);
+  // The error of the latest read of the processes file; empty when it was good (or missing).
+  std::string processes_file_error() const;
   Status set_utilization(int device, unsigned gpu_percent);
   Status set_temperature(int device, unsigned celsius);
   // Marks a device lost (healthy=false, with the reason) or recovered.
@@ -55,12 +70,25 @@ class SimulatedBackend final : public DeviceBackend {
     bool healthy = true;
     std::string reason;
   };
+  // One read of the processes file: per device, or the error.
+  struct ProcessesFile {
+    std::vector<std::vector<ProcessUsage>> devices;
+    std::string error;
+  };
+  static ProcessesFile read_processes_file(const std::string& path, std::size_t device_count);
   Status check_index(int device) const;  // requires mutex_
+  // Takes in a read: the contents when good, else the error (printed once). Requires mutex_.
+  Status apply_processes_file(ProcessesFile file, bool print);
 
   mutable std::mutex mutex_;
   std::vector<Device> devices_;  // guarded by mutex_
   bool failing_ = false;         // guarded by mutex_
   std::uint64_t queries_ = 0;    // guarded by mutex_
+  std::string processes_path_;   // guarded by mutex_
+  // The last good contents of the processes file, per device.
+  std::vector<std::vector<ProcessUsage>> scripted_;  // guarded by mutex_
+  std::string processes_error_;                      // guarded by mutex_
+  std::string reported_error_;                       // the last error printed; guarded by mutex_
 };
 
 // Host memory as one device (MemTotal, MemAvailable from /proc/meminfo), so that CPU
@@ -90,7 +118,10 @@ struct DeviceSelector {
 StatusOr<DeviceSelector> parse_device_selector(std::string_view text);
 
 // Opens the backend a selector asks for. A non-empty `simulate` spec (or, when it is empty,
-// the GPUMGR_SIMULATE environment variable) replaces NVML by simulated devices; "cpu" always
+// the GPUMGR_SIMULATE environment variable) replaces NVML by simulated devices, whose
+// per-process use then comes from the file GPUMGR_SIMULATE_PROCESSES names, if set (a bad
+// file at this point is an error; GPUMGR_SIMULATE_PROCESSES is ignored without simulated
+// devices); "cpu" always
 // gives the CPU device; "auto" gives NVML GPUs if any are usable, else the CPU device;
 // "cuda" and "cuda:N" fail with kUnavailable when there is no GPU, and "cuda:N" with
 // kNotFound when N is not a device.

@@ -62,8 +62,15 @@ StatusOr<DeviceSelection> open_backend(std::string_view selector, std::string_vi
     auto sim = SimulatedBackend::from_spec(spec);
     if (!sim.ok()) return sim.status();
     device_count = sim.value()->device_count();
-    gpus = std::move(sim).value();
     out.note = "simulated devices " + spec;
+    if (const char* file = std::getenv("GPUMGR_SIMULATE_PROCESSES");
+        file != nullptr && *file != '\0') {
+      if (Status s = sim.value()->set_processes_file(file); !s.ok()) {
+        return Status(s.code(), "GPUMGR_SIMULATE_PROCESSES: " + s.message());
+      }
+      out.note += ", processes from " + std::string(file);
+    }
+    gpus = std::move(sim).value();
   } else {
     auto nvml = make_nvml_backend();
     if (nvml.ok()) {

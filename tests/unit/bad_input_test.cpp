@@ -4,8 +4,11 @@
 // devices and statistics are the same before and after; only a refused request's rejection is
 // counted, where the ledger's statistics document it).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
+#include <fstream>
 #include <functional>
 #include <limits>
 
@@ -42,6 +45,17 @@ Status simulate_spec(const std::string& spec) {
                                             " vs " + via_parser.to_string());
   }
   return via_parser;
+}
+
+// Manager::create over 2x24GiB with GPUMGR_SIMULATE_PROCESSES naming a file of `contents`.
+Status simulate_processes(const std::string& contents) {
+  const std::string path =
+      ::testing::TempDir() + "gpumgr-bad-processes-" + std::to_string(::getpid());
+  std::ofstream(path, std::ios::trunc) << contents;
+  testing::EnvGuard env("GPUMGR_SIMULATE_PROCESSES", path);
+  const Status s = create_with([](ManagerOptions&) {});
+  std::remove(path.c_str());
+  return s;
 }
 
 struct Row {
@@ -245,6 +259,28 @@ TEST(BadInputTest, EveryBadInputIsRefusedWithANamedProblemAndChangesNothing) {
       {"placement policy name",
        [](Manager&) { return status_of(parse_placement_policy("worst-fit")); },
        ErrorCode::kInvalidArgument, "unknown placement policy 'worst-fit'"},
+      // GPUMGR_SIMULATE_PROCESSES files
+      {"processes file: device index out of range",
+       [](Manager&) { return simulate_processes("0 100 1GiB\n5 100 1GiB\n"); },
+       ErrorCode::kInvalidArgument, "line 2: device 5 does not exist"},
+      {"processes file: device not a number",
+       [](Manager&) { return simulate_processes("gpu0 100 1GiB\n"); }, ErrorCode::kInvalidArgument,
+       "line 1: device 'gpu0' is not a device index"},
+      {"processes file: pid 0", [](Manager&) { return simulate_processes("# x\n0 0 1GiB\n"); },
+       ErrorCode::kInvalidArgument, "line 2: pid '0' is not a positive integer"},
+      {"processes file: pid not a number",
+       [](Manager&) { return simulate_processes("0 worker 1GiB\n"); }, ErrorCode::kInvalidArgument,
+       "line 1: pid 'worker' is not a positive integer"},
+      {"processes file: bad size", [](Manager&) { return simulate_processes("0 100 1.5GiB\n"); },
+       ErrorCode::kInvalidArgument, "line 1: bad size '1.5GiB'"},
+      {"processes file: missing field", [](Manager&) { return simulate_processes("0 100\n"); },
+       ErrorCode::kInvalidArgument, "line 1: missing field SIZE"},
+      {"processes file: extra field",
+       [](Manager&) { return simulate_processes("0 100 1GiB 2GiB\n"); },
+       ErrorCode::kInvalidArgument, "line 1: extra field '2GiB'"},
+      {"processes file: the same device and pid twice",
+       [](Manager&) { return simulate_processes("0 100 1GiB\n0 100 2GiB\n"); },
+       ErrorCode::kInvalidArgument, "line 2: device 0 pid 100 is already listed on line 1"},
   };
 
   for (const Row& row : rows) {
