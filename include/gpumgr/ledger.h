@@ -52,6 +52,22 @@ struct LeaseRequest {
   int priority = 0;     // higher first
   int device = -1;      // pin to this device index; -1: the placement policy chooses
   std::string command;  // what the holder runs, for status displays (optional)
+  // What kind of job this is ("sdxl-1024"): its measured peaks and hold times are recorded
+  // under this name, and with `bytes` = 0 the lease asks for the kind's learned estimate
+  // (docs/accounting.md, "Learned estimates"). Validated like a job id; empty: none.
+  std::string kind;
+  // With `bytes` = 0 and a kind that has too few runs for an estimate: ask for this many
+  // bytes instead (0: no fallback, the request fails naming the kind and its run count).
+  std::uint64_t default_bytes = 0;
+};
+
+// What a lease's holder uses on one of its devices, measured from the backend's process
+// list (the holder and its descendants). Empty optionals: unknown (the backend cannot
+// attribute memory to processes there), which is never shown as 0.
+struct DeviceUse {
+  int device = 0;
+  std::optional<std::uint64_t> used_bytes;       // at the last poll
+  std::optional<std::uint64_t> peak_used_bytes;  // the most seen during this lease
 };
 
 // A granted lease, as the ledger records it.
@@ -69,6 +85,20 @@ struct LeaseInfo {
   // handle released late cannot release a newer lease of the same job id. 0 where unknown
   // (leases from a daemon).
   std::uint64_t lease_id = 0;
+  std::string kind;  // LeaseRequest::kind
+  // Measured use, one entry per device in `devices` order. Empty on the lease an acquire
+  // returns (nothing has been measured yet); filled in every snapshot.
+  std::vector<DeviceUse> usage;
+  // Whether the holder uses more than its lease (beyond the overuse tolerance) on any of its
+  // devices, and for how long it has (0 while it does not).
+  bool overused = false;
+  double overused_s = 0;
+  // Where `bytes` came from when the request asked for its kind's estimate ("learned from 37
+  // runs: p95 11.2 GiB + 10%", "default: 6 GiB (sdxl has 3 of the 5 runs needed)"); empty
+  // for an explicit size.
+  std::string estimate;
+  // The overuse policy acted on this lease: "terminating: exceeded its lease: used X of Y".
+  std::string enforcement;
 };
 
 // A request waiting in the queue.
@@ -103,6 +133,10 @@ struct LedgerStats {
   std::uint64_t jobs_rejected = 0;   // refused: no room now (non-blocking), or never fits
   std::uint64_t jobs_timed_out = 0;  // a waiting acquire's deadline passed
   std::uint64_t jobs_cancelled = 0;  // a waiting acquire was cancelled or its client left
+  // Times a lease went over its size (beyond the tolerance): one per episode.
+  std::uint64_t overuse_events = 0;
+  // Leases released because the overuse policy terminated their holder.
+  std::uint64_t overuse_terminations = 0;
   std::uint64_t jobs_processed() const { return jobs_succeeded + jobs_failed; }
   int active_jobs = 0;
   int peak_active_jobs = 0;
@@ -114,13 +148,30 @@ struct LedgerStats {
 // docs/accounting.md.
 struct DeviceAccount {
   DeviceInfo info;
-  std::uint64_t capacity_bytes = 0;    // floor(memory_limit * total)
-  std::uint64_t leased_bytes = 0;      // sum of the leases placed here
-  std::uint64_t foreign_bytes = 0;     // used by processes that hold no lease
-  std::uint64_t admissible_bytes = 0;  // capacity - leased - foreign, never < 0
+  std::uint64_t capacity_bytes = 0;  // floor(memory_limit * total)
+  std::uint64_t leased_bytes = 0;    // sum of the leases placed here
+  std::uint64_t foreign_bytes = 0;   // used by processes that hold no lease
+  // What lease holders use beyond their leases: the sum over leases of max(0, used - leased)
+  // (docs/accounting.md). It takes room from everyone else, so admission counts it.
+  std::uint64_t overuse_bytes = 0;
+  std::uint64_t admissible_bytes = 0;  // capacity - leased - overuse - foreign, never < 0
   std::uint64_t peak_leased_bytes = 0;
   int active_leases = 0;
   bool reserved_for_head = false;  // held back for the head of the queue
+};
+
+// What the ledger does when a lease's holder uses more than its lease.
+enum class OverusePolicy {
+  kReport,     // count it, log it, flag the lease (the default)
+  kTerminate,  // also SIGTERM the holder's process tree after the grace, SIGKILL after another
+};
+std::string_view overuse_policy_name(OverusePolicy policy);  // "report", "terminate"
+StatusOr<OverusePolicy> parse_overuse_policy(std::string_view name);
+
+struct OveruseConfig {
+  OverusePolicy policy = OverusePolicy::kReport;
+  double grace_s = 10;           // how long overuse may last before `terminate` acts
+  double tolerance_percent = 5;  // use up to leased * (1 + tolerance) is not overuse
 };
 
 struct LedgerConfig {
@@ -128,7 +179,26 @@ struct LedgerConfig {
   double memory_limit = 0.8;
   PlacementPolicy placement = PlacementPolicy::kBestFit;
   QueuePolicy queue = QueuePolicy::kBackfill;
-  std::chrono::milliseconds poll_interval{250};  // backend polling while anyone waits
+  // Backend polling while any lease is held or any job waits.
+  std::chrono::milliseconds poll_interval{250};
+  OveruseConfig overuse;
+  // Where the ledger keeps its history of job kinds (a SQLite file); empty: none, and
+  // requests for a kind's estimate fail. The daemon always has one (--state-dir).
+  std::string history_path;
+};
+
+// What the history says of one job kind (`gpumgr estimates`).
+struct KindEstimate {
+  std::string kind;
+  std::uint64_t runs = 0;           // recorded runs (all of them, not only the recent window)
+  std::uint64_t measured_runs = 0;  // of the recent window, those whose peak was measured
+  std::optional<std::uint64_t> peak_p50_bytes, peak_p95_bytes, peak_max_bytes;
+  std::optional<double> hold_p50_s, hold_p95_s;
+  std::uint64_t overused_runs = 0;  // runs whose holder exceeded its lease
+  std::chrono::system_clock::time_point last_seen;
+  // The size `bytes = 0` asks for, when enough runs were measured; else empty.
+  std::optional<std::uint64_t> estimate_bytes;
+  std::string estimate_note;  // "learned from 37 runs: p95 11.2 GiB + 10%", or why there is none
 };
 
 struct Snapshot {
@@ -185,6 +255,10 @@ class Ledger {
   // concurrency limit is reached). Errors only for bad input or a failed backend.
   virtual StatusOr<bool> can_admit(std::uint64_t bytes, int gpus, int device) = 0;
   virtual StatusOr<Snapshot> snapshot() = 0;
+  // The history of job kinds, in name order (empty where no history is kept).
+  virtual StatusOr<std::vector<KindEstimate>> estimates() = 0;
+  // Forgets a kind's history. kNotFound for a kind with none.
+  virtual Status forget_kind(std::string_view kind) = 0;
 };
 
 // Creates an in-process ledger over `backend`. Validates the config (max_concurrent_jobs
@@ -201,5 +275,9 @@ StatusOr<std::shared_ptr<Ledger>> connect_daemon(const std::string& socket_path)
 
 // Checks a LedgerConfig; the message names the bad field and value.
 Status validate_config(const LedgerConfig& config);
+
+// Checks a job kind (LeaseRequest::kind) as job ids are checked: not empty, at most 256
+// bytes, no control characters.
+Status check_job_kind(std::string_view kind);
 
 }  // namespace gpumgr

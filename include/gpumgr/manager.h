@@ -34,6 +34,13 @@ struct ManagerOptions {
   std::string socket;
   // Never use the daemon, even when GPUMGR_SOCKET is set (the daemon itself uses this).
   bool in_process_only = false;
+  // In-process only: what to do when a holder uses more than its lease. The in-process
+  // manager supports OverusePolicy::kReport only (it cannot signal other processes' trees
+  // safely); kTerminate is refused with an error that says to use the daemon.
+  OveruseConfig overuse;
+  // In-process only: the SQLite file that keeps the job-kind history (learned estimates);
+  // empty: no history (the daemon keeps one in its state directory).
+  std::string history_path;
 };
 
 // Describes how two option sets differ ("max_concurrent_jobs: 3 vs 5"); empty when equal.

@@ -349,6 +349,33 @@ class RemoteLedger final : public Ledger {
     return snapshot_from_json(*it);
   }
 
+  StatusOr<std::vector<KindEstimate>> estimates() override {
+    Request r;
+    r.op = Op::kEstimates;
+    auto reply = call(std::move(r));
+    if (!reply.ok()) return reply.status();
+    if (!reply->status.ok()) return reply->status;
+    const auto it = reply->body.find("estimates");
+    if (it == reply->body.end() || !it->is_array()) {
+      return Status(ErrorCode::kInternal, "estimates reply without a list of estimates");
+    }
+    std::vector<KindEstimate> out;
+    for (const auto& e : *it) {
+      auto one = estimate_from_json(e);
+      if (!one.ok()) return one.status();
+      out.push_back(std::move(one).value());
+    }
+    return out;
+  }
+
+  Status forget_kind(std::string_view kind) override {
+    Request r;
+    r.op = Op::kForgetKind;
+    r.lease.kind = std::string(kind);
+    auto reply = call(std::move(r));
+    return reply.ok() ? reply->status : reply.status();
+  }
+
  private:
   // The live connection, connecting again when the last one dropped.
   StatusOr<std::shared_ptr<Connection>> connection() {

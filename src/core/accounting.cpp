@@ -1,5 +1,7 @@
 #include "core/accounting.h"
 
+#include <dirent.h>
+
 #include <charconv>
 #include <cmath>
 #include <optional>
@@ -16,23 +18,59 @@ std::uint64_t capacity_bytes(std::uint64_t total_bytes, double memory_limit) {
   return static_cast<std::uint64_t>(std::floor(product));
 }
 
-std::uint64_t foreign_bytes(const DeviceInfo& info, const std::vector<bool>& is_holder,
-                            std::uint64_t holders_known_usage) {
-  if (info.processes_known) {
-    std::uint64_t sum = 0;
-    for (std::size_t i = 0; i < info.processes.size(); ++i) {
-      if (i >= is_holder.size() || !is_holder[i]) sum += info.processes[i].used_bytes;
+DeviceAttribution attribute_device(
+    const DeviceInfo& info, std::span<HolderUse> holders,
+    const std::unordered_map<std::uint32_t, std::vector<std::uint32_t>>& ancestry,
+    std::uint32_t self_pid, std::optional<std::uint64_t> self_usage) {
+  DeviceAttribution out;
+  auto holder_of = [&holders](std::uint32_t pid) -> HolderUse* {
+    for (HolderUse& h : holders) {
+      if (h.pid == pid) return &h;
     }
-    return sum;
+    return nullptr;
+  };
+  if (info.processes_known) {
+    for (HolderUse& h : holders) h.used_bytes = 0;
+    for (const ProcessUsage& p : info.processes) {
+      HolderUse* owner = p.pid == 0 || holders.empty() ? nullptr : holder_of(p.pid);
+      if (owner == nullptr && p.pid != 0 && !holders.empty()) {
+        const auto it = ancestry.find(p.pid);
+        if (it != ancestry.end()) {
+          for (const std::uint32_t ancestor : it->second) {
+            if ((owner = holder_of(ancestor)) != nullptr) break;
+          }
+        }
+      }
+      if (owner != nullptr) {
+        *owner->used_bytes += p.used_bytes;
+      } else {
+        out.foreign += p.used_bytes;
+      }
+    }
+  } else {
+    std::uint64_t known = 0;
+    for (HolderUse& h : holders) {
+      h.used_bytes.reset();
+      if (h.pid == self_pid && self_usage) {
+        h.used_bytes = self_usage;
+        known += *self_usage;
+      }
+    }
+    out.foreign = info.used_bytes > known ? info.used_bytes - known : 0;
   }
-  return info.used_bytes > holders_known_usage ? info.used_bytes - holders_known_usage : 0;
+  for (const HolderUse& h : holders) {
+    if (h.used_bytes && *h.used_bytes > h.leased_bytes)
+      out.overuse += *h.used_bytes - h.leased_bytes;
+  }
+  return out;
 }
 
-std::uint64_t foreign_bytes(const DeviceInfo& info, const std::set<std::uint32_t>& holder_pids,
-                            std::uint64_t holders_known_usage) {
-  std::vector<bool> is_holder;
-  for (const auto& p : info.processes) is_holder.push_back(holder_pids.count(p.pid) != 0);
-  return foreign_bytes(info, is_holder, holders_known_usage);
+std::uint64_t lease_share(std::uint64_t holder_used, std::uint64_t lease_bytes,
+                          std::uint64_t holder_leased) {
+  if (holder_leased == 0 || lease_bytes >= holder_leased) return holder_used;
+  __extension__ using Uint128 = unsigned __int128;
+  const Uint128 share = static_cast<Uint128>(holder_used) * lease_bytes / holder_leased;
+  return static_cast<std::uint64_t>(share);
 }
 
 namespace {
@@ -76,6 +114,31 @@ Ancestry read_ancestry(const std::vector<DeviceInfo>& devices, const std::string
     }
   }
   return out;
+}
+
+}  // namespace gpumgr::core
+
+namespace gpumgr::core {
+
+std::vector<std::uint32_t> process_tree(std::uint32_t root, const std::string& proc_root) {
+  std::vector<std::uint32_t> tree{root};
+  DIR* dir = ::opendir(proc_root.c_str());
+  if (dir == nullptr) return tree;
+  // Parent of every process, then a walk down from root: one pass over /proc.
+  std::unordered_map<std::uint32_t, std::vector<std::uint32_t>> children;
+  while (const dirent* entry = ::readdir(dir)) {
+    std::uint32_t pid = 0;
+    const std::string_view name(entry->d_name);
+    const auto [ptr, ec] = std::from_chars(name.data(), name.data() + name.size(), pid);
+    if (ec != std::errc() || ptr != name.data() + name.size() || pid == 0) continue;
+    if (const auto parent = parent_of(pid, proc_root)) children[*parent].push_back(pid);
+  }
+  ::closedir(dir);
+  for (std::size_t i = 0; i < tree.size() && tree.size() < 100000; ++i) {
+    const auto it = children.find(tree[i]);
+    if (it != children.end()) tree.insert(tree.end(), it->second.begin(), it->second.end());
+  }
+  return tree;
 }
 
 }  // namespace gpumgr::core

@@ -8,6 +8,7 @@
 #include <map>
 
 #include "core/local_ledger.h"
+#include "core/overuse.h"
 
 namespace gpumgr {
 
@@ -35,6 +36,19 @@ std::string_view queue_policy_name(QueuePolicy policy) {
   return policy == QueuePolicy::kFifo ? "fifo" : "backfill";
 }
 
+Status check_job_kind(std::string_view kind) { return core::check_kind(kind); }
+
+std::string_view overuse_policy_name(OverusePolicy policy) {
+  return policy == OverusePolicy::kTerminate ? "terminate" : "report";
+}
+
+StatusOr<OverusePolicy> parse_overuse_policy(std::string_view name) {
+  if (name == "report") return OverusePolicy::kReport;
+  if (name == "terminate") return OverusePolicy::kTerminate;
+  return InvalidArgument("unknown overuse policy '" + std::string(name) +
+                         "': use report or terminate");
+}
+
 Status validate_config(const LedgerConfig& config) {
   if (config.max_concurrent_jobs < 1) {
     return InvalidArgument("max_concurrent_jobs must be at least 1, got " +
@@ -49,7 +63,7 @@ Status validate_config(const LedgerConfig& config) {
     return InvalidArgument("poll_interval must be positive, got " +
                            std::to_string(config.poll_interval.count()) + " ms");
   }
-  return Status::Ok();
+  return core::validate_overuse_config(config.overuse);
 }
 
 struct CancelToken::State {

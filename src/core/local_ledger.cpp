@@ -1,11 +1,14 @@
 #include "core/local_ledger.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 
 #include "core/accounting.h"
+#include "gpumgr/units.h"
+#include "state/kind_history.h"
 #include "util/fast_clock.h"
 
 namespace gpumgr::core {
@@ -15,6 +18,18 @@ using Calls = std::vector<std::function<void()>>;
 void run_all(Calls& calls) {
   for (auto& call : calls) call();
   calls.clear();
+}
+
+// The default Signaller: the holder and its descendants, never init or the ledger's own
+// process (a holder's pid comes from the kernel, but a bug must not take the daemon down).
+int signal_tree(std::uint32_t pid, int signal) {
+  const auto self = static_cast<std::uint32_t>(::getpid());
+  int signalled = 0;
+  for (const std::uint32_t p : process_tree(pid)) {
+    if (p <= 1 || p == self) continue;
+    if (::kill(static_cast<pid_t>(p), signal) == 0) ++signalled;
+  }
+  return signalled;
 }
 }  // namespace
 
@@ -78,21 +93,33 @@ StatusOr<std::shared_ptr<LocalLedger>> LocalLedger::create(std::shared_ptr<Devic
     return NotFound("device " + std::to_string(pinned_device) + " does not exist; devices are 0.." +
                     std::to_string(devices->size() - 1));
   }
-  return std::shared_ptr<LocalLedger>(
-      new LocalLedger(std::move(backend), config, pinned_device, std::move(devices).value()));
+  std::shared_ptr<state::KindHistory> history;
+  std::string history_note;
+  if (!config.history_path.empty()) {
+    auto opened = state::KindHistory::open(config.history_path, &history_note);
+    if (!opened.ok()) return opened.status();
+    history = std::move(opened).value();
+  }
+  return std::shared_ptr<LocalLedger>(new LocalLedger(std::move(backend), config, pinned_device,
+                                                      std::move(devices).value(),
+                                                      std::move(history), std::move(history_note)));
 }
 
 LocalLedger::LocalLedger(std::shared_ptr<DeviceBackend> backend, const LedgerConfig& config,
-                         int pinned_device, std::vector<DeviceInfo> devices)
+                         int pinned_device, std::vector<DeviceInfo> devices,
+                         std::shared_ptr<state::KindHistory> history, std::string history_note)
     : backend_(std::move(backend)),
       config_(config),
       pinned_device_(pinned_device),
       backend_info_(backend_->info()),
       self_{static_cast<std::uint32_t>(::getpid()), static_cast<std::uint32_t>(::getuid())},
       scheduler_(SchedulerConfig{config.max_concurrent_jobs, config.placement, config.queue},
-                 devices.size()) {
+                 devices.size()),
+      history_(std::move(history)),
+      history_note_(std::move(history_note)) {
   {
     MutexLock lock(mutex_);
+    signaller_ = signal_tree;
     holders_.resize(devices.size());
     ancestors_ = read_ancestry(devices);
     apply_devices_locked(std::move(devices));
@@ -121,13 +148,15 @@ LocalLedger::~LocalLedger() {
 }
 
 void LocalLedger::apply_devices_locked(std::vector<DeviceInfo> devices) {
-  const std::size_t n = std::min(devices.size(), scheduler_.device_count());
+  devices_ = std::move(devices);
+  const std::size_t n = std::min(devices_.size(), scheduler_.device_count());
   for (std::size_t i = 0; i < n; ++i) {
     const int d = static_cast<int>(i);
-    scheduler_.set_device(d, capacity_bytes(devices[i].total_bytes, config_.memory_limit),
-                          foreign_bytes_locked(d, devices[i]), devices[i].healthy);
+    const auto& st = scheduler_.device(d);
+    scheduler_.set_device(d, capacity_bytes(devices_[i].total_bytes, config_.memory_limit),
+                          st.foreign, devices_[i].healthy);
+    attribute_locked(d);
   }
-  devices_ = std::move(devices);
 }
 
 void LocalLedger::apply_backend_failure_locked(const Status& failure) {
@@ -141,60 +170,201 @@ void LocalLedger::apply_backend_failure_locked(const Status& failure) {
   }
 }
 
-std::uint64_t LocalLedger::foreign_bytes_locked(int device, const DeviceInfo& info) const {
-  std::uint64_t holders_known_usage = 0;
-  if (!info.processes_known && own_usage_ && holds_lease_on_locked(device, self_.pid)) {
-    holders_known_usage = own_usage_(device).value_or(0);
-  }
-  std::vector<bool> is_holder;
-  is_holder.reserve(info.processes.size());
-  for (const auto& p : info.processes) is_holder.push_back(holds_lease_on_locked(device, p.pid));
-  return foreign_bytes(info, is_holder, holders_known_usage);
-}
-
-void LocalLedger::refresh_foreign_locked(int d) {
+void LocalLedger::attribute_locked(int d) {
   const auto i = static_cast<std::size_t>(d);
   if (i >= devices_.size()) return;
-  // Nothing a change of holders could move: no processes listed, or none known and no figure
-  // of our own to subtract.
   const DeviceInfo& info = devices_[i];
-  if (info.processes_known ? info.processes.empty() : !own_usage_) return;
+  auto& holders = holders_[i];
+  std::optional<std::uint64_t> own;
+  if (!info.processes_known && own_usage_ &&
+      std::any_of(holders.begin(), holders.end(),
+                  [this](const HolderUse& h) { return h.pid == self_.pid; })) {
+    own = own_usage_(d);
+  }
+  const DeviceAttribution split = attribute_device(info, holders, ancestors_, self_.pid, own);
   const auto& st = scheduler_.device(d);
-  scheduler_.set_device(d, st.capacity, foreign_bytes_locked(d, info), st.healthy);
+  if (st.foreign != split.foreign) scheduler_.set_device(d, st.capacity, split.foreign, st.healthy);
+  if (st.overuse != split.overuse) scheduler_.set_overuse(d, split.overuse);
 }
 
-void LocalLedger::change_holder_locked(std::span<const int> devices, std::uint32_t pid, int delta) {
+void LocalLedger::change_holder_locked(std::span<const int> devices, std::uint32_t pid, int delta,
+                                       std::uint64_t bytes) {
   for (const int d : devices) {
-    auto& counts = holders_[static_cast<std::size_t>(d)];
-    auto it = std::find_if(counts.begin(), counts.end(),
-                           [pid](const HolderCount& h) { return h.pid == pid; });
-    if (it == counts.end()) {
-      if (delta > 0) counts.push_back(HolderCount{pid, delta});
+    auto& holders = holders_[static_cast<std::size_t>(d)];
+    auto it = std::find_if(holders.begin(), holders.end(),
+                           [pid](const HolderUse& h) { return h.pid == pid; });
+    if (it == holders.end()) {
+      if (delta > 0) {
+        holders.push_back(HolderUse{pid, delta, bytes * static_cast<std::uint64_t>(delta), {}});
+      }
     } else {
       it->leases += delta;
+      if (delta > 0) {
+        it->leased_bytes += bytes * static_cast<std::uint64_t>(delta);
+      } else {
+        it->leased_bytes -= std::min(it->leased_bytes, bytes * static_cast<std::uint64_t>(-delta));
+      }
       if (it->leases <= 0) {
         // Order does not matter; keep the vector's capacity. (No self-copy when it is the
         // last: that load would wait for the store just made to it.)
-        if (it + 1 != counts.end()) *it = counts.back();
-        counts.pop_back();
+        if (it + 1 != holders.end()) *it = holders.back();
+        holders.pop_back();
       }
     }
-    // The holder's own memory there is now covered by its lease, or no longer is.
-    refresh_foreign_locked(d);
+    // The holder's own memory there is now covered by its lease, or no longer is. Nothing
+    // a change of holders could move when the reading lists no processes and there is no
+    // figure of our own to attribute.
+    const DeviceInfo& info = devices_[static_cast<std::size_t>(d)];
+    if (info.processes_known ? !info.processes.empty() : static_cast<bool>(own_usage_)) {
+      attribute_locked(d);
+    }
   }
 }
 
-bool LocalLedger::holds_lease_on_locked(int device, std::uint32_t pid) const {
+std::optional<std::uint64_t> LocalLedger::lease_use_locked(std::uint32_t pid, std::uint64_t bytes,
+                                                           int device) const {
   const auto& holders = holders_[static_cast<std::size_t>(device)];
-  if (holders.empty()) return false;
-  auto holds = [&holders](std::uint32_t p) {
-    return std::any_of(holders.begin(), holders.end(),
-                       [p](const HolderCount& h) { return h.pid == p; });
-  };
-  if (holds(pid)) return true;
-  // A holder's descendants are covered by its lease.
-  const auto it = ancestors_.find(pid);
-  return it != ancestors_.end() && std::any_of(it->second.begin(), it->second.end(), holds);
+  const auto it = std::find_if(holders.begin(), holders.end(),
+                               [pid](const HolderUse& h) { return h.pid == pid; });
+  if (it == holders.end() || !it->used_bytes) return std::nullopt;
+  return lease_share(*it->used_bytes, bytes, it->leased_bytes);
+}
+
+void LocalLedger::record_run_locked(std::string_view job_id, const Released& released,
+                                    JobOutcome outcome, Calls& calls) {
+  const auto found = tracks_.find(job_id);
+  const LeaseTrack* track = found != tracks_.end() && found->second.lease_id == released.lease_id
+                                ? &found->second
+                                : nullptr;
+  if (!released.kind.empty() && history_) {
+    state::KindRun run;
+    run.kind.assign(released.kind);
+    for (std::size_t k = 0; k < released.devices.size(); ++k) {
+      // The last poll's figure, and the peak of the polls before it.
+      std::optional<std::uint64_t> peak =
+          lease_use_locked(released.holder.pid, released.bytes, released.devices[k]);
+      if (track != nullptr && k < track->peaks.size() && track->peaks[k]) {
+        peak = std::max(peak.value_or(0), *track->peaks[k]);
+      }
+      if (peak) run.peak_bytes = std::max(run.peak_bytes.value_or(0), *peak);
+    }
+    run.leased_bytes = released.bytes;
+    run.hold_s = static_cast<double>(released.held_ns) / 1e9;
+    run.overused = track != nullptr && track->overuse.ever;
+    run.failed = outcome == JobOutcome::kFailed;
+    run.ended_at = std::chrono::system_clock::now();
+    // SQLite writes outside the ledger's lock, on the releasing thread.
+    calls.push_back([history = history_, run = std::move(run)] { (void)history->record(run); });
+  }
+  if (found != tracks_.end()) tracks_.erase(found);
+}
+
+void LocalLedger::emit_locked(LeaseEvent event, Calls& calls) {
+  if (!on_event_) return;
+  calls.push_back([handler = on_event_, e = std::move(event)] { handler(e); });
+}
+
+void LocalLedger::track_usage_locked(TimeNs now, Calls& calls) {
+  std::vector<std::pair<std::string, std::uint64_t>> to_release;  // job id, lease id
+  for (const auto& entry : scheduler_.active()) {
+    const auto& [job_id, lease] = entry;
+    // The device where the holder is furthest over its lease, for the events.
+    bool over = false;
+    bool any_known = false;
+    int worst_device = lease.devices.empty() ? -1 : lease.devices.front();
+    std::uint64_t worst_used = 0;
+    std::vector<std::optional<std::uint64_t>> use(lease.devices.size());
+    for (std::size_t k = 0; k < lease.devices.size(); ++k) {
+      use[k] = lease_use_locked(lease.holder.pid, lease.bytes, lease.devices[k]);
+      if (!use[k]) continue;
+      any_known = true;
+      if (*use[k] > worst_used) {
+        worst_used = *use[k];
+        worst_device = lease.devices[k];
+      }
+      over = over || exceeds_lease(*use[k], lease.bytes, config_.overuse.tolerance_percent);
+    }
+    auto found = tracks_.find(job_id);
+    if (found == tracks_.end()) {
+      if (!any_known) continue;  // nothing measured: nothing to keep
+      found = tracks_.emplace(job_id, LeaseTrack{}).first;
+    }
+    LeaseTrack& track = found->second;
+    track.lease_id = lease.lease_id;
+    track.peaks.resize(lease.devices.size());
+    for (std::size_t k = 0; k < use.size(); ++k) {
+      if (use[k]) track.peaks[k] = std::max(track.peaks[k].value_or(0), *use[k]);
+    }
+    const OveruseStep step = step_overuse(track.overuse, over, now, config_.overuse);
+    if (!step.started && !step.ended && !step.terminate && !step.kill) continue;
+    LeaseEvent event;
+    event.job_id = job_id;
+    event.pid = lease.holder.pid;
+    event.uid = lease.holder.uid;
+    event.device = worst_device;
+    event.leased_bytes = lease.bytes;
+    event.used_bytes = worst_used;
+    const std::string used_of = "used " + format_bytes(worst_used) + " of " +
+                                format_bytes(lease.bytes) + " on device " +
+                                std::to_string(worst_device);
+    if (step.started) {
+      ++stats_.overuse_events;
+      event.kind = LeaseEvent::Kind::kOveruseStarted;
+      event.message = "exceeds its lease: " + used_of;
+      emit_locked(event, calls);
+    }
+    if (step.ended) {
+      event.kind = LeaseEvent::Kind::kOveruseEnded;
+      event.message = "back within its lease: " + used_of;
+      emit_locked(event, calls);
+    }
+    if (step.terminate) {
+      ++stats_.overuse_terminations;
+      track.overuse.enforcement = "terminating: exceeded its lease: " + used_of;
+      const int signalled = signaller_(lease.holder.pid, SIGTERM);
+      event.kind = LeaseEvent::Kind::kTerminating;
+      event.message = "exceeded its lease for " + std::to_string(config_.overuse.grace_s) +
+                      " s: " + used_of + "; sent SIGTERM to " + std::to_string(signalled) +
+                      " process(es)";
+      emit_locked(event, calls);
+    }
+    if (step.kill) {
+      const int signalled = signaller_(lease.holder.pid, SIGKILL);
+      event.kind = LeaseEvent::Kind::kKilled;
+      event.message = "still there after SIGTERM: sent SIGKILL to " + std::to_string(signalled) +
+                      " process(es); lease released as failed: exceeded its lease: " + used_of;
+      emit_locked(event, calls);
+      to_release.emplace_back(job_id, lease.lease_id);
+    }
+  }
+  for (const auto& [job_id, lease_id] : to_release) {
+    (void)release_locked(job_id, JobOutcome::kFailed, std::nullopt, calls, nullptr, lease_id);
+  }
+}
+
+void LocalLedger::fill_usage_locked(const ActiveEntry& entry, LeaseInfo& info, TimeNs now) const {
+  const auto& [job_id, lease] = entry;
+  const auto found = tracks_.find(job_id);
+  const LeaseTrack* track =
+      found != tracks_.end() && found->second.lease_id == lease.lease_id ? &found->second : nullptr;
+  info.usage.clear();
+  for (std::size_t k = 0; k < lease.devices.size(); ++k) {
+    DeviceUse u;
+    u.device = lease.devices[k];
+    u.used_bytes = lease_use_locked(lease.holder.pid, lease.bytes, u.device);
+    u.peak_used_bytes = u.used_bytes;
+    if (track != nullptr && k < track->peaks.size() && track->peaks[k]) {
+      u.peak_used_bytes = std::max(u.peak_used_bytes.value_or(0), *track->peaks[k]);
+    }
+    info.usage.push_back(u);
+  }
+  if (track != nullptr) {
+    info.estimate = track->estimate;
+    info.overused = track->overuse.since.has_value();
+    info.overused_s =
+        info.overused ? static_cast<double>(elapsed_ns(*track->overuse.since, now)) / 1e9 : 0.0;
+    info.enforcement = track->overuse.enforcement;
+  }
 }
 
 Status LocalLedger::refresh() {
@@ -211,6 +381,7 @@ Status LocalLedger::refresh() {
     } else {
       apply_backend_failure_locked(reading.status());
     }
+    track_usage_locked(now_ns(), calls);
     last_refresh_ = now_ns();
     last_refresh_seen_.store(last_refresh_, std::memory_order_relaxed);
     wall_offset_.store(wall_offset_now(), std::memory_order_relaxed);
@@ -227,6 +398,16 @@ TimeNs LocalLedger::refresh_if_stale() {
   if (now - last_refresh_seen_.load(std::memory_order_relaxed) < poll_ns) return now;
   (void)refresh();
   return now_ns();
+}
+
+void LocalLedger::set_event_handler(EventHandler handler) {
+  MutexLock lock(mutex_);
+  on_event_ = std::move(handler);
+}
+
+void LocalLedger::set_signaller(Signaller signaller) {
+  MutexLock lock(mutex_);
+  signaller_ = std::move(signaller);
 }
 
 void LocalLedger::set_own_usage_provider(
@@ -255,6 +436,16 @@ void LocalLedger::fill_lease_info_locked(const ActiveEntry& entry, LeaseInfo& in
   const TimeNs waited = elapsed_ns(lease.requested_at, lease.granted_at);
   info.waited_s = waited > 0 ? static_cast<double>(waited) / 1e9 : 0.0;
   info.lease_id = lease.lease_id;
+  info.kind.assign(lease.kind);
+  info.usage.clear();
+  info.overused = false;
+  info.overused_s = 0;
+  info.enforcement.clear();
+  info.estimate.clear();
+  if (!tracks_.empty()) {
+    const auto found = tracks_.find(job_id);
+    if (found != tracks_.end()) info.estimate = found->second.estimate;
+  }
 }
 
 void LocalLedger::schedule_locked(TimeNs now, Calls& calls) {
@@ -264,7 +455,12 @@ void LocalLedger::schedule_locked(TimeNs now, Calls& calls) {
 }
 
 void LocalLedger::record_grant_locked(const ActiveLease& lease) {
-  change_holder_locked(lease.devices, lease.holder.pid, +1);
+  change_holder_locked(lease.devices, lease.holder.pid, +1, lease.bytes);
+  // A sleeping housekeeper must start polling: held leases are measured every interval.
+  if (housekeeper_idle_) {
+    housekeeper_idle_ = false;
+    housekeeper_cv_.notify_all();
+  }
   stats_.active_jobs = scheduler_.active_count();
   stats_.peak_active_jobs = std::max(stats_.peak_active_jobs, stats_.active_jobs);
   wait_times_.observe(elapsed_ns(lease.requested_at, lease.granted_at));
@@ -273,6 +469,11 @@ void LocalLedger::record_grant_locked(const ActiveLease& lease) {
 void LocalLedger::handle_grants_locked(const std::vector<Grant>& grants, Calls& calls) {
   for (const Grant& g : grants) {
     const ActiveEntry* entry = scheduler_.find_active(g.job_id);
+    if (!tracks_.empty()) {
+      if (auto t = tracks_.find(g.job_id); t != tracks_.end()) {
+        t->second.lease_id = entry->second.lease_id;
+      }
+    }
     record_grant_locked(entry->second);
     auto it = pending_.find(g.job_id);
     if (it == pending_.end()) continue;
@@ -286,6 +487,7 @@ void LocalLedger::finish_dropped_locked(const std::vector<Dropped>& dropped, Cal
   for (const Dropped& d : dropped) {
     if (d.reason.code() == ErrorCode::kTimedOut) ++stats_.jobs_timed_out;
     if (d.reason.code() == ErrorCode::kCancelled) ++stats_.jobs_cancelled;
+    if (!tracks_.empty()) tracks_.erase(d.job_id);
     auto it = pending_.find(d.job_id);
     if (it == pending_.end()) continue;
     calls.push_back([done = std::move(it->second), reason = d.reason] { done(reason); });
@@ -307,17 +509,59 @@ StatusOr<LeaseInfo> LocalLedger::try_acquire_as(const LeaseRequest& request, Hol
   return lease;
 }
 
+Status LocalLedger::resolve_estimate(const LeaseRequest& request,
+                                     std::optional<LeaseRequest>& resolved, std::string& note) {
+  if (request.bytes != 0 || request.kind.empty()) return Status::Ok();
+  // A kind with control characters is never looked up.
+  if (Status s = check_kind(request.kind); !s.ok()) return s;
+  std::string why;
+  if (history_) {
+    auto known = history_->estimate(request.kind);
+    if (known.ok() && known->estimate_bytes) {
+      resolved = request;
+      resolved->bytes = *known->estimate_bytes;
+      note = known->estimate_note;
+      return Status::Ok();
+    }
+    if (known.ok()) {
+      why = known->estimate_note;
+    } else if (known.status().code() == ErrorCode::kNotFound) {
+      why = "job kind '" + request.kind + "' has no recorded runs; " +
+            std::to_string(state::kEstimateMinRuns) + " measured runs are needed";
+    } else {
+      return known.status();
+    }
+  } else {
+    why =
+        "no history of job kinds is kept here (the daemon keeps one in its state directory; "
+        "in-process, give a history path)";
+  }
+  if (request.default_bytes == 0) {
+    return Status(ErrorCode::kFailedPrecondition,
+                  "no learned estimate for job kind '" + request.kind + "': " + why +
+                      "; give a size, or a default for when there is no estimate");
+  }
+  resolved = request;
+  resolved->bytes = request.default_bytes;
+  note = "default " + format_bytes(request.default_bytes) + ": " + why;
+  return Status::Ok();
+}
+
 Status LocalLedger::try_acquire_into(const LeaseRequest& request, Holder holder, LeaseInfo& lease) {
   // The time read for the staleness check stamps the grant too: one clock read, not two.
   // It may be a lock wait older than the grant, which only makes the hold look longer.
   const TimeNs now = refresh_if_stale();
-  // Copy the request only when pinning changes it: this is the hot path.
-  std::optional<LeaseRequest> pinned;
-  if (pinned_device_ >= 0 && request.device == -1) {
-    pinned = request;
-    pinned->device = pinned_device_;
+  // Copy the request only when pinning or an estimate changes it: this is the hot path.
+  std::optional<LeaseRequest> changed;
+  std::string note;
+  if (request.bytes == 0 && !request.kind.empty()) {
+    if (Status s = resolve_estimate(request, changed, note); !s.ok()) return s;
   }
-  const LeaseRequest& r = pinned ? *pinned : request;
+  if (pinned_device_ >= 0 && request.device == -1) {
+    if (!changed) changed = request;
+    changed->device = pinned_device_;
+  }
+  const LeaseRequest& r = changed ? *changed : request;
   MutexLock lock(mutex_);
   if (pinned_device_ >= 0 && r.device != pinned_device_) {
     return InvalidArgument("this manager is pinned to device " + std::to_string(pinned_device_) +
@@ -332,6 +576,11 @@ Status LocalLedger::try_acquire_into(const LeaseRequest& request, Holder holder,
     return grant.status();
   }
   const ActiveEntry& entry = *grant.value();
+  if (!note.empty()) {
+    LeaseTrack& track = tracks_[entry.first];
+    track.lease_id = entry.second.lease_id;
+    track.estimate = std::move(note);
+  }
   record_grant_locked(entry.second);
   fill_lease_info_locked(entry, lease);
   return Status::Ok();
@@ -340,7 +589,17 @@ Status LocalLedger::try_acquire_into(const LeaseRequest& request, Holder holder,
 void LocalLedger::acquire_async(const LeaseRequest& request, Holder holder,
                                 std::optional<SteadyTime> deadline, Done done) {
   refresh_if_stale();
-  LeaseRequest r = request;
+  std::optional<LeaseRequest> resolved;
+  std::string note;
+  if (Status s = resolve_estimate(request, resolved, note); !s.ok()) {
+    if (s.code() == ErrorCode::kFailedPrecondition) {
+      MutexLock lock(mutex_);
+      ++stats_.jobs_rejected;
+    }
+    done(s);
+    return;
+  }
+  LeaseRequest r = resolved ? std::move(*resolved) : request;
   if (pinned_device_ >= 0 && r.device == -1) r.device = pinned_device_;
   Calls calls;
   {
@@ -356,6 +615,10 @@ void LocalLedger::acquire_async(const LeaseRequest& request, Holder holder,
       bad = scheduler_.check(r);
       if (bad.code() == ErrorCode::kNeverFits) ++stats_.jobs_rejected;
     }
+    if (bad.ok() && !note.empty()) {
+      // The job id is neither active nor waiting (check() said so): no track of its own.
+      tracks_[r.job_id] = LeaseTrack{0, std::move(note), {}, {}};
+    }
     if (!bad.ok()) {
       calls.push_back([&done, bad] { done(bad); });
     } else if (deadline && to_ns(*deadline) <= now) {
@@ -363,10 +626,14 @@ void LocalLedger::acquire_async(const LeaseRequest& request, Holder holder,
       auto grant = scheduler_.try_start(r, holder, now);
       if (grant.ok()) {
         const ActiveEntry& entry = *grant.value();
+        if (auto t = tracks_.find(entry.first); t != tracks_.end()) {
+          t->second.lease_id = entry.second.lease_id;
+        }
         record_grant_locked(entry.second);
         calls.push_back([&done, info = lease_info_locked(entry)] { done(info); });
       } else {
         ++stats_.jobs_timed_out;
+        if (!tracks_.empty()) tracks_.erase(r.job_id);
         calls.push_back([&done, s = grant.status()] {
           done(Status(ErrorCode::kTimedOut, "no time to wait: " + s.message()));
         });
@@ -429,9 +696,12 @@ Status LocalLedger::release_locked(std::string_view job_id, JobOutcome outcome,
   }
   hold_times_.observe(released->held_ns);
   stats_.active_jobs = scheduler_.active_count();
+  if (!tracks_.empty() || !released->kind.empty()) {
+    record_run_locked(job_id, *released, outcome, calls);
+  }
   // The holder's own usage no longer shields it from the foreign count. The device list
   // is copied out before the scheduling pass, which may reuse the entry that holds it.
-  change_holder_locked(released->devices, released->holder.pid, -1);
+  change_holder_locked(released->devices, released->holder.pid, -1, released->bytes);
   if (devices != nullptr) devices->assign(released->devices.begin(), released->devices.end());
   // The freed memory may let waiters start.
   schedule_locked(now, calls);
@@ -524,6 +794,7 @@ StatusOr<Snapshot> LocalLedger::snapshot() {
     acct.capacity_bytes = st.capacity;
     acct.leased_bytes = st.leased;
     acct.foreign_bytes = st.foreign;
+    acct.overuse_bytes = st.overuse;
     acct.admissible_bytes = st.admissible();
     acct.peak_leased_bytes = st.peak_leased;
     acct.active_leases = st.leases;
@@ -531,7 +802,11 @@ StatusOr<Snapshot> LocalLedger::snapshot() {
         std::find(reserved.begin(), reserved.end(), static_cast<int>(i)) != reserved.end();
     snap.devices.push_back(std::move(acct));
   }
-  for (const auto& entry : scheduler_.active()) snap.leases.push_back(lease_info_locked(entry));
+  for (const auto& entry : scheduler_.active()) {
+    LeaseInfo info = lease_info_locked(entry);
+    fill_usage_locked(entry, info, now);
+    snap.leases.push_back(std::move(info));
+  }
   std::sort(snap.leases.begin(), snap.leases.end(),
             [](const LeaseInfo& a, const LeaseInfo& b) { return a.granted_at < b.granted_at; });
   int position = 0;
@@ -562,21 +837,26 @@ void LocalLedger::housekeeper_loop() NO_THREAD_SAFETY_ANALYSIS {
   MutexLock lock(mutex_);
   while (!stopping_) {
     std::optional<TimeNs> wake = scheduler_.next_deadline();
-    if (scheduler_.waiting_count() > 0) {
+    // While anyone waits, outside processes may free memory; while a lease is held, its
+    // holder's use is measured (overuse, peaks): poll the backend every interval.
+    const bool polling = scheduler_.waiting_count() > 0 || scheduler_.active_count() > 0;
+    if (polling) {
       const TimeNs poll_at = last_refresh_ + poll_ns;
       wake = wake ? std::min(*wake, poll_at) : poll_at;
     }
     if (wake) {
       housekeeper_cv_.wait_until(lock.native(), SteadyTime(std::chrono::nanoseconds(*wake)));
     } else {
+      housekeeper_idle_ = true;
       housekeeper_cv_.wait(lock.native());
+      housekeeper_idle_ = false;
     }
     if (stopping_) break;
     Calls calls;
     TimeNs now = now_ns();
     finish_dropped_locked(scheduler_.expire(now), calls);
-    // While anyone waits, outside processes may free memory: poll the backend.
-    if (scheduler_.waiting_count() > 0 && now - last_refresh_ >= poll_ns) {
+    if ((scheduler_.waiting_count() > 0 || scheduler_.active_count() > 0) &&
+        now - last_refresh_ >= poll_ns) {
       lock.native().unlock();
       run_all(calls);
       (void)refresh();
@@ -590,6 +870,20 @@ void LocalLedger::housekeeper_loop() NO_THREAD_SAFETY_ANALYSIS {
       lock.native().lock();
     }
   }
+}
+
+StatusOr<std::vector<KindEstimate>> LocalLedger::estimates() {
+  if (!history_) return std::vector<KindEstimate>{};
+  return history_->all();
+}
+
+Status LocalLedger::forget_kind(std::string_view kind) {
+  if (Status s = check_kind(kind); !s.ok()) return s;
+  if (!history_) {
+    return NotFound("no history of job kinds is kept here, so none of kind '" + std::string(kind) +
+                    "'");
+  }
+  return history_->forget(kind);
 }
 
 }  // namespace gpumgr::core

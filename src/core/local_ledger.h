@@ -22,10 +22,15 @@
 #include <vector>
 
 #include "core/accounting.h"
+#include "core/overuse.h"
 #include "core/scheduler.h"
 #include "gpumgr/device.h"
 #include "gpumgr/ledger.h"
 #include "util/thread_annotations.h"
+
+namespace gpumgr::state {
+class KindHistory;
+}
 
 namespace gpumgr::core {
 
@@ -58,6 +63,10 @@ class DurationHistogram {
 class LocalLedger final : public Ledger {
  public:
   using Done = std::function<void(StatusOr<LeaseInfo>)>;
+  using EventHandler = std::function<void(const LeaseEvent&)>;
+  // Sends a signal to a holder's process tree (the overuse policy's `terminate`); returns
+  // how many processes it signalled. The default reads /proc (process_tree) and kill(2)s.
+  using Signaller = std::function<int(std::uint32_t pid, int signal)>;
   using SteadyTime = std::chrono::steady_clock::time_point;
 
   static StatusOr<std::shared_ptr<LocalLedger>> create(std::shared_ptr<DeviceBackend> backend,
@@ -74,6 +83,17 @@ class LocalLedger final : public Ledger {
   Status cancel(std::string_view job_id) override;
   StatusOr<bool> can_admit(std::uint64_t bytes, int gpus, int device) override;
   StatusOr<Snapshot> snapshot() override;
+  StatusOr<std::vector<KindEstimate>> estimates() override;
+  Status forget_kind(std::string_view kind) override;
+
+  // What opening the history said, if anything worth saying ("the history database ... was
+  // corrupt; moved it to ..."); empty otherwise.
+  const std::string& history_note() const { return history_note_; }
+  // Overuse events (started, ended, terminating, killed) go here, on the thread that polled,
+  // outside the ledger's lock. Set it before leases are taken; it must not block for long.
+  void set_event_handler(EventHandler handler);
+  // Replaces how the overuse policy signals holders (tests).
+  void set_signaller(Signaller signaller);
 
   // try_acquire() for the Manager's hot path: fills `lease` (which may hold an earlier
   // lease's values: every field is set) instead of returning a LeaseInfo to copy.
@@ -107,18 +127,51 @@ class LocalLedger final : public Ledger {
 
  private:
   LocalLedger(std::shared_ptr<DeviceBackend> backend, const LedgerConfig& config, int pinned_device,
-              std::vector<DeviceInfo> devices);
+              std::vector<DeviceInfo> devices, std::shared_ptr<state::KindHistory> history,
+              std::string history_note);
+
+  // What the ledger knows of a lease beyond what the scheduler holds: where its size came
+  // from, its peaks, its overuse episode. Kept only for leases that have any of these (and
+  // for waiters with an estimate note), so that most leases on the hot path have none.
+  struct LeaseTrack {
+    std::uint64_t lease_id = 0;  // 0 while the job waits
+    std::string estimate;
+    std::vector<std::optional<std::uint64_t>> peaks;  // per device of the lease, in order
+    OveruseEpisode overuse;
+  };
+
+  // Resolves a request for a kind's estimate (bytes = 0 with a kind) into `resolved` and the
+  // note on where its size came from; leaves `resolved` empty for any other request. Reads
+  // the history: call without the ledger's lock.
+  Status resolve_estimate(const LeaseRequest& request, std::optional<LeaseRequest>& resolved,
+                          std::string& note);
 
   // Applies a backend reading to the scheduler (capacity, foreign, health).
   void apply_devices_locked(std::vector<DeviceInfo> devices) REQUIRES(mutex_);
   void apply_backend_failure_locked(const Status& failure) REQUIRES(mutex_);
-  std::uint64_t foreign_bytes_locked(int device, const DeviceInfo& info) const REQUIRES(mutex_);
-  // Recomputes outside use on a device after its set of lease holders changed.
-  void refresh_foreign_locked(int device) REQUIRES(mutex_);
-  // Counts `delta` more leases of `pid` on these devices and recomputes their outside use.
-  void change_holder_locked(std::span<const int> devices, std::uint32_t pid, int delta)
+  // Splits a device's use between its holders and outside use (attribute_device) and gives
+  // the scheduler the outside use and the overuse.
+  void attribute_locked(int device) REQUIRES(mutex_);
+  // Counts `delta` more leases of `pid` (of `bytes` each) on these devices and attributes
+  // them again.
+  void change_holder_locked(std::span<const int> devices, std::uint32_t pid, int delta,
+                            std::uint64_t bytes) REQUIRES(mutex_);
+  // What a lease of `bytes` held by `pid` uses on one of its devices now (its share of the
+  // holder's use, see lease_share); empty where unknown.
+  std::optional<std::uint64_t> lease_use_locked(std::uint32_t pid, std::uint64_t bytes,
+                                                int device) const REQUIRES(mutex_);
+  // At a release: records a run of the lease's kind in the history (outside the lock, on
+  // `calls`) and forgets the lease's track.
+  void record_run_locked(std::string_view job_id, const Released& released, JobOutcome outcome,
+                         std::vector<std::function<void()>>& calls) REQUIRES(mutex_);
+  // After a reading: updates every lease's peaks and overuse episode, and acts on the overuse
+  // policy (events and signals are queued on `calls`).
+  void track_usage_locked(TimeNs now, std::vector<std::function<void()>>& calls) REQUIRES(mutex_);
+  // Fills a snapshot's lease with its measured use and overuse state.
+  void fill_usage_locked(const ActiveEntry& entry, LeaseInfo& info, TimeNs now) const
       REQUIRES(mutex_);
-  bool holds_lease_on_locked(int device, std::uint32_t pid) const REQUIRES(mutex_);
+  // Queues an event for the handler, if one is set.
+  void emit_locked(LeaseEvent event, std::vector<std::function<void()>>& calls) REQUIRES(mutex_);
   // Refreshes when the last reading is older than the poll interval; returns the time now.
   TimeNs refresh_if_stale();
   // Runs a scheduling pass and collects the callbacks of those granted.
@@ -157,13 +210,19 @@ class LocalLedger final : public Ledger {
   mutable Mutex mutex_;
   Scheduler scheduler_ GUARDED_BY(mutex_);
   std::vector<DeviceInfo> devices_ GUARDED_BY(mutex_);  // the last reading
-  // For each device, how many leases each holder pid has there: whose usage is not foreign.
-  // A short flat list: a device has few holders, and it allocates nothing once grown.
-  struct HolderCount {
-    std::uint32_t pid;
-    int leases;
-  };
-  std::vector<std::vector<HolderCount>> holders_ GUARDED_BY(mutex_);
+  // For each device, each holder pid there: how many leases it holds, their sum and what it
+  // uses (attribute_locked). A short flat list: a device has few holders, and it allocates
+  // nothing once grown.
+  std::vector<std::vector<HolderUse>> holders_ GUARDED_BY(mutex_);
+  std::unordered_map<std::string, LeaseTrack, JobIdHash, std::equal_to<>> tracks_
+      GUARDED_BY(mutex_);
+  const std::shared_ptr<state::KindHistory> history_;  // null: no history kept
+  const std::string history_note_;
+  EventHandler on_event_ GUARDED_BY(mutex_);
+  Signaller signaller_ GUARDED_BY(mutex_);
+  // Whether the housekeeper sleeps with no wake-up time (nothing held, nothing waiting): a
+  // grant must wake it so that the lease is measured every poll interval.
+  bool housekeeper_idle_ GUARDED_BY(mutex_) = false;
   // The ancestors of each process the last reading listed: a holder's children count as it.
   Ancestry ancestors_ GUARDED_BY(mutex_);
   TimeNs last_refresh_ GUARDED_BY(mutex_) = 0;

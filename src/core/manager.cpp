@@ -305,7 +305,20 @@ LedgerConfig ledger_config(const ManagerOptions& o) {
   c.placement = o.placement;
   c.queue = o.queue;
   c.poll_interval = o.poll_interval;
+  c.overuse = o.overuse;
+  c.history_path = o.history_path;
   return c;
+}
+
+// The in-process manager reports overuse but does not terminate: it would be signalling
+// process trees of its own process (the holder is this process). The daemon does.
+Status validate_in_process(const ManagerOptions& o) {
+  if (o.overuse.policy == OverusePolicy::kTerminate) {
+    return InvalidArgument(
+        "the in-process manager supports --on-overuse report only: terminate needs the daemon "
+        "(gpumgr serve --on-overuse terminate), which can end a holder's processes");
+  }
+  return Status::Ok();
 }
 
 std::string socket_path(const ManagerOptions& o) {
@@ -341,6 +354,7 @@ StatusOr<std::unique_ptr<Manager>> Manager::create(const ManagerOptions& options
   auto selection = open_backend(options.device, options.simulate);
   if (!selection.ok()) return selection.status();
   const bool cpu = selection->backend->info().name == "cpu";
+  if (Status s = validate_in_process(options); !s.ok()) return s;
   auto ledger = core::LocalLedger::create(selection->backend, ledger_config(options),
                                           selection->pinned_device);
   if (!ledger.ok()) return ledger.status();
@@ -362,6 +376,7 @@ StatusOr<std::unique_ptr<Manager>> Manager::create(const ManagerOptions& options
     return Unavailable("device '" + options.device +
                        "' asked for a GPU but the backend is the CPU");
   }
+  if (Status s = validate_in_process(options); !s.ok()) return s;
   auto ledger = core::LocalLedger::create(backend, ledger_config(options), selector->index);
   if (!ledger.ok()) return ledger.status();
   std::string device = cpu ? "cpu" : "cuda";

@@ -73,6 +73,12 @@ void Scheduler::set_device(int device, std::uint64_t capacity, std::uint64_t for
   update_fit(static_cast<std::size_t>(device));
 }
 
+void Scheduler::set_overuse(int device, std::uint64_t overuse) {
+  DeviceState& d = devices_.at(static_cast<std::size_t>(device));
+  d.overuse = overuse;
+  update_fit(static_cast<std::size_t>(device));
+}
+
 std::uint64_t Scheduler::capacity_rank(int gpus) const {
   if (gpus < 1 || static_cast<std::size_t>(gpus) > capacities_desc_.size()) return 0;
   return capacities_desc_[static_cast<std::size_t>(gpus - 1)];
@@ -92,7 +98,22 @@ Status Scheduler::check_fields(const LeaseRequest& request) const {
   if (has_control_character(request.job_id)) {
     return InvalidArgument("job id must not contain control characters");
   }
+  if (!request.kind.empty()) {
+    if (Status s = check_kind(request.kind); !s.ok()) return s;
+  }
   return check_shape(request.bytes, request.gpus, request.device);
+}
+
+Status check_kind(std::string_view kind) {
+  if (kind.empty()) return InvalidArgument("job kind must not be empty");
+  if (kind.size() > kMaxJobIdLength) {
+    return InvalidArgument("job kind is " + std::to_string(kind.size()) +
+                           " characters long; the limit is " + std::to_string(kMaxJobIdLength));
+  }
+  if (has_control_character(kind)) {
+    return InvalidArgument("job kind must not contain control characters");
+  }
+  return Status::Ok();
 }
 
 Status Scheduler::duplicate_or(std::string_view job_id, Status failure) const {
@@ -265,6 +286,7 @@ ActiveEntry& Scheduler::grant(ActiveEntry& entry, const LeaseRequest& request, H
   lease.priority = request.priority;
   lease.holder = holder;
   lease.command.assign(request.command);
+  lease.kind.assign(request.kind);
   lease.requested_at = requested_at;
   lease.granted_at = now;
   return entry;
@@ -459,7 +481,7 @@ StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now,
   }
   const ActiveLease& kept_lease = kept->mapped();
   return Released{kept_lease.devices, kept_lease.bytes, elapsed_ns(kept_lease.granted_at, now),
-                  kept_lease.holder};
+                  kept_lease.holder,  kept_lease.kind,  kept_lease.lease_id};
 }
 
 Status Scheduler::cancel(std::string_view job_id) {

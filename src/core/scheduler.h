@@ -8,7 +8,8 @@
 //
 // Rules (docs/scheduling.md explains them in full):
 // - Admission: a lease of r bytes fits device d when r <= admissible_d = capacity_d -
-//   leased_d - foreign_d and fewer than max_concurrent_jobs leases are active.
+//   leased_d - overuse_d - foreign_d and fewer than max_concurrent_jobs leases are active
+//   (overuse_d: what holders use beyond their leases, docs/accounting.md).
 // - Order: higher priority first; first come, first served within a priority.
 // - Backfill (the default queue policy): the head of the queue reserves the devices where it
 //   will fit soonest (the smallest shortfall). A later job may start ahead of the head only
@@ -44,6 +45,10 @@ using TimeNs = std::int64_t;
 // wait is never shorter than nothing.
 inline TimeNs elapsed_ns(TimeNs start, TimeNs end) { return end > start ? end - start : 0; }
 
+// Checks a job kind as job ids are checked: not empty, at most 256 bytes, no control
+// characters. Any thread may call it.
+Status check_kind(std::string_view kind);
+
 struct Holder {
   std::uint32_t pid = 0;
   std::uint32_t uid = 0;
@@ -70,14 +75,16 @@ struct Dropped {
   Status reason;  // kTimedOut, kCancelled, kNeverFits (devices changed)
 };
 
-// What release() returns: the released lease, for statistics and cleanup. `devices` stays
-// in the released table entry, which the scheduler keeps for its next grant: it is valid
-// until the scheduler next changes.
+// What release() returns: the released lease, for statistics and cleanup. `devices` and
+// `kind` stay in the released table entry, which the scheduler keeps for its next grant:
+// they are valid until the scheduler next changes.
 struct Released {
   std::span<const int> devices;
   std::uint64_t bytes = 0;
   TimeNs held_ns = 0;
   Holder holder;
+  std::string_view kind;
+  std::uint64_t lease_id = 0;
 };
 
 // A lease the scheduler holds, keyed by job id.
@@ -88,6 +95,7 @@ struct ActiveLease {
   int priority = 0;
   Holder holder;
   std::string command;
+  std::string kind;  // LeaseRequest::kind
   TimeNs requested_at = 0;
   TimeNs granted_at = 0;
 };
@@ -113,6 +121,10 @@ class Scheduler {
   // Sets what the hardware says about a device. Call schedule() afterwards: more room may
   // let waiters start.
   void set_device(int device, std::uint64_t capacity, std::uint64_t foreign, bool healthy);
+  // Sets what lease holders on a device use beyond their leases (the sum over leases of
+  // max(0, used - leased)): it takes room from everyone else. Call schedule() afterwards:
+  // less overuse may let waiters start.
+  void set_overuse(int device, std::uint64_t overuse);
 
   // Checks a request against the devices and the active and waiting jobs, changing nothing:
   // bad fields (empty id, 0 bytes, gpus < 1 or > devices, unknown pinned device),
@@ -159,11 +171,13 @@ class Scheduler {
     std::uint64_t capacity = 0;
     std::uint64_t leased = 0;
     std::uint64_t foreign = 0;
+    std::uint64_t overuse = 0;
     std::uint64_t peak_leased = 0;
     int leases = 0;
     bool healthy = true;
     std::uint64_t admissible() const {
-      const std::uint64_t taken = leased + foreign;
+      // Each term is at most a device's memory (or a sum of leases that fit it): no overflow.
+      const std::uint64_t taken = leased + overuse + foreign;
       return taken >= capacity ? 0 : capacity - taken;
     }
   };

@@ -41,6 +41,7 @@ json device_json(const DeviceAccount& a) {
   j["capacity_bytes"] = a.capacity_bytes;
   j["leased_bytes"] = a.leased_bytes;
   j["foreign_bytes"] = a.foreign_bytes;
+  j["overuse_bytes"] = a.overuse_bytes;
   j["admissible_bytes"] = a.admissible_bytes;
   j["peak_leased_bytes"] = a.peak_leased_bytes;
   j["active_leases"] = a.active_leases;
@@ -78,6 +79,7 @@ DeviceAccount device_from_json(const json& j) {
   a.capacity_bytes = j.at("capacity_bytes").get<std::uint64_t>();
   a.leased_bytes = j.at("leased_bytes").get<std::uint64_t>();
   a.foreign_bytes = j.at("foreign_bytes").get<std::uint64_t>();
+  a.overuse_bytes = j.value("overuse_bytes", std::uint64_t{0});
   a.admissible_bytes = j.at("admissible_bytes").get<std::uint64_t>();
   a.peak_leased_bytes = j.at("peak_leased_bytes").get<std::uint64_t>();
   a.active_leases = j.at("active_leases").get<int>();
@@ -138,6 +140,19 @@ LeaseInfo lease_from_json_unchecked(const json& j) {
   l.command = j.at("command").get<std::string>();
   l.granted_at = from_unix_seconds(j.at("granted_at").get<double>());
   l.waited_s = j.at("waited_s").get<double>();
+  // Fields added after version 1 first shipped: absent from an older daemon's replies.
+  l.kind = j.value("kind", std::string());
+  if (const auto it = j.find("usage"); it != j.end()) {
+    for (const auto& u : *it) {
+      l.usage.push_back(DeviceUse{u.at("device").get<int>(),
+                                  get_optional<std::uint64_t>(u, "used_bytes"),
+                                  get_optional<std::uint64_t>(u, "peak_used_bytes")});
+    }
+  }
+  l.overused = j.value("overused", false);
+  l.overused_s = j.value("overused_s", 0.0);
+  l.estimate = j.value("estimate", std::string());
+  l.enforcement = j.value("enforcement", std::string());
   return l;
 }
 
@@ -156,10 +171,58 @@ json to_json(const Histogram& h) {
 json to_json(const LeaseInfo& l) {
   const double granted = to_unix_seconds(l.granted_at);
   const double age = std::max(0.0, to_unix_seconds(std::chrono::system_clock::now()) - granted);
-  return {{"job_id", l.job_id},     {"devices", l.devices},  {"bytes", l.bytes},
-          {"priority", l.priority}, {"pid", l.pid},          {"uid", l.uid},
-          {"command", l.command},   {"granted_at", granted}, {"age_s", age},
-          {"waited_s", l.waited_s}};
+  json usage = json::array();
+  for (const DeviceUse& u : l.usage) {
+    json entry = {{"device", u.device}};
+    put_optional(entry, "used_bytes", u.used_bytes);
+    put_optional(entry, "peak_used_bytes", u.peak_used_bytes);
+    usage.push_back(entry);
+  }
+  return {{"job_id", l.job_id},     {"devices", l.devices},
+          {"bytes", l.bytes},       {"priority", l.priority},
+          {"pid", l.pid},           {"uid", l.uid},
+          {"command", l.command},   {"granted_at", granted},
+          {"age_s", age},           {"waited_s", l.waited_s},
+          {"kind", l.kind},         {"usage", usage},
+          {"overused", l.overused}, {"overused_s", l.overused_s},
+          {"estimate", l.estimate}, {"enforcement", l.enforcement}};
+}
+
+json to_json(const KindEstimate& e) {
+  json j = {{"kind", e.kind},
+            {"runs", e.runs},
+            {"measured_runs", e.measured_runs},
+            {"overused_runs", e.overused_runs},
+            {"last_seen", to_unix_seconds(e.last_seen)},
+            {"estimate_note", e.estimate_note}};
+  put_optional(j, "peak_p50_bytes", e.peak_p50_bytes);
+  put_optional(j, "peak_p95_bytes", e.peak_p95_bytes);
+  put_optional(j, "peak_max_bytes", e.peak_max_bytes);
+  put_optional(j, "hold_p50_s", e.hold_p50_s);
+  put_optional(j, "hold_p95_s", e.hold_p95_s);
+  put_optional(j, "estimate_bytes", e.estimate_bytes);
+  return j;
+}
+
+StatusOr<KindEstimate> estimate_from_json(const json& j) {
+  try {
+    KindEstimate e;
+    e.kind = j.at("kind").get<std::string>();
+    e.runs = j.at("runs").get<std::uint64_t>();
+    e.measured_runs = j.at("measured_runs").get<std::uint64_t>();
+    e.overused_runs = j.at("overused_runs").get<std::uint64_t>();
+    e.last_seen = from_unix_seconds(j.at("last_seen").get<double>());
+    e.estimate_note = j.at("estimate_note").get<std::string>();
+    e.peak_p50_bytes = get_optional<std::uint64_t>(j, "peak_p50_bytes");
+    e.peak_p95_bytes = get_optional<std::uint64_t>(j, "peak_p95_bytes");
+    e.peak_max_bytes = get_optional<std::uint64_t>(j, "peak_max_bytes");
+    e.hold_p50_s = get_optional<double>(j, "hold_p50_s");
+    e.hold_p95_s = get_optional<double>(j, "hold_p95_s");
+    e.estimate_bytes = get_optional<std::uint64_t>(j, "estimate_bytes");
+    return e;
+  } catch (const json::exception& ex) {
+    return InvalidArgument(std::string("bad estimate JSON: ") + ex.what());
+  }
 }
 
 json to_json(const WaiterInfo& w) {
@@ -182,7 +245,10 @@ json to_json(const Snapshot& s) {
                  {"memory_limit", s.config.memory_limit},
                  {"placement", std::string(placement_policy_name(s.config.placement))},
                  {"queue", std::string(queue_policy_name(s.config.queue))},
-                 {"poll_interval_ms", s.config.poll_interval.count()}};
+                 {"poll_interval_ms", s.config.poll_interval.count()},
+                 {"on_overuse", std::string(overuse_policy_name(s.config.overuse.policy))},
+                 {"overuse_grace_s", s.config.overuse.grace_s},
+                 {"overuse_tolerance_percent", s.config.overuse.tolerance_percent}};
   json devices = json::array();
   for (const auto& d : s.devices) devices.push_back(device_json(d));
   j["devices"] = devices;
@@ -199,6 +265,8 @@ json to_json(const Snapshot& s) {
                 {"jobs_rejected", st.jobs_rejected},
                 {"jobs_timed_out", st.jobs_timed_out},
                 {"jobs_cancelled", st.jobs_cancelled},
+                {"overuse_events", st.overuse_events},
+                {"overuse_terminations", st.overuse_terminations},
                 {"active_jobs", st.active_jobs},
                 {"peak_active_jobs", st.peak_active_jobs},
                 {"hold_seconds", to_json(st.hold_seconds)},
@@ -237,6 +305,11 @@ StatusOr<Snapshot> snapshot_from_json(const json& j) {
         c.at("queue").get<std::string>() == "fifo" ? QueuePolicy::kFifo : QueuePolicy::kBackfill;
     s.config.poll_interval =
         std::chrono::milliseconds(c.at("poll_interval_ms").get<std::int64_t>());
+    auto overuse = parse_overuse_policy(c.value("on_overuse", std::string("report")));
+    if (!overuse.ok()) return overuse.status();
+    s.config.overuse.policy = overuse.value();
+    s.config.overuse.grace_s = c.value("overuse_grace_s", 10.0);
+    s.config.overuse.tolerance_percent = c.value("overuse_tolerance_percent", 5.0);
     for (const auto& d : j.at("devices")) s.devices.push_back(device_from_json(d));
     for (const auto& l : j.at("leases")) s.leases.push_back(lease_from_json_unchecked(l));
     for (const auto& w : j.at("queue")) s.queue.push_back(waiter_from_json(w));
@@ -246,6 +319,8 @@ StatusOr<Snapshot> snapshot_from_json(const json& j) {
     s.stats.jobs_rejected = st.at("jobs_rejected").get<std::uint64_t>();
     s.stats.jobs_timed_out = st.at("jobs_timed_out").get<std::uint64_t>();
     s.stats.jobs_cancelled = st.at("jobs_cancelled").get<std::uint64_t>();
+    s.stats.overuse_events = st.value("overuse_events", std::uint64_t{0});
+    s.stats.overuse_terminations = st.value("overuse_terminations", std::uint64_t{0});
     s.stats.active_jobs = st.at("active_jobs").get<int>();
     s.stats.peak_active_jobs = st.at("peak_active_jobs").get<int>();
     s.stats.hold_seconds = histogram_from_json(st.at("hold_seconds"));

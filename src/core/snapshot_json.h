@@ -16,9 +16,11 @@ nlohmann::json to_json(const Snapshot& snapshot);
 nlohmann::json to_json(const LeaseInfo& lease);
 nlohmann::json to_json(const WaiterInfo& waiter);
 nlohmann::json to_json(const Histogram& histogram);
+nlohmann::json to_json(const KindEstimate& estimate);
 
 // kInvalidArgument naming the first missing or mistyped field.
 StatusOr<Snapshot> snapshot_from_json(const nlohmann::json& json);
 StatusOr<LeaseInfo> lease_from_json(const nlohmann::json& json);
+StatusOr<KindEstimate> estimate_from_json(const nlohmann::json& json);
 
 }  // namespace gpumgr

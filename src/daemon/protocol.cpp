@@ -15,9 +15,16 @@ namespace {
 using nlohmann::json;
 
 constexpr std::pair<Op, std::string_view> kOps[] = {
-    {Op::kHello, "hello"},        {Op::kAcquire, "acquire"}, {Op::kTryAcquire, "try_acquire"},
-    {Op::kRelease, "release"},    {Op::kCancel, "cancel"},   {Op::kStatus, "status"},
-    {Op::kCanAdmit, "can_admit"}, {Op::kPing, "ping"},
+    {Op::kHello, "hello"},
+    {Op::kAcquire, "acquire"},
+    {Op::kTryAcquire, "try_acquire"},
+    {Op::kRelease, "release"},
+    {Op::kCancel, "cancel"},
+    {Op::kStatus, "status"},
+    {Op::kCanAdmit, "can_admit"},
+    {Op::kPing, "ping"},
+    {Op::kEstimates, "estimates"},
+    {Op::kForgetKind, "forget_kind"},
 };
 
 // Never throws: invalid UTF-8 (which the parser already refuses) is replaced, not fatal.
@@ -78,15 +85,35 @@ StatusOr<std::int64_t> get_int(const json& obj, const char* key, bool required,
   return v;
 }
 
-StatusOr<std::uint64_t> get_bytes(const json& obj) {
-  const auto it = obj.find("bytes");
-  if (it == obj.end()) return InvalidArgument("missing field 'bytes'");
+StatusOr<std::uint64_t> get_bytes(const json& obj, const char* key = "bytes",
+                                  bool required = true) {
+  const auto it = obj.find(key);
+  if (it == obj.end() || (!required && it->is_null())) {
+    if (required) return InvalidArgument(std::string("missing field '") + key + "'");
+    return std::uint64_t{0};
+  }
   if (it->is_number_unsigned()) return it->get<std::uint64_t>();
   if (it->is_number_integer()) {
-    return InvalidArgument("field 'bytes' must be a positive integer, got " + it->dump());
+    return InvalidArgument(std::string("field '") + key + "' must be a positive integer, got " +
+                           it->dump());
   }
-  return InvalidArgument("field 'bytes' must be an integer, got " + type_of(*it) + " " +
-                         it->dump());
+  return InvalidArgument(std::string("field '") + key + "' must be an integer, got " +
+                         type_of(*it) + " " + it->dump());
+}
+
+// A job kind: a non-empty string of at most kMaxJobIdBytes without control characters.
+StatusOr<std::string> get_kind(const json& obj, bool required) {
+  auto kind = get_string(obj, "kind", required, kMaxJobIdBytes);
+  if (!kind.ok()) return kind.status();
+  if (obj.contains("kind") && !obj.at("kind").is_null() && kind->empty()) {
+    return InvalidArgument("field 'kind' must not be empty");
+  }
+  for (const char c : *kind) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return InvalidArgument("field 'kind' must not contain control characters");
+    }
+  }
+  return kind;
 }
 
 StatusOr<bool> get_bool(const json& obj, const char* key, bool fallback) {
@@ -119,10 +146,19 @@ Status decode_fields(const json& j, Request& r) {
       if (!job.ok()) return job.status();
       if (job->empty()) return InvalidArgument("field 'job_id' must not be empty");
       r.lease.job_id = std::move(job).value();
-      auto bytes = get_bytes(j);
+      auto kind = get_kind(j, false);
+      if (!kind.ok()) return kind.status();
+      r.lease.kind = std::move(kind).value();
+      // Without a kind a size is required; with one, 0 or none asks for its estimate.
+      auto bytes = get_bytes(j, "bytes", r.lease.kind.empty());
       if (!bytes.ok()) return bytes.status();
-      if (*bytes == 0) return InvalidArgument("field 'bytes' must be positive, got 0");
+      if (*bytes == 0 && r.lease.kind.empty()) {
+        return InvalidArgument("field 'bytes' must be positive, got 0");
+      }
       r.lease.bytes = *bytes;
+      auto default_bytes = get_bytes(j, "default_bytes", false);
+      if (!default_bytes.ok()) return default_bytes.status();
+      r.lease.default_bytes = *default_bytes;
       auto gpus = get_int(j, "gpus", false, 1, 1, 1024);
       if (!gpus.ok()) return gpus.status();
       r.lease.gpus = static_cast<int>(*gpus);
@@ -184,8 +220,15 @@ Status decode_fields(const json& j, Request& r) {
       r.lease.device = static_cast<int>(*device);
       return Status::Ok();
     }
+    case Op::kForgetKind: {
+      auto kind = get_kind(j, true);
+      if (!kind.ok()) return kind.status();
+      r.lease.kind = std::move(kind).value();
+      return Status::Ok();
+    }
     case Op::kStatus:
     case Op::kPing:
+    case Op::kEstimates:
       return Status::Ok();
   }
   return Status(ErrorCode::kInternal, "unhandled operation");
@@ -235,7 +278,7 @@ StatusOr<Request> decode_request(std::string_view line, std::optional<std::uint6
   if (!known) {
     return InvalidArgument("unknown operation '" + name.substr(0, 64) +
                            "'; known: hello, acquire, try_acquire, release, cancel, status, "
-                           "can_admit, ping");
+                           "can_admit, ping, estimates, forget_kind");
   }
   if (Status s = decode_fields(j, r); !s.ok()) {
     return Status(s.code(), std::string(op_name(r.op)) + ": " + s.message());
@@ -258,6 +301,8 @@ std::string encode_request(const Request& r) {
       j["priority"] = r.lease.priority;
       j["device"] = r.lease.device;
       if (!r.lease.command.empty()) j["command"] = r.lease.command;
+      if (!r.lease.kind.empty()) j["kind"] = r.lease.kind;
+      if (r.lease.default_bytes != 0) j["default_bytes"] = r.lease.default_bytes;
       if (r.op == Op::kAcquire) {
         j["wait"] = r.wait;
         if (r.timeout_s) j["timeout_s"] = *r.timeout_s;
@@ -275,8 +320,12 @@ std::string encode_request(const Request& r) {
       j["gpus"] = r.lease.gpus;
       j["device"] = r.lease.device;
       break;
+    case Op::kForgetKind:
+      j["kind"] = r.lease.kind;
+      break;
     case Op::kStatus:
     case Op::kPing:
+    case Op::kEstimates:
       break;
   }
   return dump_line(j);

@@ -31,7 +31,18 @@ inline constexpr std::size_t kMaxJobIdBytes = 256;
 inline constexpr std::size_t kMaxCommandBytes = 4096;
 inline constexpr std::size_t kMaxClientNameBytes = 256;
 
-enum class Op { kHello, kAcquire, kTryAcquire, kRelease, kCancel, kStatus, kCanAdmit, kPing };
+enum class Op {
+  kHello,
+  kAcquire,
+  kTryAcquire,
+  kRelease,
+  kCancel,
+  kStatus,
+  kCanAdmit,
+  kPing,
+  kEstimates,   // the history of job kinds
+  kForgetKind,  // forget one kind's history
+};
 std::string_view op_name(Op op);
 
 // A decoded request. Only the fields of its operation are meaningful.
@@ -41,8 +52,8 @@ struct Request {
   // hello
   int version = 0;
   std::string client;
-  // acquire, try_acquire (lease.job_id, bytes, gpus, priority, device, command), can_admit
-  // (lease.bytes, gpus, device)
+  // acquire, try_acquire (lease.job_id, bytes, gpus, priority, device, command, kind,
+  // default_bytes), can_admit (lease.bytes, gpus, device), forget_kind (lease.kind)
   LeaseRequest lease;
   bool wait = true;                 // acquire: false makes it a try_acquire
   std::optional<double> timeout_s;  // acquire: none waits until granted or cancelled

@@ -317,6 +317,30 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       case Op::kPing:
         send(conn, encode_ok(r.id));
         return;
+      case Op::kEstimates: {
+        auto all = ledger->estimates();
+        if (!all.ok()) {
+          send(conn, encode_error(r.id, all.status()));
+          return;
+        }
+        nlohmann::json list = nlohmann::json::array();
+        for (const auto& e : *all) list.push_back(to_json(e));
+        send(conn, encode_ok(r.id, {{"estimates", list}}));
+        return;
+      }
+      case Op::kForgetKind: {
+        // The history is the host's: only root (or the daemon's own uid) may erase a kind.
+        Status s = Status::Ok();
+        if (conn->peer.uid != 0 && conn->peer.uid != ::getuid()) {
+          s = Status(ErrorCode::kPermissionDenied,
+                     "only root or the daemon's user may forget a job kind's history; uid " +
+                         std::to_string(conn->peer.uid) + " asked");
+        } else {
+          s = ledger->forget_kind(r.lease.kind);
+        }
+        send(conn, s.ok() ? encode_ok(r.id) : encode_error(r.id, s));
+        return;
+      }
       case Op::kHello:
         return;
     }
