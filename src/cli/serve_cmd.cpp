@@ -16,6 +16,7 @@
 #include "gpumgr/backends.h"
 #include "gpumgr/units.h"
 #include "http/http_server.h"
+#include "state/state_dir.h"
 
 namespace gpumgr::cli {
 
@@ -30,6 +31,10 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
     double memory_limit = 0.8;
     std::string device = "auto";
     std::string simulate;
+    std::string state_dir;
+    std::string on_overuse = "report";
+    double overuse_grace_s = 10;
+    double overuse_tolerance_percent = 5;
     bool quiet = false;
   };
   auto opts = std::make_shared<Options>();
@@ -55,6 +60,19 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
       ->capture_default_str();
   sub->add_option("--simulate", opts->simulate,
                   "Simulated devices instead of hardware, e.g. 2x24GiB (as GPUMGR_SIMULATE)");
+  sub->add_option("--state-dir", opts->state_dir,
+                  "Folder for what survives a restart: the history of job kinds (default: " +
+                      state::default_state_dir() + ")");
+  sub->add_option("--on-overuse", opts->on_overuse,
+                  "When a holder uses more than its lease: report (log, count, flag) or "
+                  "terminate (also SIGTERM its processes after the grace, SIGKILL after another)")
+      ->capture_default_str();
+  sub->add_option("--overuse-grace", opts->overuse_grace_s,
+                  "Seconds overuse may last before terminate acts")
+      ->capture_default_str();
+  sub->add_option("--overuse-tolerance", opts->overuse_tolerance_percent,
+                  "Percent over its lease a holder may use before it counts as overuse")
+      ->capture_default_str();
   sub->add_flag("--quiet", opts->quiet, "Print only errors");
   sub->footer(
       "Stops on SIGINT/SIGTERM: waiting clients get an error, exit code 0.\n"
@@ -80,10 +98,29 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
         LedgerConfig config;
         config.max_concurrent_jobs = opts->max_concurrent_jobs;
         config.memory_limit = opts->memory_limit;
+        auto policy = parse_overuse_policy(opts->on_overuse);
+        if (!policy.ok()) {
+          std::fprintf(stderr, "gpumgr serve: --on-overuse: %s\n",
+                       policy.status().message().c_str());
+          return kExitUsage;
+        }
+        config.overuse = {policy.value(), opts->overuse_grace_s, opts->overuse_tolerance_percent};
         if (Status s = validate_config(config); !s.ok()) {
           std::fprintf(stderr, "gpumgr serve: %s\n", s.message().c_str());
           return kExitUsage;
         }
+        const std::string state_dir =
+            opts->state_dir.empty() ? state::default_state_dir() : opts->state_dir;
+        if (state_dir.empty()) {
+          std::fprintf(
+              stderr, "gpumgr serve: no state directory: no home folder found; give --state-dir\n");
+          return kExitUsage;
+        }
+        if (Status s = state::prepare_state_dir(state_dir); !s.ok()) {
+          std::fprintf(stderr, "gpumgr serve: --state-dir: %s\n", s.message().c_str());
+          return kExitUsage;
+        }
+        config.history_path = state_dir + "/history.db";
         auto selection = open_backend(opts->device, simulate);
         if (!selection.ok()) {
           std::fprintf(stderr, "gpumgr serve: %s\n", selection.status().message().c_str());
@@ -95,6 +132,16 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
           std::fprintf(stderr, "gpumgr serve: %s\n", ledger.status().message().c_str());
           return exit_code_for(ledger.status());
         }
+        if (!ledger.value()->history_note().empty()) {
+          std::fprintf(stderr, "gpumgr serve: %s\n", ledger.value()->history_note().c_str());
+        }
+        // Overuse is an event worth a line even with --quiet: it is what admission guards.
+        // Job ids have no control characters (validated); the rest is the ledger's text.
+        ledger.value()->set_event_handler([](const core::LeaseEvent& e) {
+          std::fprintf(stderr, "gpumgr serve: %s: job '%s' (pid %u, uid %u) %s\n",
+                       std::string(core::lease_event_name(e.kind)).c_str(), e.job_id.c_str(), e.pid,
+                       e.uid, e.message.c_str());
+        });
         daemon::ServerOptions so;
         so.socket_path = socket;
         so.socket_group = opts->socket_group;
