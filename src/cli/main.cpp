@@ -9,7 +9,7 @@ namespace {
 // The dispatch table: to add a command, write setup_<name> in <name>_cmd.cpp and list it here.
 constexpr gpumgr::cli::CommandSetup kCommands[] = {
     gpumgr::cli::setup_status, gpumgr::cli::setup_simulate, gpumgr::cli::setup_serve,
-    gpumgr::cli::setup_run,    gpumgr::cli::setup_watch,
+    gpumgr::cli::setup_run,    gpumgr::cli::setup_watch,    gpumgr::cli::setup_estimates,
 };
 
 }  // namespace

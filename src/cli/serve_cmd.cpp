@@ -4,6 +4,7 @@
 // until SIGINT or SIGTERM; see docs/daemon.md.
 #include <unistd.h>
 
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <memory>
@@ -35,6 +36,7 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
     std::string on_overuse = "report";
     double overuse_grace_s = 10;
     double overuse_tolerance_percent = 5;
+    double poll_interval_s = 0.25;
     bool quiet = false;
   };
   auto opts = std::make_shared<Options>();
@@ -73,6 +75,9 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
   sub->add_option("--overuse-tolerance", opts->overuse_tolerance_percent,
                   "Percent over its lease a holder may use before it counts as overuse")
       ->capture_default_str();
+  sub->add_option("--poll-interval", opts->poll_interval_s,
+                  "Seconds between readings of the devices while leases are held or jobs wait")
+      ->capture_default_str();
   sub->add_flag("--quiet", opts->quiet, "Print only errors");
   sub->footer(
       "Stops on SIGINT/SIGTERM: waiting clients get an error, exit code 0.\n"
@@ -105,6 +110,13 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
           return kExitUsage;
         }
         config.overuse = {policy.value(), opts->overuse_grace_s, opts->overuse_tolerance_percent};
+        if (!(opts->poll_interval_s >= 0.001 && opts->poll_interval_s <= 3600)) {
+          std::fprintf(stderr,
+                       "gpumgr serve: --poll-interval must be between 0.001 and 3600 seconds\n");
+          return kExitUsage;
+        }
+        config.poll_interval = std::chrono::milliseconds(
+            static_cast<std::int64_t>(std::llround(opts->poll_interval_s * 1000)));
         if (Status s = validate_config(config); !s.ok()) {
           std::fprintf(stderr, "gpumgr serve: %s\n", s.message().c_str());
           return kExitUsage;

@@ -43,7 +43,8 @@ class Daemon:
         self.socket = os.path.join(tmp, "gpumgr.sock")
         self.proc = subprocess.Popen(
             [GPUMGR, "serve", "--socket", self.socket, "--no-http", "--simulate", spec,
-             "--memory-limit", "1", "--max-concurrent-jobs", str(jobs)],
+             "--memory-limit", "1", "--max-concurrent-jobs", str(jobs),
+             "--state-dir", os.path.join(tmp, "state")],
             stderr=subprocess.PIPE, text=True)
         assert eventually(lambda: answers(self.socket) or self.proc.poll() is not None)
         assert self.proc.poll() is None, self.proc.stderr.read()
