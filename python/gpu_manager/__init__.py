@@ -14,6 +14,12 @@ docs/python.md.
 
 Importing gpu_manager sets CUDA_DEVICE_ORDER=PCI_BUS_ID where it is unset, so that torch's
 cuda:N is gpumgr's (and nvidia-smi's) device N; import it before torch initialises CUDA.
+
+While this process holds leases on a device, torch's caching allocator there is capped at
+their size (enforce=False or GPUMGR_ENFORCE=0 to opt out), so that a job that outgrows its
+lease gets torch's out-of-memory error in its own job; under `gpumgr run`, GPUMGR_LEASE_BYTES
+gives the command the same cap. A job kind (job_kind="sdxl-1024") learns its size from its
+past runs: pass None as the size to ask for it.
 """
 
 from . import errors

@@ -58,6 +58,40 @@ def _check_job_id(job_id: Any) -> str:
     return job_id
 
 
+def _check_job_kind(job_kind: Any) -> str:
+    """A job kind (validated like a job id) -> the core's kind; None -> '' (no kind)."""
+    if job_kind is None:
+        return ""
+    if not isinstance(job_kind, str):
+        raise TypeError(f"job_kind must be a str or None, got {job_kind!r} "
+                        f"({type(job_kind).__name__})")
+    if not job_kind:
+        raise ValueError("job_kind must not be empty (None: no kind)")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in job_kind):
+        raise ValueError(f"job_kind must not contain control characters, got {job_kind!r}")
+    return job_kind
+
+
+def _request_bytes(value: Any, name: str, kind: str, default_memory_mb: Any) -> tuple[int, int]:
+    """(bytes, default_bytes) for the core. ``value`` None with a kind asks for the kind's
+    learned estimate (bytes 0), with ``default_memory_mb`` (MiB, None: none) as its fallback."""
+    default_bytes = 0
+    if default_memory_mb is not None:
+        default_bytes = _check_mib(default_memory_mb, "default_memory_mb") * MiB
+    if value is None:
+        if not kind:
+            raise TypeError(f"{name} must be an int number of MiB, got None: None asks for the "
+                            f"job kind's learned estimate, so it needs job_kind=...")
+        return 0, default_bytes
+    return _check_mib(value, name) * MiB, default_bytes
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True, False or None, got {value!r}")
+    return value
+
+
 def _check_timeout(timeout: Any, name: str = "timeout") -> Optional[float]:
     if timeout is None:
         return None
@@ -76,6 +110,9 @@ def _check_int(value: Any, name: str) -> int:
 
 
 _order_left = _torch.set_device_order()
+# The torch memory cap: the core reports lease changes to _torch; GPUMGR_LEASE_BYTES (from
+# `gpumgr run`) caps this process's visible devices from now on.
+_torch.install()
 
 
 class GPUManager:
@@ -95,6 +132,11 @@ class GPUManager:
             budget; None reads GPUMGR_SOCKET (unset: this process only).
         placement: ``'best-fit'`` (packs), ``'spread'`` or ``'first-fit'``.
         queue: ``'backfill'`` (the default) or ``'fifo'``.
+        state_path: a SQLite file for the in-process history of job kinds (their learned
+            estimates); None: none. The daemon keeps its own (``gpumgr serve --state-dir``).
+        enforce: whether leases cap torch's caching allocator on their devices at their size
+            (``torch.cuda.set_per_process_memory_fraction``); None: on, unless
+            ``GPUMGR_ENFORCE=0``. allocate_job / managed_generation may override it per job.
 
     Raises:
         ValueError: a bad device string, max_concurrent_jobs < 1, memory_limit outside (0, 1],
@@ -106,7 +148,9 @@ class GPUManager:
     def __init__(self, device: str = "auto", max_concurrent_jobs: int = 3,
                  memory_limit: float = 0.8, *, default_timeout: Optional[float] = None,
                  simulate: Optional[str] = None, socket: Optional[str] = None,
-                 placement: str = "best-fit", queue: str = "backfill") -> None:
+                 placement: str = "best-fit", queue: str = "backfill",
+                 state_path: Optional[str | os.PathLike[str]] = None,
+                 enforce: Optional[bool] = None) -> None:
         if not isinstance(device, str):
             raise TypeError(f"device must be a str such as 'auto', 'cuda', 'cuda:0' or 'cpu', "
                             f"got {device!r}")
@@ -119,6 +163,16 @@ class GPUManager:
         if max_concurrent_jobs < 1:
             raise ValueError(f"max_concurrent_jobs must be at least 1, got {max_concurrent_jobs}")
         self._default_timeout = _check_timeout(default_timeout, "default_timeout")
+        history_path = ""
+        if state_path is not None:
+            history_path = os.fspath(state_path)
+            if not isinstance(history_path, str):
+                raise TypeError(f"state_path must be a str or os.PathLike of str, got "
+                                f"{state_path!r}")
+            if not history_path:
+                raise ValueError("state_path must not be empty (None: no history)")
+        self._enforce = (_torch.enforce_default() if enforce is None
+                         else _check_bool(enforce, "enforce"))
         self._requested = (device, max_concurrent_jobs, memory_limit)
         self._lock = threading.Lock()
         self._allocated: dict[str, Lease] = {}  # guarded by _lock: allocate_job()'s leases
@@ -129,10 +183,14 @@ class GPUManager:
         def create(selector: str) -> Any:
             return _core.Manager(selector, max_concurrent_jobs, memory_limit,
                                  simulate=simulate or "", socket=socket or "",
-                                 placement=placement, queue=queue)
+                                 placement=placement, queue=queue, history_path=history_path)
 
         self._core = create(device)
         snap = self._core.snapshot()
+        if history_path and str(snap["source"]).startswith("daemon"):
+            warnings.warn(f"state_path={history_path!r} is not used: the daemon keeps the job "
+                          "kinds' history in its own state directory (gpumgr serve --state-dir)",
+                          RuntimeWarning, stacklevel=2)
         self._backend = snap["backend"]["name"]
         self._device_ids = [{"index": d["index"], "uuid": d["uuid"]} for d in snap["devices"]]
         self._pinned = -1
@@ -158,12 +216,20 @@ class GPUManager:
         # objects is never collected.
         this = weakref.ref(self)
 
-        def on_error(exc: BaseException) -> None:
+        def on_error(exc: BaseException, lease: Lease) -> None:
             manager = this()
             if manager is not None:
-                manager._on_error(exc)
+                manager._on_error(exc, lease)
+
+        def forget(job_id: str, exc: Optional[BaseException]) -> None:
+            manager = this()
+            if manager is not None:
+                manager._forget(job_id, exc)
 
         self._core.set_error_callback(on_error)
+        # allocate_job()'s leases call this on release; through a weak reference, so that a
+        # dropped manager releases the leases it kept (rather than a cycle keeping both).
+        self._on_release = forget
         self._max_concurrent_jobs = max_concurrent_jobs
         self._memory_limit = memory_limit
         self._hook_torch()
@@ -204,6 +270,11 @@ class GPUManager:
     def default_timeout(self) -> Optional[float]:
         """Seconds managed_generation() waits when its timeout is None (None: no limit)."""
         return self._default_timeout
+
+    @property
+    def enforce(self) -> bool:
+        """Whether this manager's leases cap torch's memory by default (fixed at creation)."""
+        return self._enforce
 
     @property
     def cuda_available(self) -> bool:
@@ -247,36 +318,62 @@ class GPUManager:
         return bool(self._core.can_admit(mib * MiB))
 
     def allocate_job(self, job_id: str,
-                     estimated_vram: int = DEFAULT_ESTIMATED_VRAM_MB, *, gpus: int = 1,
-                     priority: int = 0) -> Lease:
+                     estimated_vram: Optional[int] = DEFAULT_ESTIMATED_VRAM_MB, *, gpus: int = 1,
+                     priority: int = 0, job_kind: Optional[str] = None,
+                     default_memory_mb: Optional[int] = None,
+                     enforce: Optional[bool] = None) -> Lease:
         """Takes a lease of ``estimated_vram`` MiB (per device, on ``gpus`` devices) now, or
         raises. The manager keeps the lease until cleanup_after_job(job_id) or until it is
         released; it is also a context manager that releases it on exit.
+
+        Args:
+            job_kind: what kind of job this is (``'sdxl-1024'``): its measured peaks are
+                recorded under that name. With ``estimated_vram=None`` the size is the kind's
+                learned estimate (``lease.estimate`` says where it came from), else
+                ``default_memory_mb``.
+            enforce: cap torch's memory on the leased devices at the lease (None: the
+                manager's ``enforce``).
 
         Raises:
             GPUCapacityError: it does not fit now (``code='resource_exhausted'``) or never
                 can (``code='never_fits'``).
             DuplicateJobError: job_id is already held or waiting (a ValueError).
-            TypeError / ValueError: bad arguments.
+            TypeError / ValueError: bad arguments (``estimated_vram=None`` without a job_kind
+                is a TypeError).
         """
         _check_job_id(job_id)
-        mib = _check_mib(estimated_vram, "estimated_vram")
+        kind = _check_job_kind(job_kind)
+        nbytes, default_bytes = _request_bytes(estimated_vram, "estimated_vram", kind,
+                                               default_memory_mb)
         _check_int(gpus, "gpus")
         _check_int(priority, "priority")
+        cap = self._enforce if enforce is None else _check_bool(enforce, "enforce")
         self._hook_torch()
-        lease = self._core.try_acquire(job_id, mib * MiB, gpus, priority)
+        lease = self._core.try_acquire(job_id, nbytes, gpus, priority, -1, "", kind,
+                                       default_bytes, cap)
         with self._lock:
             self._allocated[job_id] = lease
-        lease._set_on_release(self._forget)
+        lease._set_on_release(self._on_release)
         return lease
 
     def _forget(self, job_id: str, exc: Optional[BaseException]) -> None:
         """Runs once when an allocate_job() lease is released (exc: what ended its block)."""
         oom = _torch.is_out_of_memory(exc)
         with self._lock:
-            self._allocated.pop(job_id, None)
+            lease = self._allocated.pop(job_id, None)
             if oom:
                 self._jobs_oom += 1
+        if oom and lease is not None and exc is not None:
+            self._note_oom(exc, lease, released=True)
+
+    def _note_oom(self, exc: BaseException, lease: Lease, released: bool = False) -> None:
+        """Adds to torch's out-of-memory error which lease ran out: its size and the peak."""
+        try:
+            devices = [self._core.torch_device(d) for d in lease.devices]
+            _torch.add_note(exc, _torch.oom_note(lease.job_id, lease.bytes, devices,
+                                                 lease.capped, released))
+        except Exception as err:  # noqa: BLE001 (the job's own error is what matters)
+            _torch._report(err, "describe an out-of-memory error")
 
     def cleanup_after_job(self, job_id: Optional[str] = None) -> bool:
         """Releases ``job_id``'s lease if it has one, then empties torch's cache (where torch
@@ -300,40 +397,79 @@ class GPUManager:
         self._core.run_cleanup(-1)
         return released
 
-    def managed_generation(self, job_id: str, required_memory_mb: int,
+    def managed_generation(self, job_id: str, required_memory_mb: Optional[int],
                            timeout: Optional[float] = None,
-                           priority: int = 0) -> ContextManager[Lease]:
+                           priority: int = 0, *, job_kind: Optional[str] = None,
+                           default_memory_mb: Optional[int] = None,
+                           enforce: Optional[bool] = None) -> ContextManager[Lease]:
         """A context manager that waits for a lease of ``required_memory_mb`` MiB, yields it
         (``lease.device`` is the torch device string), and releases it on exit whatever
         happens. A block that raises counts the job as failed; a torch CUDA out-of-memory
-        error is also counted as such (``jobs_oom``), torch's cache is emptied, and the error
-        propagates.
+        error is also counted as such (``jobs_oom``), gets a note naming the lease, its size
+        and torch's peak, torch's cache is emptied, and the error propagates (its own type).
+
+        While the lease is held, torch's caching allocator on the leased device is capped at
+        the lease (summed over this process's leases there), unless enforce is off.
 
         Args:
             timeout: seconds to wait; None: the manager's default_timeout; 0: do not wait.
             priority: higher is served first.
+            job_kind: the job's kind (``'sdxl-1024'``): its peaks are recorded under it, and
+                ``required_memory_mb=None`` asks for its learned estimate (``lease.estimate``
+                says where the size came from), else ``default_memory_mb``.
+            enforce: cap torch at the lease (None: the manager's ``enforce``).
 
         Raises (on entering the block):
             QueueTimeoutError: the timeout passed first.
             GPUCapacityError: the job is larger than every device's capacity.
             DuplicateJobError, TypeError, ValueError: bad arguments.
             JobCancelledError: cancel(job_id) was called while it waited.
+            GPUManagerError: ``required_memory_mb=None`` and the kind has no estimate yet
+                (too few runs) and no ``default_memory_mb``.
         """
         _check_job_id(job_id)
-        mib = _check_mib(required_memory_mb, "required_memory_mb")
+        if job_kind is None and default_memory_mb is None and required_memory_mb is not None:
+            nbytes, kind, default_bytes = _check_mib(required_memory_mb,
+                                                     "required_memory_mb") * MiB, "", 0
+        else:
+            kind = _check_job_kind(job_kind)
+            nbytes, default_bytes = _request_bytes(required_memory_mb, "required_memory_mb",
+                                                   kind, default_memory_mb)
         wait = self._default_timeout if timeout is None else _check_timeout(timeout)
         _check_int(priority, "priority")
+        cap = self._enforce if enforce is None else _check_bool(enforce, "enforce")
         if not self._torch_hooked:
             self._hook_torch()
-        return self._core.generation(job_id, mib * MiB, wait, priority)
+        return self._core.generation(job_id, nbytes, wait, priority, kind, default_bytes, cap)
 
-    def _on_error(self, exc: BaseException) -> None:
+    def _on_error(self, exc: BaseException, lease: Optional[Lease] = None) -> None:
         """Runs when a managed_generation() block raises, before its lease is released."""
         if _torch.is_out_of_memory(exc):
             with self._lock:
                 self._jobs_oom += 1
+            if lease is not None:
+                self._note_oom(exc, lease)
             # The release that follows runs the cleanup hook: torch's cache is emptied.
             self._hook_torch()
+
+    # ---- job kinds ----
+
+    def get_estimates(self) -> list[dict[str, Any]]:
+        """What the history says of each job kind, in name order: ``kind``, ``runs``,
+        ``measured_runs``, ``peak_p50_bytes``, ``peak_p95_bytes``, ``peak_max_bytes``,
+        ``hold_p50_s``, ``hold_p95_s``, ``overused_runs``, ``last_seen`` (Unix seconds),
+        ``estimate_bytes`` (what ``required_memory_mb=None`` asks for; None while too few runs
+        were measured) and ``estimate_note``. None where unknown. Empty without a history
+        (no ``state_path`` in-process)."""
+        return [dict(e) for e in self._core.estimates()]
+
+    def forget_estimates(self, job_kind: str) -> bool:
+        """Forgets a job kind's history (its next ``None`` size starts from its default).
+        Returns False when the kind has none."""
+        kind = _check_job_kind(job_kind)
+        if not kind:
+            raise TypeError("job_kind must be a str, got None")
+        return bool(self._core.forget_kind(kind))
 
     def cancel(self, job_id: str) -> bool:
         """Cancels a waiting request (its waiter raises JobCancelledError). False when no such
@@ -439,6 +575,7 @@ class GPUManager:
                 "leased_memory": d["leased_bytes"],
                 "foreign_memory": d["foreign_bytes"],
                 "admissible_memory": d["admissible_bytes"],
+                "overuse_memory": d.get("overuse_bytes", 0),
                 "peak_leased_memory": d["peak_leased_bytes"],
                 "active_leases": d["active_leases"],
                 "utilization": d["gpu_utilization"],
@@ -474,8 +611,43 @@ class GPUManager:
             "jobs_timed_out": stats["jobs_timed_out"],
             "jobs_cancelled": stats["jobs_cancelled"],
             "jobs_oom": oom,
+            "overuse_events": stats.get("overuse_events", 0),
             "devices": per_device,
+            "leases": self._lease_stats(snap, devices),
         }
+
+    def _lease_stats(self, snap: dict[str, Any],
+                     devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """get_gpu_stats()['leases']: each lease on the manager's devices, with what its
+        holder uses (measured; None where unknown, never 0 for unknown)."""
+        mine = {d["index"] for d in devices}
+        torch_device = self._core.torch_device
+        out = []
+        for lease in snap["leases"]:
+            if not mine.intersection(lease["devices"]):
+                continue
+            usage = lease.get("usage") or [
+                {"device": d, "used_bytes": None, "peak_used_bytes": None}
+                for d in lease["devices"]]
+            out.append({
+                "job_id": lease["job_id"],
+                "kind": lease.get("kind"),
+                "devices": list(lease["devices"]),
+                "device": torch_device(lease["devices"][0]) if lease["devices"] else None,
+                "leased_memory": lease["bytes"],
+                "memory_mb": lease["bytes"] // MiB,
+                "usage": [{"index": u["device"], "device": torch_device(u["device"]),
+                           "used_memory": u["used_bytes"],
+                           "peak_used_memory": u["peak_used_bytes"]} for u in usage],
+                "overused": bool(lease.get("overused", False)),
+                "overused_s": float(lease.get("overused_s", 0.0)),
+                "estimate": lease.get("estimate", ""),
+                "enforcement": lease.get("enforcement", ""),
+                "priority": lease["priority"],
+                "pid": lease["pid"],
+                "held_s": max(0.0, float(snap["taken_at"]) - float(lease["granted_at"])),
+            })
+        return out
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the core knows: backend, config, every device's accounting, leases,

@@ -8,6 +8,12 @@
 // block each other or the interpreter. Nothing in the C++ core waits for the GIL while it holds
 // one of its locks: the cleanup hook (which calls into Python) runs outside every lock, and the
 // framework-memory provider reads a cache that Python fills, never Python itself.
+//
+// The torch cap. Every lease granted with cap=True adds its size, on each of its devices'
+// torch index (cuda:N), to a process-wide registry; its release takes it off. After either,
+// the registry calls gpu_manager._torch's callback (GIL held, outside every lock here), which
+// sets torch's per-process memory fraction. While torch is not imported and the Python side
+// has armed its import hook, nothing is called: a lease costs no Python call then.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <unistd.h>
@@ -164,6 +170,89 @@ class FrameworkCache {
   std::unordered_map<int, FrameworkMemory> figures_ GUARDED_BY(mutex_);
 };
 
+// ---- the torch cap ----
+
+// What this process's capped leases hold on each torch device (cuda:N), summed. A version per
+// device, bumped at every change, lets the Python applier tell whether the sum moved while it
+// was calling torch. Process-wide, as torch's memory fraction is; any thread may call it.
+class CapRegistry {
+ public:
+  void add(const std::vector<int>& devices, std::uint64_t bytes) {
+    MutexLock lock(mutex_);
+    for (int d : devices) {
+      Entry& e = entries_[d];
+      e.bytes += bytes;
+      ++e.version;
+    }
+  }
+  void remove(const std::vector<int>& devices, std::uint64_t bytes) {
+    MutexLock lock(mutex_);
+    for (int d : devices) {
+      Entry& e = entries_[d];
+      e.bytes = e.bytes >= bytes ? e.bytes - bytes : 0;
+      ++e.version;
+    }
+  }
+  // (bytes, version) of one device; (0, 0) for a device no lease ever capped.
+  std::pair<std::uint64_t, std::uint64_t> get(int device) const {
+    MutexLock lock(mutex_);
+    auto it = entries_.find(device);
+    if (it == entries_.end()) return {0, 0};
+    return {it->second.bytes, it->second.version};
+  }
+  // Every device a lease ever capped, with its sum now.
+  std::vector<std::pair<int, std::uint64_t>> all() const {
+    MutexLock lock(mutex_);
+    std::vector<std::pair<int, std::uint64_t>> out;
+    out.reserve(entries_.size());
+    for (const auto& [device, e] : entries_) out.emplace_back(device, e.bytes);
+    return out;
+  }
+
+ private:
+  struct Entry {
+    std::uint64_t bytes = 0;
+    std::uint64_t version = 0;
+  };
+  mutable Mutex mutex_;
+  std::unordered_map<int, Entry> entries_ GUARDED_BY(mutex_);
+};
+
+// Never destroyed: leases released during interpreter shutdown still reach it.
+CapRegistry& cap_registry() {
+  static CapRegistry* registry = new CapRegistry;
+  return *registry;
+}
+
+// gpu_manager._torch.caps_changed(devices), set at import; owned, touched only with the GIL.
+PyObject* cap_callback = nullptr;
+// Set by the Python side while its import hook waits for torch: no call is needed until then.
+std::atomic<bool> torch_import_hook_armed{false};
+
+bool torch_loaded() {
+  PyObject* modules = PyImport_GetModuleDict();                   // borrowed
+  if (modules == nullptr || !PyDict_Check(modules)) return true;  // let Python decide
+  static PyObject* name = PyUnicode_InternFromString("torch");
+  return name == nullptr || PyDict_GetItemWithError(modules, name) != nullptr ||
+         PyErr_Occurred() != nullptr;
+}
+
+// Tells the Python side that the sums of `devices` changed. Requires the GIL; never raises.
+void notify_caps(const std::vector<int>& devices) {
+  if (cap_callback == nullptr || devices.empty() || !python_usable()) return;
+  // A lease may be released from a deallocation while an exception propagates: keep it.
+  py::error_scope keep_error;
+  const bool loaded = torch_loaded();
+  PyErr_Clear();
+  if (!loaded && torch_import_hook_armed.load(std::memory_order_acquire)) return;
+  py::object fn = py::reinterpret_borrow<py::object>(cap_callback);
+  try {
+    fn(py::cast(devices));
+  } catch (py::error_already_set& e) {
+    e.discard_as_unraisable("gpu_manager torch memory cap");
+  }
+}
+
 // ---- Lease ----
 
 std::string outcome_name(JobOutcome outcome) {
@@ -174,24 +263,37 @@ std::string outcome_name(JobOutcome outcome) {
 // Used from one thread at a time, as the C++ Lease.
 class PyLease {
  public:
-  PyLease(Lease lease, std::string device) : lease_(std::move(lease)), device_(std::move(device)) {}
+  PyLease(Lease lease, std::string device, std::shared_ptr<Ledger> ledger)
+      : lease_(std::move(lease)), device_(std::move(device)), ledger_(std::move(ledger)) {}
   PyLease(const PyLease&) = delete;
   PyLease& operator=(const PyLease&) = delete;
 
   ~PyLease() {
     // Dropped without release(): release now, without the GIL (the cleanup hook takes it).
-    if (!lease_.held()) return;
-    if (PyGILState_Check() != 0 && python_usable()) {
-      py::gil_scoped_release nogil;
-      (void)lease_.release();
-    } else {
-      (void)lease_.release();
+    if (lease_.held()) {
+      if (PyGILState_Check() != 0 && python_usable()) {
+        py::gil_scoped_release nogil;
+        (void)lease_.release();
+      } else {
+        (void)lease_.release();
+      }
     }
+    uncap(PyGILState_Check() != 0);
   }
 
   const Lease& lease() const { return lease_; }
   const std::string& device() const { return device_; }
   void mark_failed() { lease_.mark_failed(); }
+
+  // Counts this lease toward the torch cap of `torch_devices` (cuda:N). Requires the GIL.
+  void cap(std::vector<int> torch_devices) {
+    if (torch_devices.empty() || !lease_.held()) return;
+    cap_registry().add(torch_devices, lease_.bytes());
+    capped_ = std::move(torch_devices);
+    was_capped_ = true;
+    notify_caps(capped_);
+  }
+  bool capped() const { return was_capped_; }
 
   // Releases (idempotent), then runs the release callback once, with `exc` (the exception
   // that ended a `with` block, or None).
@@ -206,6 +308,7 @@ class PyLease {
           s = lease_.release();
         }
       }
+      uncap(true);
       if (!on_release_.is_none()) {
         py::object callback = std::move(on_release_);
         on_release_ = py::none();
@@ -217,10 +320,52 @@ class PyLease {
 
   void set_on_release(py::object callback) { on_release_ = std::move(callback); }
 
+  // Refreshes the measured use from a snapshot while the lease is held (afterwards the last
+  // figures read stay). Requires the GIL.
+  void measure() {
+    if (!lease_.held() || ledger_ == nullptr) return;
+    StatusOr<Snapshot> snap = Status(ErrorCode::kInternal, "");
+    {
+      py::gil_scoped_release nogil;
+      snap = ledger_->snapshot();
+    }
+    if (!snap.ok()) return;
+    const LeaseInfo& mine = lease_.info();
+    for (const LeaseInfo& l : snap->leases) {
+      if (l.job_id != mine.job_id) continue;
+      if (l.lease_id != 0 && mine.lease_id != 0 && l.lease_id != mine.lease_id) continue;
+      usage_ = l.usage;
+      overused_ = l.overused;
+      overused_s_ = l.overused_s;
+      enforcement_ = l.enforcement;
+      return;
+    }
+  }
+  const std::vector<DeviceUse>& usage() const { return usage_; }
+  bool overused() const { return overused_; }
+  double overused_s() const { return overused_s_; }
+  const std::string& enforcement() const { return enforcement_; }
+
  private:
+  // Takes this lease off the torch cap (once); tells Python where `gil` says it may.
+  void uncap(bool gil) {
+    if (capped_.empty()) return;
+    std::vector<int> devices = std::move(capped_);
+    capped_.clear();
+    cap_registry().remove(devices, lease_.bytes());
+    if (gil) notify_caps(devices);
+  }
+
   Lease lease_;
   std::string device_;
+  std::shared_ptr<Ledger> ledger_;  // for measure(); null where unknown
   py::object on_release_ = py::none();
+  std::vector<int> capped_;  // torch devices this lease counts toward while held
+  bool was_capped_ = false;
+  std::vector<DeviceUse> usage_;  // the last figures measure() read
+  bool overused_ = false;
+  double overused_s_ = 0;
+  std::string enforcement_;
 };
 
 // ---- snapshots as dicts ----
@@ -261,6 +406,7 @@ py::dict device_dict(const DeviceAccount& a) {
   d["capacity_bytes"] = a.capacity_bytes;
   d["leased_bytes"] = a.leased_bytes;
   d["foreign_bytes"] = a.foreign_bytes;
+  d["overuse_bytes"] = a.overuse_bytes;
   d["admissible_bytes"] = a.admissible_bytes;
   d["peak_leased_bytes"] = a.peak_leased_bytes;
   d["active_leases"] = a.active_leases;
@@ -284,9 +430,34 @@ double seconds_since(std::chrono::system_clock::time_point t) {
   return std::chrono::duration<double>(t.time_since_epoch()).count();
 }
 
+// Empty strings (no kind, an explicit size) as None, for Python.
+py::object str_or_none(const std::string& s) {
+  return s.empty() ? py::object(py::none()) : py::object(py::str(s));
+}
+
+// One dict per leased device, parallel to `devices`: what the holder uses there and its peak,
+// None where unknown (never 0 for unknown). `usage` may be shorter (nothing measured yet).
+py::list usage_list(const std::vector<int>& devices, const std::vector<DeviceUse>& usage) {
+  py::list out;
+  for (std::size_t i = 0; i < devices.size(); ++i) {
+    py::dict u;
+    u["device"] = devices[i];
+    if (i < usage.size()) {
+      u["used_bytes"] = opt(usage[i].used_bytes);
+      u["peak_used_bytes"] = opt(usage[i].peak_used_bytes);
+    } else {
+      u["used_bytes"] = py::none();
+      u["peak_used_bytes"] = py::none();
+    }
+    out.append(u);
+  }
+  return out;
+}
+
 py::dict lease_info_dict(const LeaseInfo& l) {
   py::dict d;
   d["job_id"] = l.job_id;
+  d["kind"] = str_or_none(l.kind);
   d["devices"] = l.devices;
   d["bytes"] = l.bytes;
   d["priority"] = l.priority;
@@ -295,6 +466,31 @@ py::dict lease_info_dict(const LeaseInfo& l) {
   d["command"] = l.command;
   d["granted_at"] = seconds_since(l.granted_at);
   d["waited_s"] = l.waited_s;
+  d["lease_id"] = l.lease_id;
+  d["usage"] = usage_list(l.devices, l.usage);
+  d["overused"] = l.overused;
+  d["overused_s"] = l.overused_s;
+  d["estimate"] = l.estimate;
+  d["enforcement"] = l.enforcement;
+  return d;
+}
+
+py::dict estimate_dict(const KindEstimate& e) {
+  py::dict d;
+  d["kind"] = e.kind;
+  d["runs"] = e.runs;
+  d["measured_runs"] = e.measured_runs;
+  d["peak_p50_bytes"] = opt(e.peak_p50_bytes);
+  d["peak_p95_bytes"] = opt(e.peak_p95_bytes);
+  d["peak_max_bytes"] = opt(e.peak_max_bytes);
+  d["hold_p50_s"] = opt(e.hold_p50_s);
+  d["hold_p95_s"] = opt(e.hold_p95_s);
+  d["overused_runs"] = e.overused_runs;
+  d["last_seen"] = e.last_seen.time_since_epoch().count() == 0
+                       ? py::object(py::none())
+                       : py::object(py::float_(seconds_since(e.last_seen)));
+  d["estimate_bytes"] = opt(e.estimate_bytes);
+  d["estimate_note"] = e.estimate_note;
   return d;
 }
 
@@ -340,6 +536,8 @@ py::dict snapshot_dict(const Snapshot& s) {
   stats["jobs_rejected"] = s.stats.jobs_rejected;
   stats["jobs_timed_out"] = s.stats.jobs_timed_out;
   stats["jobs_cancelled"] = s.stats.jobs_cancelled;
+  stats["overuse_events"] = s.stats.overuse_events;
+  stats["overuse_terminations"] = s.stats.overuse_terminations;
   stats["jobs_processed"] = s.stats.jobs_processed();
   stats["active_jobs"] = s.stats.active_jobs;
   stats["peak_active_jobs"] = s.stats.peak_active_jobs;
@@ -364,6 +562,7 @@ class PyManager {
       created = Manager::create(options);
     }
     manager_ = take(std::move(created));
+    ledger_ = manager_->ledger();
     manager_->set_cleanup_hook([cleanup = cleanup_](int device) { cleanup->run(device); });
   }
 
@@ -392,9 +591,27 @@ class PyManager {
 
   void set_torch_index(std::vector<int> map) { torch_index_ = std::move(map); }
 
-  std::unique_ptr<PyLease> wrap(Lease lease) {
+  // The torch devices (cuda:N) of gpumgr's `devices`; none for the CPU device, and none
+  // for a device CUDA_VISIBLE_DEVICES hides.
+  std::vector<int> torch_devices(const std::vector<int>& devices) const {
+    std::vector<int> out;
+    if (!manager_->uses_gpu()) return out;
+    for (int d : devices) {
+      int t = d;
+      if (d >= 0 && static_cast<std::size_t>(d) < torch_index_.size()) {
+        t = torch_index_[static_cast<std::size_t>(d)];
+      }
+      if (t >= 0) out.push_back(t);
+    }
+    return out;
+  }
+
+  // `cap`: count the lease toward this process's torch cap on its devices. Requires the GIL.
+  std::unique_ptr<PyLease> wrap(Lease lease, bool cap) {
     std::string device = device_for(lease.device());
-    return std::make_unique<PyLease>(std::move(lease), std::move(device));
+    auto wrapped = std::make_unique<PyLease>(std::move(lease), std::move(device), ledger_);
+    if (cap) wrapped->cap(torch_devices(wrapped->lease().devices()));
+    return wrapped;
   }
 
   void set_cleanup_callback(py::object callable) {
@@ -421,12 +638,14 @@ class PyManager {
 
   void clear_framework_memory() { framework_->clear(); }
 
-  // Called with the exception that ended a managed_generation block (before the release).
+  // Called with the exception that ended a managed_generation block and its lease (before
+  // the release).
   void set_error_callback(py::object callback) { on_error_ = std::move(callback); }
   const py::object& error_callback() const { return on_error_; }
 
  private:
   std::unique_ptr<Manager> manager_;
+  std::shared_ptr<Ledger> ledger_;  // manager_'s, for the leases' measure()
   std::shared_ptr<CleanupCallback> cleanup_;
   std::shared_ptr<FrameworkCache> framework_;
   bool provider_installed_ = false;  // changed with the GIL held
@@ -435,8 +654,10 @@ class PyManager {
   std::vector<int> torch_index_;
 };
 
+// bytes = 0 with a kind: the kind's learned estimate, else default_bytes (0: none).
 LeaseRequest make_request(std::string job_id, std::uint64_t bytes, int gpus, int priority,
-                          int device, std::string command) {
+                          int device, std::string command, std::string kind = {},
+                          std::uint64_t default_bytes = 0) {
   LeaseRequest r;
   r.job_id = std::move(job_id);
   r.bytes = bytes;
@@ -444,6 +665,8 @@ LeaseRequest make_request(std::string job_id, std::uint64_t bytes, int gpus, int
   r.priority = priority;
   r.device = device;
   r.command = std::move(command);
+  r.kind = std::move(kind);
+  r.default_bytes = default_bytes;
   return r;
 }
 
@@ -523,17 +746,18 @@ StatusOr<Lease> acquire_interruptibly(Manager& manager, const LeaseRequest& requ
 // more than the acquire and release themselves. Used from one thread at a time.
 class PyGeneration {
  public:
-  PyGeneration(py::object manager, LeaseRequest request, std::optional<double> timeout)
+  PyGeneration(py::object manager, LeaseRequest request, std::optional<double> timeout, bool cap)
       : manager_(std::move(manager)),
         core_(&manager_.cast<PyManager&>()),
         request_(std::move(request)),
-        timeout_(timeout) {}
+        timeout_(timeout),
+        cap_(cap) {}
 
   py::object enter() {
     if (lease_ != nullptr) throw py::value_error("managed_generation() block entered twice");
     WaitOptions wait = wait_options(timeout_, std::nullopt);
     StatusOr<Lease> lease = acquire_interruptibly(core_->manager(), request_, wait);
-    std::unique_ptr<PyLease> wrapped = core_->wrap(take(std::move(lease)));
+    std::unique_ptr<PyLease> wrapped = core_->wrap(take(std::move(lease)), cap_);
     lease_ = wrapped.get();
     lease_object_ = py::cast(std::move(wrapped));
     return lease_object_;
@@ -553,7 +777,7 @@ class PyGeneration {
     py::object on_error = core_->error_callback();
     if (!on_error.is_none()) {
       try {
-        on_error(value);
+        on_error(value, keep);
       } catch (py::error_already_set& e) {
         // The block's own exception is what propagates; the lease is released regardless.
         e.discard_as_unraisable("gpu_manager managed_generation error callback");
@@ -568,6 +792,7 @@ class PyGeneration {
   PyManager* core_;
   LeaseRequest request_;
   std::optional<double> timeout_;
+  bool cap_;
   PyLease* lease_ = nullptr;  // owned by lease_object_ while entered
   py::object lease_object_;
 };
@@ -649,6 +874,46 @@ PYBIND11_MODULE(_core, mod) {
       .def_property_readonly(
           "outcome", [](const PyLease& l) { return outcome_name(l.lease().outcome()); },
           "'succeeded' or 'failed': how the release counts the job.")
+      .def_property_readonly(
+          "kind", [](const PyLease& l) { return str_or_none(l.lease().info().kind); },
+          "The job kind the lease was asked for, or None.")
+      .def_property_readonly(
+          "estimate", [](const PyLease& l) { return l.lease().info().estimate; },
+          "Where the size came from when the request asked for its kind's estimate ('learned "
+          "from 37 runs: ...', 'default: ...'); '' for an explicit size.")
+      .def_property_readonly(
+          "capped", &PyLease::capped,
+          "Whether the lease counts toward this process's torch memory cap on its devices.")
+      .def_property_readonly(
+          "usage",
+          [](PyLease& l) {
+            l.measure();
+            return usage_list(l.lease().devices(), l.usage());
+          },
+          "What the holder uses on each leased device, measured (a snapshot while held; the "
+          "last figures read once released): dicts with device, used_bytes, peak_used_bytes, "
+          "None where unknown.")
+      .def_property_readonly(
+          "overused",
+          [](PyLease& l) {
+            l.measure();
+            return l.overused();
+          },
+          "Whether the holder uses more than its lease (beyond the tolerance), measured.")
+      .def_property_readonly(
+          "overused_s",
+          [](PyLease& l) {
+            l.measure();
+            return l.overused_s();
+          },
+          "How long the holder has used more than its lease (0 while it does not).")
+      .def_property_readonly(
+          "enforcement",
+          [](PyLease& l) {
+            l.measure();
+            return l.enforcement();
+          },
+          "What the overuse policy did to the lease ('' where nothing).")
       .def("mark_failed", &PyLease::mark_failed,
            "Records that the job failed; the release counts it so.")
       .def(
@@ -685,8 +950,9 @@ PYBIND11_MODULE(_core, mod) {
       .def(py::init([](const std::string& device, int max_concurrent_jobs, double memory_limit,
                        const std::string& simulate, const std::string& socket, bool in_process_only,
                        double poll_interval_s, const std::string& placement,
-                       const std::string& queue) {
+                       const std::string& queue, const std::string& history_path) {
              ManagerOptions o;
+             o.history_path = history_path;
              o.device = device;
              o.max_concurrent_jobs = max_concurrent_jobs;
              o.memory_limit = memory_limit;
@@ -711,7 +977,7 @@ PYBIND11_MODULE(_core, mod) {
            py::arg("memory_limit") = 0.8, py::kw_only(), py::arg("simulate") = "",
            py::arg("socket") = "", py::arg("in_process_only") = false,
            py::arg("poll_interval") = 0.25, py::arg("placement") = "best-fit",
-           py::arg("queue") = "backfill")
+           py::arg("queue") = "backfill", py::arg("history_path") = "")
       .def_property_readonly("device", [](PyManager& m) { return m.manager().device_string(); })
       .def_property_readonly("uses_gpu", [](PyManager& m) { return m.manager().uses_gpu(); })
       .def_property_readonly("selection_note",
@@ -733,31 +999,37 @@ PYBIND11_MODULE(_core, mod) {
       .def(
           "try_acquire",
           [](PyManager& m, std::string job_id, std::uint64_t bytes, int gpus, int priority,
-             int device, std::string command) {
-            LeaseRequest r =
-                make_request(std::move(job_id), bytes, gpus, priority, device, std::move(command));
+             int device, std::string command, std::string kind, std::uint64_t default_bytes,
+             bool cap) {
+            LeaseRequest r = make_request(std::move(job_id), bytes, gpus, priority, device,
+                                          std::move(command), std::move(kind), default_bytes);
             StatusOr<Lease> lease = Status(ErrorCode::kInternal, "");
             {
               py::gil_scoped_release nogil;
               lease = m.manager().try_acquire(r);
             }
-            return m.wrap(take(std::move(lease)));
+            return m.wrap(take(std::move(lease)), cap);
           },
           py::arg("job_id"), py::arg("bytes"), py::arg("gpus") = 1, py::arg("priority") = 0,
-          py::arg("device") = -1, py::arg("command") = "")
+          py::arg("device") = -1, py::arg("command") = "", py::arg("kind") = "",
+          py::arg("default_bytes") = 0, py::arg("cap") = false,
+          "bytes = 0 with a kind asks for the kind's learned estimate (else default_bytes). "
+          "cap: count the lease toward this process's torch memory cap.")
       .def(
           "acquire",
           [](PyManager& m, std::string job_id, std::uint64_t bytes, std::optional<double> timeout,
              int gpus, int priority, int device, std::string command,
-             std::optional<CancelToken> cancel) {
-            LeaseRequest r =
-                make_request(std::move(job_id), bytes, gpus, priority, device, std::move(command));
+             std::optional<CancelToken> cancel, std::string kind, std::uint64_t default_bytes,
+             bool cap) {
+            LeaseRequest r = make_request(std::move(job_id), bytes, gpus, priority, device,
+                                          std::move(command), std::move(kind), default_bytes);
             WaitOptions wait = wait_options(timeout, std::move(cancel));
-            return m.wrap(take(acquire_interruptibly(m.manager(), r, wait)));
+            return m.wrap(take(acquire_interruptibly(m.manager(), r, wait)), cap);
           },
           py::arg("job_id"), py::arg("bytes"), py::arg("timeout") = py::none(), py::arg("gpus") = 1,
           py::arg("priority") = 0, py::arg("device") = -1, py::arg("command") = "",
-          py::arg("cancel") = py::none(),
+          py::arg("cancel") = py::none(), py::arg("kind") = "", py::arg("default_bytes") = 0,
+          py::arg("cap") = false,
           "Waits (without the GIL) until the lease is granted; timeout in seconds, None: "
           "no deadline, 0: do not wait.")
       .def(
@@ -800,18 +1072,48 @@ PYBIND11_MODULE(_core, mod) {
       .def(
           "generation",
           [](py::object self, std::string job_id, std::uint64_t bytes,
-             std::optional<double> timeout, int priority) {
+             std::optional<double> timeout, int priority, std::string kind,
+             std::uint64_t default_bytes, bool cap) {
             if (timeout && (std::isnan(*timeout) || *timeout < 0)) {
               throw py::value_error("timeout must be a non-negative number of seconds or None");
             }
             return PyGeneration(std::move(self),
-                                make_request(std::move(job_id), bytes, 1, priority, -1, ""),
-                                timeout);
+                                make_request(std::move(job_id), bytes, 1, priority, -1, "",
+                                             std::move(kind), default_bytes),
+                                timeout, cap);
           },
           py::arg("job_id"), py::arg("bytes"), py::arg("timeout") = py::none(),
-          py::arg("priority") = 0)
+          py::arg("priority") = 0, py::arg("kind") = "", py::arg("default_bytes") = 0,
+          py::arg("cap") = false)
       .def("set_error_callback", &PyManager::set_error_callback, py::arg("callback"),
-           "callback(exception) runs when a generation() block raises, before the release.")
+           "callback(exception, lease) runs when a generation() block raises, before the "
+           "release.")
+      .def(
+          "estimates",
+          [](PyManager& m) {
+            StatusOr<std::vector<KindEstimate>> r = Status(ErrorCode::kInternal, "");
+            {
+              py::gil_scoped_release nogil;
+              r = m.manager().ledger()->estimates();
+            }
+            py::list out;
+            for (const KindEstimate& e : take(std::move(r))) out.append(estimate_dict(e));
+            return out;
+          },
+          "The history of job kinds, in name order: one dict per kind.")
+      .def(
+          "forget_kind",
+          [](PyManager& m, const std::string& kind) {
+            Status s;
+            {
+              py::gil_scoped_release nogil;
+              s = m.manager().ledger()->forget_kind(kind);
+            }
+            if (s.code() == ErrorCode::kNotFound) return false;
+            check(s);
+            return true;
+          },
+          py::arg("kind"), "Forgets a kind's history; False when it has none.")
       .def("set_cleanup_callback", &PyManager::set_cleanup_callback, py::arg("callback"),
            "callback(device: int) runs after every release (None: nothing runs).")
       .def(
@@ -864,4 +1166,24 @@ PYBIND11_MODULE(_core, mod) {
       },
       py::arg("text"), "'cuda:1' -> ('cuda', 1); raises ValueError for a bad selector.");
   mod.attr("MiB") = kMiB;
+
+  // The torch cap's registry, for gpu_manager._torch.
+  mod.def(
+      "_set_cap_callback",
+      [](py::object callback) {
+        PyObject* old = cap_callback;
+        cap_callback = callback.is_none() ? nullptr : callback.release().ptr();
+        Py_XDECREF(old);
+      },
+      py::arg("callback"), "callback(devices: list[int]) runs after the capped sums change.");
+  mod.def(
+      "_set_torch_import_hook_armed",
+      [](bool armed) { torch_import_hook_armed.store(armed, std::memory_order_release); },
+      py::arg("armed"));
+  mod.def(
+      "_cap_state", [](int device) { return cap_registry().get(device); }, py::arg("device"),
+      "(bytes, version): what capped leases hold on torch's cuda:N, and its change count.");
+  mod.def(
+      "_cap_devices", [] { return cap_registry().all(); },
+      "[(device, bytes)] for every torch device a lease ever capped.");
 }

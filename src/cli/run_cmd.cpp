@@ -108,14 +108,23 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
     int priority = 0;
     double timeout = -1;
     std::string job_id;
+    std::string kind;
+    std::string default_vram;
     std::string socket;
     std::vector<std::string> command;
   };
   auto opts = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand(
       "run", "Wait for a lease from the daemon, then run a command on the leased GPUs");
-  sub->add_option("--vram", opts->vram, "Memory per GPU, e.g. 10GiB (a bare number is MiB)")
+  sub->add_option("--vram", opts->vram,
+                  "Memory per GPU, e.g. 10GiB (a bare number is MiB), or auto: the --kind's "
+                  "learned estimate")
       ->required();
+  sub->add_option("--kind", opts->kind,
+                  "What kind of job this is (e.g. sdxl-1024): its measured peak is recorded, and "
+                  "--vram auto asks for what the kind's past runs needed");
+  sub->add_option("--default-vram", opts->default_vram,
+                  "With --vram auto: the size to ask for while the kind has too few runs");
   sub->add_option("--gpus", opts->gpus, "Number of GPUs")->capture_default_str();
   sub->add_option("--priority", opts->priority, "Higher is served first")->capture_default_str();
   sub->add_option("--timeout", opts->timeout,
@@ -127,16 +136,41 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
   sub->positionals_at_end();
   sub->footer(
       "CMD gets CUDA_VISIBLE_DEVICES (the leased GPUs' UUIDs), CUDA_DEVICE_ORDER=PCI_BUS_ID,\n"
-      "GPUMGR_LEASE_JOB_ID and GPUMGR_LEASE_DEVICES (device indices).\n"
+      "GPUMGR_LEASE_JOB_ID, GPUMGR_LEASE_DEVICES (device indices) and GPUMGR_LEASE_BYTES\n"
+      "(the lease per device, in bytes: gpu_manager caps torch at it; GPUMGR_ENFORCE=0 opts out).\n"
       "Exit codes: CMD's own; 128+N when signal N killed it; 127 when CMD cannot be run.\n"
       "Before CMD runs: 1 no lease (timed out, cancelled, failed); 2 bad arguments;\n"
       "3 no daemon reachable.");
-  return {sub, [opts]() -> int {
-            auto bytes = parse_size(opts->vram);
-            if (!bytes.ok() || *bytes == 0) {
+  return {sub, [opts, sub]() -> int {
+            const bool automatic = opts->vram == "auto";
+            StatusOr<std::uint64_t> bytes = std::uint64_t{0};
+            if (!automatic) bytes = parse_size(opts->vram);
+            if (!bytes.ok() || (!automatic && *bytes == 0)) {
               std::fprintf(stderr, "gpumgr run: --vram: %s\n",
                            bytes.ok() ? "must be positive" : bytes.status().message().c_str());
               return kExitUsage;
+            }
+            if (automatic && opts->kind.empty()) {
+              std::fprintf(stderr,
+                           "gpumgr run: --vram auto needs --kind: the estimate is learned per "
+                           "kind of job\n");
+              return kExitUsage;
+            }
+            if (Status s = check_job_kind(opts->kind); sub->count("--kind") > 0 && !s.ok()) {
+              std::fprintf(stderr, "gpumgr run: --kind: %s\n", s.message().c_str());
+              return kExitUsage;
+            }
+            std::uint64_t default_bytes = 0;
+            if (!opts->default_vram.empty()) {
+              auto parsed = parse_size(opts->default_vram);
+              if (!parsed.ok() || *parsed == 0 || !automatic) {
+                std::fprintf(stderr, "gpumgr run: --default-vram: %s\n",
+                             !automatic    ? "only with --vram auto"
+                             : parsed.ok() ? "must be positive"
+                                           : parsed.status().message().c_str());
+                return kExitUsage;
+              }
+              default_bytes = *parsed;
             }
             if (opts->gpus < 1) {
               std::fprintf(stderr, "gpumgr run: --gpus must be >= 1, got %d\n", opts->gpus);
@@ -152,6 +186,8 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
                                  ? "run-" + hostname() + "-" + std::to_string(::getpid())
                                  : opts->job_id;
             request.bytes = *bytes;
+            request.kind = opts->kind;
+            request.default_bytes = default_bytes;
             request.gpus = opts->gpus;
             request.priority = opts->priority;
             request.command = join(opts->command, " ");
@@ -182,6 +218,12 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
               return lease.status().code() == ErrorCode::kUnavailable       ? kExitUnavailable
                      : lease.status().code() == ErrorCode::kInvalidArgument ? kExitUsage
                                                                             : kExitError;
+            }
+            if (automatic) {
+              // Say what was asked for on the user's behalf, and why.
+              std::fprintf(stderr, "gpumgr run: job '%s' leased %s per GPU (%s)\n",
+                           request.job_id.c_str(), format_bytes(lease->bytes).c_str(),
+                           lease->estimate.c_str());
             }
             // The leased devices' UUIDs, for CUDA_VISIBLE_DEVICES.
             std::vector<std::string> uuids;
@@ -216,7 +258,10 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
                 {"CUDA_VISIBLE_DEVICES", visible},
                 {"CUDA_DEVICE_ORDER", "PCI_BUS_ID"},
                 {"GPUMGR_LEASE_JOB_ID", request.job_id},
-                {"GPUMGR_LEASE_DEVICES", devices}};
+                {"GPUMGR_LEASE_DEVICES", devices},
+                // The lease's size per device, so that gpu_manager (imported by CMD) caps
+                // torch's allocator on the leased GPUs at it (GPUMGR_ENFORCE=0: it does not).
+                {"GPUMGR_LEASE_BYTES", std::to_string(lease->bytes)}};
             std::vector<std::string> env_storage;
             for (char** e = environ; *e != nullptr; ++e) {
               const std::string entry = *e;

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import gpu_manager
+from gpu_manager import _torch
 from gpu_manager import manager as manager_module
 
 GiB = 1024**3
@@ -30,9 +31,12 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("GPUMGR_SIMULATE", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("GPUMGR_NVML_LIBRARY", "/nonexistent/libnvidia-ml.so.1")
+    monkeypatch.delenv("GPUMGR_ENFORCE", raising=False)
     manager_module._reset_gpu_manager()
+    _torch._reset_for_tests()
     yield
     manager_module._reset_gpu_manager()
+    _torch._reset_for_tests()
 
 
 @pytest.fixture
@@ -52,25 +56,81 @@ def two_gpus(simulate: Callable[[str], None]) -> gpu_manager.GPUManager:
     return gpu_manager.GPUManager(max_concurrent_jobs=3, memory_limit=0.8)
 
 
+#: What the fake torch says each device has: not the simulated devices' 24 GiB, so that a
+#: fraction computed against the wrong total shows.
+FAKE_TORCH_TOTAL = 40 * GiB
+
+
 class FakeCuda:
-    """The slice of torch.cuda that gpu_manager calls, recording what it was asked."""
+    """The slice of torch.cuda that gpu_manager calls, recording what it was asked.
+
+    CUDA starts initialised (``initialized``); with ``initialized = False`` it behaves as torch
+    before the first CUDA call: ``_lazy_call`` queues, ``init()`` runs the queue, and the calls
+    that would initialise CUDA (set_per_process_memory_fraction, get_device_properties) fail
+    the test, since gpu_manager must never initialise CUDA on torch's behalf.
+    """
 
     class OutOfMemoryError(RuntimeError):
         pass
 
-    def __init__(self, count: int = 2) -> None:
+    def __init__(self, count: int = 2, total: int = FAKE_TORCH_TOTAL) -> None:
         self.count = count
+        self.total = total
         self.current = 0
+        self.initialized = True
+        self.queued: list[Callable[[], None]] = []
         self.calls: list[tuple[str, int]] = []
+        #: every set_per_process_memory_fraction call, as (device, fraction)
+        self.fraction_calls: list[tuple[int, float]] = []
+        self.fractions: dict[int, float] = {}
+        #: calls made before CUDA was initialised (each would have initialised it)
+        self.premature: list[str] = []
         self.allocated = {i: 0 for i in range(count)}
         self.reserved = {i: 0 for i in range(count)}
         self.peak = {i: 0 for i in range(count)}
+        self.peak_reserved = {i: 0 for i in range(count)}
 
     def is_available(self) -> bool:
         return True
 
     def is_initialized(self) -> bool:
-        return True
+        return self.initialized
+
+    def _lazy_call(self, fn: Callable[[], None]) -> None:
+        if self.initialized:
+            fn()
+        else:
+            self.queued.append(fn)
+
+    def init(self) -> None:
+        """torch's lazy CUDA initialisation: runs the queued calls."""
+        if self.initialized:
+            return
+        self.initialized = True
+        queued, self.queued = self.queued, []
+        for fn in queued:
+            fn()
+
+    def _lazy_init_check(self, what: str) -> None:
+        if not self.initialized:
+            self.premature.append(what)
+            raise AssertionError(f"{what} would initialise CUDA")
+
+    def set_per_process_memory_fraction(self, fraction: float, device: int) -> None:
+        self._lazy_init_check("set_per_process_memory_fraction")
+        if not isinstance(fraction, float) or not 0 <= fraction <= 1:
+            raise ValueError(f"bad fraction {fraction!r}")  # torch's own checks
+        if not 0 <= device < self.count:
+            raise ValueError(f"bad device {device}")
+        self.fraction_calls.append((device, fraction))
+        self.fractions[device] = fraction
+
+    def get_device_properties(self, index: int) -> Any:
+        self._lazy_init_check("get_device_properties")
+        return types.SimpleNamespace(total_memory=self.total, name="Fake GPU")
+
+    def max_memory_reserved(self, index: int) -> int:
+        return self.peak_reserved[index]
 
     def device_count(self) -> int:
         return self.count
@@ -103,6 +163,7 @@ class FakeCuda:
         self.allocated[index] += nbytes
         self.reserved[index] = max(self.reserved[index], self.allocated[index] + 2 * MiB)
         self.peak[index] = max(self.peak[index], self.allocated[index])
+        self.peak_reserved[index] = max(self.peak_reserved[index], self.reserved[index])
 
     def free(self, index: int, nbytes: int) -> None:
         self.allocated[index] -= nbytes

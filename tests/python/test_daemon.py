@@ -83,3 +83,43 @@ def test_a_lease_dies_with_its_process(daemon):
     while m.get_gpu_stats()["leased_memory"] != 0 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert m.get_gpu_stats()["leased_memory"] == 0
+
+
+@pytest.fixture
+def daemon_with_state(tmp_path, monkeypatch):
+    """A daemon with a state directory (the job kinds' history) in tmp_path."""
+    binary = _gpumgr_binary()
+    if binary is None or not binary.exists():
+        pytest.skip("the gpumgr binary (target gpumgr_cli) is not built next to the module")
+    socket = tmp_path / "gpumgr.sock"
+    proc = subprocess.Popen([str(binary), "serve", "--socket", str(socket), "--no-http",
+                             "--simulate", "2x24GiB", "--quiet", "--state-dir",
+                             str(tmp_path / "state")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while not socket.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"gpumgr serve did not start: {proc.communicate()[1].decode()[-500:]}")
+        time.sleep(0.02)
+    monkeypatch.setenv("GPUMGR_SOCKET", str(socket))
+    yield socket
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_job_kinds_through_the_daemon(daemon_with_state, tmp_path):
+    with pytest.warns(RuntimeWarning, match="state_path=.* is not used: the daemon keeps"):
+        m = GPUManager(state_path=tmp_path / "ignored.db")
+    assert not (tmp_path / "ignored.db").exists()
+    with m.managed_generation("kinded", 1000, job_kind="sdxl") as lease:
+        assert lease.kind == "sdxl"
+        (entry,) = m.get_gpu_stats()["leases"]
+        assert (entry["job_id"], entry["kind"], entry["leased_memory"]) == (
+            "kinded", "sdxl", 1000 * 1024**2)
+    with m.managed_generation("defaulted", None, job_kind="sdxl",
+                              default_memory_mb=2000) as lease:
+        assert lease.memory_mb == 2000 and lease.estimate.startswith("default")
+    estimates = {e["kind"]: e for e in m.get_estimates()}
+    assert estimates["sdxl"]["runs"] == 2
+    assert m.forget_estimates("sdxl") is True and m.get_estimates() == []

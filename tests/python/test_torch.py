@@ -153,3 +153,16 @@ def test_cpu_fallback_with_torch_present():
     m.cleanup_after_job()  # empty_cache without CUDA is a no-op, not an error
     if not torch.cuda.is_available():
         assert not _torch.empty_cache("cuda:0")
+
+
+def test_cap_with_real_torch_initialises_no_cuda(two_gpus):
+    """Debian's python3-torch is CPU-only: a lease must neither fail nor initialise CUDA."""
+    torch = _real_torch()
+    with two_gpus.managed_generation("real-cap", 1000) as lease:
+        assert lease.capped
+        assert not torch.cuda.is_initialized()
+        x = torch.ones(4)  # CPU work inside the block is unaffected
+        assert float(x.sum()) == 4.0
+    assert not torch.cuda.is_initialized()
+    if not torch.cuda.is_available():
+        assert _torch.applied_fractions() == {}
