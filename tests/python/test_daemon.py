@@ -33,7 +33,8 @@ def daemon(tmp_path, monkeypatch):
         pytest.skip("the gpumgr binary (target gpumgr_cli) is not built next to the module")
     socket = tmp_path / "gpumgr.sock"
     proc = subprocess.Popen([str(binary), "serve", "--socket", str(socket), "--no-http",
-                             "--simulate", "2x24GiB", "--max-concurrent-jobs", "3", "--quiet"],
+                             "--simulate", "2x24GiB", "--max-concurrent-jobs", "3", "--quiet",
+                             "--state-dir", str(socket.parent / "state")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
     while not socket.exists():

@@ -489,7 +489,7 @@ def test_gpumgr_run_child_is_capped_at_its_lease(tmp_path, fake_nvml):
     socket = tmp_path / "gpumgr.sock"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUDA_")}
     daemon = subprocess.Popen([str(binary), "serve", "--socket", str(socket), "--no-http",
-                               "--quiet"],
+                               "--quiet", "--state-dir", str(tmp_path / "state")],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 10
