@@ -14,28 +14,10 @@ import time
 
 import pytest
 
+from cli_helpers import answers, eventually
+
 GPUMGR = os.environ.get("GPUMGR_BIN", "gpumgr")
 GIB = 1024**3
-
-
-def eventually(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
-def answers(path):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 class Daemon:

@@ -11,36 +11,17 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 
 import pytest
 
+from cli_helpers import answers, eventually
+
 GPUMGR = os.environ.get("GPUMGR_BIN", "gpumgr")
 GIB = 1024**3
 MIB = 1024**2
-
-
-def eventually(cond, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
-
-
-def answers(path):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 class Daemon:

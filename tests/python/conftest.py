@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -226,3 +228,42 @@ def state(manager: gpu_manager.GPUManager) -> dict[str, Any]:
         "leased": [d["leased_bytes"] for d in snap["devices"]],
         "stats": stats,
     }
+
+
+def gpumgr_binary() -> Path | None:
+    """The gpumgr command built beside the module (GPUMGR_TEST_GPUMGR_BIN overrides)."""
+    env = os.environ.get("GPUMGR_TEST_GPUMGR_BIN")
+    if env:
+        return Path(env)
+    guess = Path(gpu_manager.__file__).resolve().parents[2] / "src" / "cli" / "gpumgr"
+    return guess if guess.exists() else None
+
+
+@pytest.fixture
+def start_serve(tmp_path: Path):
+    """Starts `gpumgr serve` on tmp_path/gpumgr.sock with its state in tmp_path/state and these
+    extra arguments (and environment); returns the socket path once it listens. Every daemon
+    started is stopped at the end of the test. Skips where the binary is not built."""
+    binary = gpumgr_binary()
+    if binary is None or not binary.exists():
+        pytest.skip("the gpumgr binary (target gpumgr_cli) is not built next to the module")
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str, env: dict | None = None) -> Path:
+        socket = tmp_path / "gpumgr.sock"
+        proc = subprocess.Popen([str(binary), "serve", "--socket", str(socket), "--no-http",
+                                 "--quiet", "--state-dir", str(tmp_path / "state"), *args],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        started.append(proc)
+        deadline = time.monotonic() + 10
+        while not socket.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"gpumgr serve did not start: {proc.communicate()[1][-500:]!r}")
+            time.sleep(0.02)
+        return socket
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -18,34 +18,11 @@ import gpu_manager
 from gpu_manager import GPUCapacityError, GPUManager, QueueTimeoutError
 
 
-def _gpumgr_binary() -> Path | None:
-    env = os.environ.get("GPUMGR_TEST_GPUMGR_BIN")
-    if env:
-        return Path(env)
-    guess = Path(gpu_manager.__file__).resolve().parents[2] / "src" / "cli" / "gpumgr"
-    return guess if guess.exists() else None
-
-
 @pytest.fixture
-def daemon(tmp_path, monkeypatch):
-    binary = _gpumgr_binary()
-    if binary is None or not binary.exists():
-        pytest.skip("the gpumgr binary (target gpumgr_cli) is not built next to the module")
-    socket = tmp_path / "gpumgr.sock"
-    proc = subprocess.Popen([str(binary), "serve", "--socket", str(socket), "--no-http",
-                             "--simulate", "2x24GiB", "--max-concurrent-jobs", "3", "--quiet",
-                             "--state-dir", str(socket.parent / "state")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while not socket.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"gpumgr serve did not start: {proc.communicate()[1].decode()[-500:]}")
-        time.sleep(0.02)
+def daemon(start_serve, monkeypatch):
+    socket = start_serve("--simulate", "2x24GiB", "--max-concurrent-jobs", "3")
     monkeypatch.setenv("GPUMGR_SOCKET", str(socket))
     yield socket
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 def test_managers_share_the_daemon_budget(daemon):
@@ -86,30 +63,7 @@ def test_a_lease_dies_with_its_process(daemon):
     assert m.get_gpu_stats()["leased_memory"] == 0
 
 
-@pytest.fixture
-def daemon_with_state(tmp_path, monkeypatch):
-    """A daemon with a state directory (the job kinds' history) in tmp_path."""
-    binary = _gpumgr_binary()
-    if binary is None or not binary.exists():
-        pytest.skip("the gpumgr binary (target gpumgr_cli) is not built next to the module")
-    socket = tmp_path / "gpumgr.sock"
-    proc = subprocess.Popen([str(binary), "serve", "--socket", str(socket), "--no-http",
-                             "--simulate", "2x24GiB", "--quiet", "--state-dir",
-                             str(tmp_path / "state")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while not socket.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"gpumgr serve did not start: {proc.communicate()[1].decode()[-500:]}")
-        time.sleep(0.02)
-    monkeypatch.setenv("GPUMGR_SOCKET", str(socket))
-    yield socket
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def test_job_kinds_through_the_daemon(daemon_with_state, tmp_path):
+def test_job_kinds_through_the_daemon(daemon, tmp_path):
     with pytest.warns(RuntimeWarning, match="state_path=.* is not used: the daemon keeps"):
         m = GPUManager(state_path=tmp_path / "ignored.db")
     assert not (tmp_path / "ignored.db").exists()

@@ -21,7 +21,7 @@ import pytest
 
 import gpu_manager
 from gpu_manager import GPUManager, _core, _torch
-from conftest import FAKE_TORCH_TOTAL, GiB, MiB
+from conftest import FAKE_TORCH_TOTAL, GiB, MiB, gpumgr_binary
 
 
 @pytest.fixture(autouse=True)
@@ -472,53 +472,30 @@ def test_bad_lease_bytes_warn_and_cap_nothing(tmp_path):
 
 # ---- gpumgr run exports GPUMGR_LEASE_BYTES ----
 
-def _gpumgr_binary() -> Path | None:
-    env = os.environ.get("GPUMGR_TEST_GPUMGR_BIN")
-    if env:
-        return Path(env)
-    guess = Path(gpu_manager.__file__).resolve().parents[2] / "src" / "cli" / "gpumgr"
-    return guess if guess.exists() else None
-
-
-def test_gpumgr_run_child_is_capped_at_its_lease(tmp_path, fake_nvml):
-    binary = _gpumgr_binary()
-    if binary is None or not binary.exists():
-        pytest.skip("the gpumgr binary (target gpumgr_cli) is not built next to the module")
+def test_gpumgr_run_child_is_capped_at_its_lease(tmp_path, fake_nvml, start_serve):
+    binary = gpumgr_binary()
     fake_nvml("device\nuuid GPU-1111\nname NVIDIA A10\nmemory_total_mib 24576\n"
               "device\nuuid GPU-2222\nname NVIDIA A10\nmemory_total_mib 24576\n")
-    socket = tmp_path / "gpumgr.sock"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUDA_")}
-    daemon = subprocess.Popen([str(binary), "serve", "--socket", str(socket), "--no-http",
-                               "--quiet", "--state-dir", str(tmp_path / "state")],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while not socket.exists():
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                daemon.kill()
-                pytest.fail(f"gpumgr serve did not start: {daemon.communicate()[1][-500:]!r}")
-            time.sleep(0.02)
-        build_python = Path(gpu_manager.__file__).resolve().parents[1]
-        child = ("import os, json, gpu_manager, torch; torch.cuda.init(); "
-                 "print(json.dumps({'bytes': os.environ['GPUMGR_LEASE_BYTES'], "
-                 "'visible': os.environ['CUDA_VISIBLE_DEVICES'], "
-                 "'fractions': torch.cuda.record['fractions']}))")
-        run_env = dict(env, PYTHONPATH=f"{write_fake_torch(tmp_path)}{os.pathsep}{build_python}",
-                       FAKE_TORCH_TOTAL=str(24 * GiB), FAKE_TORCH_DEVICES="1")
-        out = subprocess.run([str(binary), "run", "--socket", str(socket), "--vram", "6GiB",
-                              "--", sys.executable, "-c", child],
-                             env=run_env, capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        assert result["bytes"] == str(6 * GiB)
-        assert result["visible"] in ("GPU-1111", "GPU-2222")
-        assert result["fractions"] == {"0": 0.25}
-        with_opt_out = subprocess.run(
-            [str(binary), "run", "--socket", str(socket), "--vram", "6GiB", "--",
-             sys.executable, "-c", child], env=dict(run_env, GPUMGR_ENFORCE="0"),
-            capture_output=True, text=True, timeout=60)
-        assert with_opt_out.returncode == 0, with_opt_out.stderr
-        assert json.loads(with_opt_out.stdout.strip().splitlines()[-1])["fractions"] == {}
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=10)
+    socket = start_serve(env=env)
+    build_python = Path(gpu_manager.__file__).resolve().parents[1]
+    child = ("import os, json, gpu_manager, torch; torch.cuda.init(); "
+             "print(json.dumps({'bytes': os.environ['GPUMGR_LEASE_BYTES'], "
+             "'visible': os.environ['CUDA_VISIBLE_DEVICES'], "
+             "'fractions': torch.cuda.record['fractions']}))")
+    run_env = dict(env, PYTHONPATH=f"{write_fake_torch(tmp_path)}{os.pathsep}{build_python}",
+                   FAKE_TORCH_TOTAL=str(24 * GiB), FAKE_TORCH_DEVICES="1")
+    out = subprocess.run([str(binary), "run", "--socket", str(socket), "--vram", "6GiB",
+                          "--", sys.executable, "-c", child],
+                         env=run_env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["bytes"] == str(6 * GiB)
+    assert result["visible"] in ("GPU-1111", "GPU-2222")
+    assert result["fractions"] == {"0": 0.25}
+    with_opt_out = subprocess.run(
+        [str(binary), "run", "--socket", str(socket), "--vram", "6GiB", "--",
+         sys.executable, "-c", child], env=dict(run_env, GPUMGR_ENFORCE="0"),
+        capture_output=True, text=True, timeout=60)
+    assert with_opt_out.returncode == 0, with_opt_out.stderr
+    assert json.loads(with_opt_out.stdout.strip().splitlines()[-1])["fractions"] == {}

@@ -261,6 +261,7 @@ TEST(Overuse, TheToleranceDecidesWhatIsAnEventNotWhatAdmissionCounts) {
   EXPECT_EQ(events[2].kind, LeaseEvent::Kind::kOveruseStarted);
 }
 
+// The signals the overuse policy sends, recorded instead of sent.
 struct Signals {
   std::mutex mu;
   std::vector<std::pair<std::uint32_t, int>> sent;
@@ -270,17 +271,22 @@ struct Signals {
   }
 };
 
+std::shared_ptr<Signals> record_signals(LocalLedger& ledger) {
+  auto signals = std::make_shared<Signals>();
+  ledger.set_signaller([signals](std::uint32_t pid, int sig) {
+    std::lock_guard lock(signals->mu);
+    signals->sent.emplace_back(pid, sig);
+    return 1;
+  });
+  return signals;
+}
+
 TEST(Overuse, TerminateSignalsAfterTheGraceThenKillsAndReleasesAsFailed) {
   LedgerConfig config = fast_config();
   config.overuse = {OverusePolicy::kTerminate, 0.2, 5};
   auto f = make({k24GiB}, config);
   ASSERT_TRUE(f.ledger);
-  auto signals = std::make_shared<Signals>();
-  f.ledger->set_signaller([signals](std::uint32_t pid, int sig) {
-    std::lock_guard lock(signals->mu);
-    signals->sent.emplace_back(pid, sig);
-    return 1;
-  });
+  auto signals = record_signals(*f.ledger);
   ASSERT_TRUE(f.ledger->try_acquire_as(req("greedy", 4 * kGiB), Holder{kHolderA, 1000}).ok());
   ASSERT_TRUE(f.sim->set_process_usage(0, kHolderA, 8 * kGiB).ok());
   const auto over_at = std::chrono::steady_clock::now();
@@ -311,12 +317,7 @@ TEST(Overuse, TerminateShowsWhatItDoesOnTheLease) {
   config.overuse = {OverusePolicy::kTerminate, 1.0, 5};
   auto f = make({k24GiB}, config);
   ASSERT_TRUE(f.ledger);
-  auto signals = std::make_shared<Signals>();
-  f.ledger->set_signaller([signals](std::uint32_t pid, int sig) {
-    std::lock_guard lock(signals->mu);
-    signals->sent.emplace_back(pid, sig);
-    return 1;
-  });
+  auto signals = record_signals(*f.ledger);
   ASSERT_TRUE(f.ledger->try_acquire_as(req("g", 4 * kGiB), Holder{kHolderA, 1000}).ok());
   ASSERT_TRUE(f.sim->set_process_usage(0, kHolderA, 8 * kGiB).ok());
   // Between the SIGTERM (after one grace) and the SIGKILL (after another), the lease says
@@ -337,12 +338,7 @@ TEST(Overuse, ReportNeverSignals) {
   config.overuse = {OverusePolicy::kReport, 0, 0};
   auto f = make({k24GiB}, config);
   ASSERT_TRUE(f.ledger);
-  auto signals = std::make_shared<Signals>();
-  f.ledger->set_signaller([signals](std::uint32_t pid, int sig) {
-    std::lock_guard lock(signals->mu);
-    signals->sent.emplace_back(pid, sig);
-    return 1;
-  });
+  auto signals = record_signals(*f.ledger);
   ASSERT_TRUE(f.ledger->try_acquire_as(req("greedy", 4 * kGiB), Holder{kHolderA, 1000}).ok());
   ASSERT_TRUE(f.sim->set_process_usage(0, kHolderA, 20 * kGiB).ok());
   ASSERT_TRUE(wait_until([&] { return f.sim->query_count() > 30; }));
