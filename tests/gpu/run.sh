@@ -13,6 +13,9 @@
 # 3. Compares `gpumgr status --json --device cuda` with nvidia-smi, GPU by GPU: index, uuid and
 #    name equal, memory.total equal in MiB, memory.used within 1% of the total. Prints a table
 #    last; exits non-zero on any failure.
+# 4. tests/gpu/overuse_check.sh: a holder over its lease is measured, counted against
+#    admission, and ended by --on-overuse terminate.
+# 5. tests/gpu/torch_cap_check.py: torch capped at the lease (skips without CUDA torch).
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -134,6 +137,23 @@ sys.exit(1 if problems else 0)
 PYEOF
 cmp_rc=$?
 [ "$cmp_rc" -eq 0 ] || fail=1
+
+# --- 4. overuse on the real driver: measured use, admission, terminate ----------------------
+say "overuse: $ROOT/tests/gpu/overuse_check.sh"
+bash "$ROOT/tests/gpu/overuse_check.sh" "$GPUMGR"
+[ $? -eq 0 ] || fail=1
+
+# --- 5. the torch cap: a child past its lease gets OOM, its neighbour runs on ----------------
+# Needs gpu_manager built for an interpreter with CUDA torch (PYTHONPATH=BUILD/python); 77 is
+# a skip (no CUDA torch or no module there), reported but not a failure.
+say "torch cap: $ROOT/tests/gpu/torch_cap_check.py"
+"$PY" "$ROOT/tests/gpu/torch_cap_check.py" --gpumgr "$GPUMGR"
+cap_rc=$?
+if [ "$cap_rc" -eq 77 ]; then
+  echo "run.sh: torch cap check skipped (see its reason above)"
+elif [ "$cap_rc" -ne 0 ]; then
+  fail=1
+fi
 
 if [ "$fail" -ne 0 ]; then
   echo "RESULT: FAIL"
