@@ -9,6 +9,7 @@
 #include "cli/render.h"
 #include "core/snapshot_json.h"
 #include "gpumgr/manager.h"
+#include "util/terminal_text.h"
 
 namespace gpumgr::cli {
 
@@ -43,7 +44,9 @@ Command setup_status(CLI::App& app, const GlobalOptions& global) {
             if (!manager) return code;
             auto snap = manager->snapshot();
             if (!snap.ok()) {
-              std::fprintf(stderr, "gpumgr status: %s\n", snap.status().message().c_str());
+              // The message may quote what a daemon sent: no raw control characters from it.
+              std::fprintf(stderr, "gpumgr status: %s\n",
+                           terminal_safe(snap.status().message()).c_str());
               return exit_code_for(snap.status());
             }
             if (opts->json) {

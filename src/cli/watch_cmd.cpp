@@ -1,5 +1,6 @@
 // gpumgr watch: a live terminal view in the spirit of nvitop: devices with memory bars,
-// leases and the queue, redrawn every second to fit the terminal; q quits. When stdout is not
+// leases (each with a bar of its holder's use against the lease, overuse in its own colour)
+// and the queue, redrawn every second to fit the terminal; q quits. When stdout is not
 // a terminal it prints one snapshot and exits, so that `gpumgr watch | less` and scripts work.
 // Like `gpumgr status` it reads the daemon given by --socket or GPUMGR_SOCKET; without either
 // it uses the host's daemon when one answers at the default path, else looks in-process.
@@ -14,6 +15,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -23,10 +25,12 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "cli/commands.h"
 #include "cli/render.h"
 #include "gpumgr/manager.h"
+#include "util/terminal_text.h"
 
 namespace gpumgr::cli {
 
@@ -48,30 +52,34 @@ void on_signal(int sig) {
   }
 }
 
-// Cuts a line to `columns` visible characters, keeping ANSI colour sequences intact (they
-// take no columns) and counting a UTF-8 character once.
+// Cuts a line to `columns` terminal columns, keeping ANSI colour sequences intact (they take
+// no columns) and never splitting a UTF-8 character. The text between the colour sequences
+// went through terminal_safe() in render_status, so the only ESC bytes are the colours.
 std::string fit_line(const std::string& line, int columns) {
   std::string out;
-  int visible = 0;
+  std::size_t visible = 0;
+  const auto limit = static_cast<std::size_t>(std::max(columns, 0));
   bool cut = false;
-  for (std::size_t i = 0; i < line.size(); ++i) {
-    const char c = line[i];
-    if (c == '\033' && i + 1 < line.size() && line[i + 1] == '[') {
+  for (std::size_t i = 0; i < line.size();) {
+    if (line[i] == '\033' && i + 1 < line.size() && line[i + 1] == '[') {
       std::size_t j = i + 2;
       while (j < line.size() && (line[j] < 0x40 || line[j] > 0x7e)) ++j;
       out.append(line, i, j + 1 - i);
-      i = j;
+      i = j + 1;
       continue;
     }
-    const bool continuation = (static_cast<unsigned char>(c) & 0xc0) == 0x80;
-    if (!continuation) {
-      if (visible == columns) {
-        cut = true;
-        break;
-      }
-      ++visible;
+    // One character: a lead byte and its continuation bytes.
+    std::size_t j = i + 1;
+    while (j < line.size() && (static_cast<unsigned char>(line[j]) & 0xc0) == 0x80) ++j;
+    const std::string_view character(line.data() + i, j - i);
+    const std::size_t width = terminal_columns(character);
+    if (visible + width > limit) {
+      cut = true;
+      break;
     }
-    out += c;
+    visible += width;
+    out.append(character);
+    i = j;
   }
   if (cut) out += "\033[0m";
   return out;
@@ -148,9 +156,11 @@ std::string frame(Manager& manager, const TerminalSize& size, double interval_s)
     ro.width = size.columns;
     ro.color = true;
     ro.height = std::max(1, size.rows - 2);
+    ro.lease_bars = true;
     body = render_status(snap.value(), ro);
   } else {
-    body = "\033[31mcannot read the state: " + snap.status().message() +
+    // The message may quote what a daemon sent: no raw control characters from it.
+    body = "\033[31mcannot read the state: " + terminal_safe(snap.status().message()) +
            "\033[0m\n(retrying every second)\n";
   }
   char title[160];
@@ -247,10 +257,12 @@ Command setup_watch(CLI::App& app, const GlobalOptions& global) {
             if (::isatty(STDOUT_FILENO) == 0) {
               auto snap = manager->snapshot();
               if (!snap.ok()) {
-                std::fprintf(stderr, "gpumgr watch: %s\n", snap.status().message().c_str());
+                std::fprintf(stderr, "gpumgr watch: %s\n",
+                             terminal_safe(snap.status().message()).c_str());
                 return exit_code_for(snap.status());
               }
               RenderOptions ro;
+              ro.lease_bars = true;
               if (const char* cols = std::getenv("COLUMNS");
                   cols != nullptr && std::atoi(cols) > 0) {
                 ro.width = std::atoi(cols);

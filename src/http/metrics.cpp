@@ -193,8 +193,13 @@ std::string render_metrics(const Snapshot& s, const MetricsContext& context) {
                "Device memory used by processes that hold no lease, in bytes.",
                [](const DeviceAccount& d) { return U64(d.foreign_bytes); });
   device_gauge(w, s, "gpumgr_device_memory_admissible_bytes",
-               "Device memory a new lease could be granted now: capacity - leased - outside.",
+               "Device memory a new lease could be granted now: capacity - leased - overuse - "
+               "outside.",
                [](const DeviceAccount& d) { return U64(d.admissible_bytes); });
+  device_gauge(w, s, "gpumgr_device_overuse_bytes",
+               "Device memory lease holders use beyond their leases (the sum over leases of "
+               "used - leased, where positive), in bytes.",
+               [](const DeviceAccount& d) { return U64(d.overuse_bytes); });
   device_gauge(w, s, "gpumgr_device_leases_active", "Active leases placed on the device.",
                [](const DeviceAccount& d) {
                  return U64(static_cast<std::uint64_t>(std::max(0, d.active_leases)));
@@ -228,7 +233,51 @@ std::string render_metrics(const Snapshot& s, const MetricsContext& context) {
   w.family("gpumgr_queue_depth", "gauge", "Requests waiting in the queue.");
   w.sample("gpumgr_queue_depth", {}, static_cast<std::uint64_t>(s.queue.size()));
 
+  // Per lease and device. A lease whose use cannot be attributed there (the backend lists no
+  // processes) has no used/peak sample for that device: absent, never a made-up 0.
+  const auto lease_device_labels = [](const LeaseInfo& l, int device) {
+    return Labels{{"job_id", l.job_id}, {"gpu", std::to_string(device)}};
+  };
+  w.family("gpumgr_lease_size_bytes", "gauge",
+           "What a lease holds on each of its devices, in bytes.");
+  for (const auto& l : s.leases) {
+    for (const int d : l.devices)
+      w.sample("gpumgr_lease_size_bytes", lease_device_labels(l, d), l.bytes);
+  }
+  w.family("gpumgr_lease_used_bytes", "gauge",
+           "What a lease's holder (its process and their descendants) uses on the device at the "
+           "last poll, in bytes; no sample where that cannot be measured.");
+  for (const auto& l : s.leases) {
+    for (const DeviceUse& u : l.usage) {
+      if (u.used_bytes)
+        w.sample("gpumgr_lease_used_bytes", lease_device_labels(l, u.device), *u.used_bytes);
+    }
+  }
+  w.family("gpumgr_lease_peak_used_bytes", "gauge",
+           "The most a lease's holder has used on the device during the lease, in bytes; no "
+           "sample where that cannot be measured.");
+  for (const auto& l : s.leases) {
+    for (const DeviceUse& u : l.usage) {
+      if (u.peak_used_bytes) {
+        w.sample("gpumgr_lease_peak_used_bytes", lease_device_labels(l, u.device),
+                 *u.peak_used_bytes);
+      }
+    }
+  }
+  w.family("gpumgr_lease_overused", "gauge",
+           "1 while a lease's holder uses more than the lease (beyond the overuse tolerance) on "
+           "any of its devices, else 0.");
+  for (const auto& l : s.leases) {
+    w.sample("gpumgr_lease_overused", {{"job_id", l.job_id}}, std::uint64_t{l.overused ? 1u : 0u});
+  }
+
   const LedgerStats& st = s.stats;
+  w.family("gpumgr_lease_overuse_total", "counter",
+           "Times a lease's holder went over its lease (beyond the tolerance): one per episode.");
+  w.sample("gpumgr_lease_overuse_total", {}, st.overuse_events);
+  w.family("gpumgr_lease_overuse_terminations_total", "counter",
+           "Leases whose holder the overuse policy (--on-overuse terminate) terminated.");
+  w.sample("gpumgr_lease_overuse_terminations_total", {}, st.overuse_terminations);
   w.family("gpumgr_jobs_total", "counter",
            "Jobs that ended, by outcome: succeeded or failed (released leases), rejected "
            "(refused), timed_out or cancelled (gave up waiting).");

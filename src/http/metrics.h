@@ -19,6 +19,8 @@ struct MetricsContext {
 
 // The exposition text, ending in a newline. Device samples carry the labels gpu (index),
 // uuid and name; a device field the backend cannot report (an empty optional) has no sample.
+// Lease samples carry job_id (and gpu, per device of the lease); a holder's use that cannot be
+// measured (an empty DeviceUse optional) has no sample either, never a 0.
 std::string render_metrics(const Snapshot& snapshot, const MetricsContext& context);
 
 // A label value with `\`, `"` and newlines escaped, as the text format requires.

@@ -1,8 +1,10 @@
 // The gpumgr dashboard in a real browser: Debian's headless Chromium, driven by
 // playwright-core, loads the page from http_fixture (the HTTP server over simulated devices),
 // and the test checks that a lease it takes shows up in the leases table and in the memory
-// bar within 2 seconds, that the page fetches nothing from elsewhere, that it fits a phone's
-// width, and takes the screenshot the README shows.
+// bar within 2 seconds, that its holder's use shows against the lease (overuse in its own
+// colour, in the lease's bar and the device's), that unknown use is labelled, that kinds and
+// estimates show, that the page fetches nothing from elsewhere, that it fits a phone's width,
+// and takes the screenshot the README shows.
 //
 //   node dashboard.test.js FIXTURE SCREENSHOT.png
 //
@@ -79,11 +81,11 @@ async function main() {
   const [fixturePath, screenshot] = process.argv.slice(2);
   if (!fixturePath || !screenshot) fail("usage: node dashboard.test.js FIXTURE SCREENSHOT.png");
 
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "gpumgr-chromium-"));
   const fixture = new Fixture(fixturePath, [
     "--devices", "2x24GiB,80GiB", "--memory-limit", "0.8", "--max-concurrent-jobs", "3",
-    "--animate",
+    "--animate", "--history", path.join(profile, "history.sqlite"),
   ]);
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "gpumgr-chromium-"));
   let context;
   try {
     const first = (await fixture.nextLine()).split(" ");
@@ -125,8 +127,10 @@ async function main() {
     const taken = Date.now();
     const row = page.locator('#leases tbody tr[data-job-id="browser-job"]');
     await within(2000, "the lease row", async () => (await row.count()) === 1);
-    const cells = await row.locator("td").allTextContents();
-    if (cells[0] !== "browser-job" || cells[2] !== "6 GiB" || cells[3] !== "0") {
+    const cell = (r, cls) => r.locator("td." + cls).textContent();
+    const cells = [await cell(row, "job"), await cell(row, "kind"), await cell(row, "size"),
+                   await cell(row, "dev-list")];
+    if (JSON.stringify(cells) !== JSON.stringify(["browser-job", "–", "6 GiB", "0"])) {
       fail("lease row shows " + JSON.stringify(cells));
     }
     await within(2000 - (Date.now() - taken), "the leased segment of GPU 0 to grow", async () => {
@@ -137,15 +141,70 @@ async function main() {
     });
     console.log(`lease visible after ${Date.now() - taken} ms`);
 
+    // Its holder (the fixture) uses 9 GiB of the 6 GiB: the lease's bar goes over, in the
+    // overuse colour, the row is flagged, and the device bar shows the 3 GiB of overuse.
+    const use = row.locator('.lbar-row[data-device="0"]');
+    await within(5000, "the lease's use to read 0 B of 6 GiB", async () =>
+      (await use.getAttribute("data-used-bytes")) === "0" &&
+      (await use.locator(".lbar-text").textContent()) === "0 B of 6 GiB");
+    await fixture.command("use 0 9216");
+    await within(5000, "the lease's bar to show 9 GiB, 3 GiB of it over", async () =>
+      (await use.getAttribute("data-used-bytes")) === String(9 * GiB) &&
+      (await use.locator(".seg.over").getAttribute("data-over-bytes")) === String(3 * GiB) &&
+      (await row.getAttribute("class")).split(" ").includes("overused"));
+    if ((await use.locator(".lbar-text").textContent()) !== "9 GiB of 6 GiB") {
+      fail("the lease's use reads " + (await use.locator(".lbar-text").textContent()));
+    }
+    const badge = await row.locator(".badge.over").textContent();
+    if (!/^OVER \d+\.\ds$/.test(badge)) fail("the overuse badge says " + badge);
+    const colours = await page.evaluate(() => {
+      const style = (sel) => getComputedStyle(document.querySelector(sel)).backgroundColor;
+      return { over: style("#leases .lbar .seg.over"), used: style("#leases .lbar .seg.used"),
+               overuse: style("#device-0 .seg.overuse"), leased: style("#device-0 .seg.leased") };
+    });
+    if (colours.over !== "rgb(247, 120, 186)" || colours.overuse !== colours.over ||
+        colours.used === colours.over || colours.leased === colours.overuse) {
+      fail("overuse is not in its own colour: " + JSON.stringify(colours));
+    }
+    // The lease's bar spans the 9 GiB: used within the lease two thirds, beyond it one third.
+    const widths = await use.evaluate((e) => ({
+      bar: e.querySelector(".lbar").getBoundingClientRect().width,
+      used: e.querySelector(".seg.used").getBoundingClientRect().width,
+      over: e.querySelector(".seg.over").getBoundingClientRect().width,
+    }));
+    if (Math.abs(widths.used - (widths.bar * 2) / 3) > 1.5 ||
+        Math.abs(widths.over - widths.bar / 3) > 1.5) {
+      fail("lease bar segments " + JSON.stringify(widths));
+    }
+    await within(3000, "GPU 0's bar to show 3 GiB of overuse", async () => {
+      const seg = page.locator("#device-0 .seg.overuse");
+      const width = await seg.evaluate((e) => e.getBoundingClientRect().width);
+      return (await seg.getAttribute("data-overuse-bytes")) === String(3 * GiB) &&
+          Math.abs(width - barWidth / 8) < 3;
+    });
+    const legend = await page.locator("#device-0 .mem-legend").textContent();
+    if (!legend.includes("overuse 3 GiB")) fail("GPU 0's legend says " + legend);
+    await within(3000, "the summary to count the lease over", async () =>
+      (await page.locator("#sum-overuse").textContent()) === "1 1 event(s)");
+    await fixture.command("use 0 0");
+    await within(3000, "the lease to be back under", async () =>
+      (await use.getAttribute("data-used-bytes")) === "0" &&
+      (await row.locator(".badge.over").count()) === 0 &&
+      (await use.locator(".lbar-text").textContent()) === "0 B of 6 GiB · peak 9 GiB");
+
     // And leaves the table when released.
     await fixture.command("release browser-job");
     await within(2000, "the released lease to leave the table", async () => (await row.count()) === 0);
 
-    // A busy host for the picture: leases on every device, outside use, a queue.
-    await fixture.command("acquire sdxl-turbo-render 9216 0 python -m studio.render --model sdxl-turbo --batch 4");
-    await fixture.command("acquire trellis-mesh-0412 14336 1 python trellis/run.py --input /data/chairs/0412.png");
+    // A busy host for the picture: leases on every device, one sized by its kind's default,
+    // one over its lease, one whose use is unknown; outside use; a queue.
+    await fixture.command("kind-acquire sdxl-turbo-render sdxl-turbo 0 9216 0 python -m studio.render --model sdxl-turbo --batch 4");
+    await fixture.command("use 0 7168");
+    await fixture.command("kind-acquire trellis-mesh-0412 trellis 14336 0 1 python trellis/run.py --input /data/chairs/0412.png");
+    await fixture.command("use 1 16384");
     await fixture.command("foreign 1 3072");
     await fixture.command("acquire llama3-70b-serve 40960 2 vllm serve meta-llama/Llama-3-70B --tp 1");
+    await fixture.command("hide-usage llama3-70b-serve");
     await fixture.command("wait whisper-large-v3 6144 1 python asr.py --model large-v3");
     await fixture.command("wait musicgen-melody 12288 0 python musicgen.py --duration 30");
     await within(5000, "two queued jobs in the table", async () =>
@@ -154,6 +213,33 @@ async function main() {
     if (queued !== "whisper-large-v3") fail("queue head is " + queued);
     const outside = await page.locator("#device-1 .seg.outside").getAttribute("data-outside-bytes");
     if (outside !== String(3072 * MiB)) fail("outside segment of GPU 1 says " + outside);
+
+    // Kinds and the estimate's note are shown as the status JSON has them.
+    const status = await (await fetch(base + "/api/v1/status")).json();
+    const sdxl = status.leases.find((l) => l.job_id === "sdxl-turbo-render");
+    if (!sdxl.estimate.startsWith("default 9 GiB")) fail("the fixture's estimate is " + sdxl.estimate);
+    const sdxlRow = page.locator('#leases tbody tr[data-job-id="sdxl-turbo-render"]');
+    await within(3000, "the estimate note", async () =>
+      (await sdxlRow.locator(".estimate").count()) === 1 &&
+      (await sdxlRow.locator(".estimate").textContent()) === sdxl.estimate &&
+      (await sdxlRow.locator(".estimate").isVisible()));
+    if ((await cell(sdxlRow, "kind")) !== "sdxl-turbo") fail("sdxl's kind cell is wrong");
+    if ((await sdxlRow.locator(".lbar-text").textContent()) !== "7 GiB of 9 GiB") {
+      fail("sdxl's use reads " + (await sdxlRow.locator(".lbar-text").textContent()));
+    }
+    // trellis is over: 16 GiB of 14 GiB; GPU 1's bar shows the 2 GiB.
+    const trellisRow = page.locator('#leases tbody tr[data-job-id="trellis-mesh-0412"]');
+    await within(3000, "trellis over its lease", async () =>
+      (await trellisRow.locator(".seg.over").getAttribute("data-over-bytes")) === String(2 * GiB) &&
+      (await trellisRow.locator(".badge.over").count()) === 1 &&
+      (await page.locator("#device-1 .seg.overuse").getAttribute("data-overuse-bytes")) ===
+          String(2 * GiB));
+    // llama's use is unknown: said so, not drawn as 0.
+    const llama = page.locator('#leases tbody tr[data-job-id="llama3-70b-serve"] .lbar-row');
+    await within(3000, "llama's use to be unknown", async () =>
+      (await llama.getAttribute("class")).split(" ").includes("unknown") &&
+      (await llama.locator(".lbar-text").textContent()) === "unknown" &&
+      (await llama.locator(".seg").count()) === 0);
 
     // Some history for the small charts, then the picture.
     await page.waitForTimeout(7000);

@@ -1,6 +1,8 @@
 // The dashboard against the real daemon: `gpumgr serve` on simulated devices, a lease taken by
 // `gpumgr run` (another process, over the Unix socket) must appear in the leases table and
-// the memory bar within 2 seconds, and leave both when that process dies.
+// the memory bar within 2 seconds, show what its holder uses (scripted through
+// GPUMGR_SIMULATE_PROCESSES) against the lease, overuse included, and leave both when that
+// process dies.
 //
 //   node dashboard_daemon.test.js GPUMGR_BINARY
 //
@@ -35,11 +37,15 @@ async function main() {
   if (!gpumgr) fail("usage: node dashboard_daemon.test.js GPUMGR_BINARY");
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "gpumgr-daemon-browser-"));
   const socket = path.join(tmp, "gpumgr.sock");
+  const processes = path.join(tmp, "processes.txt");
   const env = { ...process.env, GPUMGR_SOCKET: socket };
   delete env.GPUMGR_SIMULATE;
+  delete env.GPUMGR_SIMULATE_PROCESSES;
 
   const daemon = spawn(gpumgr, ["serve", "--simulate", "2x24GiB", "--socket", socket,
-                                "--http", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "pipe"], env });
+                                "--http", "127.0.0.1:0", "--state-dir", path.join(tmp, "state")],
+                       { stdio: ["ignore", "pipe", "pipe"],
+                         env: { ...env, GPUMGR_SIMULATE_PROCESSES: processes } });
   let log = "";
   daemon.stdout.on("data", (d) => (log += d));
   daemon.stderr.on("data", (d) => (log += d));
@@ -82,6 +88,19 @@ async function main() {
       (await page.locator(`#device-${device} .seg.leased`).getAttribute("data-leased-bytes")) ===
       String(6 * GiB));
     console.log(`daemon lease visible ${Date.now() - granted} ms after the grant, on GPU ${device}`);
+
+    // Its holder (the `gpumgr run` process) uses 8 GiB of its 6 GiB: the daemon measures it
+    // and the row and the device bar show it.
+    fs.writeFileSync(processes, `${device} ${runner.pid} 8GiB\n`);
+    const use = row.locator(`.lbar-row[data-device="${device}"]`);
+    await within(5000, "the lease's use to show 8 GiB, 2 GiB of it over", async () =>
+      (await use.getAttribute("data-used-bytes")) === String(8 * GiB) &&
+      (await use.locator(".seg.over").getAttribute("data-over-bytes")) === String(2 * GiB) &&
+      (await row.locator(".badge.over").count()) === 1 &&
+      (await page.locator(`#device-${device} .seg.overuse`).getAttribute("data-overuse-bytes")) ===
+          String(2 * GiB));
+    const text = await use.locator(".lbar-text").textContent();
+    if (text !== "8 GiB of 6 GiB") fail("the lease's use reads " + text);
 
     // The lease dies with its process.
     process.kill(-runner.pid, "SIGKILL");

@@ -3,20 +3,31 @@
 // daemon and no GPU.
 //
 //   http_fixture [--devices SPEC] [--memory-limit F] [--max-concurrent-jobs N] [--port P]
-//                [--animate]
+//                [--animate] [--history FILE]
 //
 // Prints "port N" once listening, then answers each command line with one line, "ok ..." or
 // "error ...":
 //   acquire JOB MIB [DEVICE|-] [COMMAND...]  take a lease now (try_acquire)
+//   kind-acquire JOB KIND MIB DEFAULT_MIB [DEVICE|-] [COMMAND...]
+//                                            the same with a job kind; MIB 0 asks for the
+//                                            kind's estimate (--history), DEFAULT_MIB while
+//                                            it has too few runs
 //   wait JOB MIB [PRIORITY] [COMMAND...]     queue a request in the background; it is granted
 //                                            when it fits (see `status`)
 //   release JOB [failed]                     release a lease (as succeeded, or failed)
 //   reject JOB MIB                           a try_acquire that must fail (counts as rejected)
 //   foreign DEVICE MIB                       memory used outside leases on a device
+//   use DEVICE MIB                           what the fixture itself, the holder of every lease
+//                                            it takes, uses on a device (shared by its leases
+//                                            there in proportion to their sizes)
+//   hide-usage JOB                           serve JOB's use as unknown from now on (as where
+//                                            the backend cannot attribute memory to processes)
 //   util DEVICE PERCENT | temp DEVICE C | health DEVICE 0|1 [REASON...]
 //   status                                   "ok leases=N queue=M"
 //   quit                                     cancel waiters, stop the server, exit 0
 // --animate moves utilisation and temperature about, so that the dashboard's charts move.
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -25,6 +36,7 @@
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -79,6 +91,8 @@ int main(int argc, char** argv) {
       http.port = std::stoi(argv[++i]);
     } else if (arg == "--animate") {
       animate = true;
+    } else if (arg == "--history" && has_value) {
+      options.history_path = argv[++i];
     } else {
       return usage(("unknown argument " + arg).c_str());
     }
@@ -91,7 +105,20 @@ int main(int argc, char** argv) {
   if (!created.ok()) return usage(created.status().message().c_str());
   std::shared_ptr<gpumgr::Manager> manager = std::move(created).value();
 
-  auto server = gpumgr::http::start_http_server(http, [manager] { return manager->snapshot(); });
+  // Jobs whose use is served as unknown (hide-usage).
+  auto hidden_mutex = std::make_shared<std::mutex>();
+  auto hidden = std::make_shared<std::set<std::string>>();  // guarded by *hidden_mutex
+  auto server = gpumgr::http::start_http_server(
+      http, [manager, hidden, hidden_mutex]() -> gpumgr::StatusOr<gpumgr::Snapshot> {
+        auto snap = manager->snapshot();
+        if (!snap.ok()) return snap;
+        std::lock_guard<std::mutex> lock(*hidden_mutex);
+        for (auto& lease : snap->leases) {
+          if (hidden->count(lease.job_id) == 0) continue;
+          for (auto& use : lease.usage) use = {use.device, std::nullopt, std::nullopt};
+        }
+        return snap;
+      });
   if (!server.ok()) {
     std::fprintf(stderr, "http_fixture: %s\n", server.status().to_string().c_str());
     return 1;
@@ -130,19 +157,25 @@ int main(int argc, char** argv) {
     in >> cmd;
     if (cmd.empty()) continue;
     if (cmd == "quit") break;
-    if (cmd == "acquire" || cmd == "reject") {
+    if (cmd == "acquire" || cmd == "reject" || cmd == "kind-acquire") {
       gpumgr::LeaseRequest request;
       std::uint64_t mib = 0;
+      std::uint64_t default_mib = 0;
       std::string device = "-";
-      in >> request.job_id >> mib;
+      in >> request.job_id;
+      if (cmd == "kind-acquire") in >> request.kind;
+      in >> mib;
+      if (cmd == "kind-acquire") in >> default_mib;
       const bool ok = static_cast<bool>(in);
-      if (cmd == "acquire" && !(in >> device)) device = "-";  // optional
+      if (cmd != "reject" && !(in >> device)) device = "-";  // optional
       if (!ok) {
-        reply("error usage: " + cmd + " JOB MIB" +
-              (cmd == "acquire" ? " [DEVICE|-] [COMMAND...]" : ""));
+        reply("error usage: " + cmd + " JOB " +
+              (cmd == "kind-acquire" ? "KIND MIB DEFAULT_MIB" : "MIB") +
+              (cmd != "reject" ? " [DEVICE|-] [COMMAND...]" : ""));
         continue;
       }
       request.bytes = mib * kMiB;
+      request.default_bytes = default_mib * kMiB;
       request.device = device == "-" ? -1 : std::stoi(device);
       request.command = rest_of(in);
       auto lease = manager->try_acquire(request);
@@ -208,7 +241,16 @@ int main(int argc, char** argv) {
       const gpumgr::Status s = lease.release(outcome == "failed" ? gpumgr::JobOutcome::kFailed
                                                                  : gpumgr::JobOutcome::kSucceeded);
       reply(s.ok() ? "ok released " + job : "error " + s.to_string());
-    } else if (cmd == "foreign" || cmd == "util" || cmd == "temp" || cmd == "health") {
+    } else if (cmd == "hide-usage") {
+      std::string job;
+      in >> job;
+      {
+        std::lock_guard<std::mutex> lock(*hidden_mutex);
+        hidden->insert(job);
+      }
+      reply("ok hidden " + job);
+    } else if (cmd == "foreign" || cmd == "use" || cmd == "util" || cmd == "temp" ||
+               cmd == "health") {
       int device = -1;
       long long value = -1;
       in >> device >> value;
@@ -219,6 +261,9 @@ int main(int argc, char** argv) {
       gpumgr::Status s;
       if (cmd == "foreign") {
         s = sim->set_foreign_usage(device, static_cast<std::uint64_t>(value) * kMiB);
+      } else if (cmd == "use") {
+        s = sim->set_process_usage(device, static_cast<std::uint32_t>(::getpid()),
+                                   static_cast<std::uint64_t>(value) * kMiB);
       } else if (cmd == "util") {
         s = sim->set_utilization(device, static_cast<unsigned>(value));
       } else if (cmd == "temp") {

@@ -21,7 +21,9 @@ system_clock::time_point at(double unix_seconds) {
 }
 
 // Two devices: the first reports everything, the second (an old driver, say) no utilisation,
-// temperature or power, and is unhealthy; its name needs escaping.
+// temperature or power, and is unhealthy; its name needs escaping. Two leases: one over its
+// 20 GiB on device 0 (22 GiB used, 23 GiB at peak), one on both devices whose use is known on
+// device 0 only (its job id needs escaping).
 Snapshot sample_snapshot() {
   Snapshot s;
   s.backend = {"nvml", "550.54.15", "12.4", "12.550.54.15"};
@@ -43,7 +45,8 @@ Snapshot sample_snapshot() {
   a.capacity_bytes = 60 * kGiB;
   a.leased_bytes = 24 * kGiB;
   a.foreign_bytes = 2 * kGiB;
-  a.admissible_bytes = 34 * kGiB;
+  a.overuse_bytes = 2 * kGiB;
+  a.admissible_bytes = 32 * kGiB;
   a.active_leases = 2;
 
   DeviceAccount b;
@@ -55,15 +58,31 @@ Snapshot sample_snapshot() {
   b.info.healthy = false;
   b.info.health_reason = "GPU is lost";
   b.capacity_bytes = 12 * kGiB;
+  b.leased_bytes = 4 * kGiB;
+  b.active_leases = 1;
   s.devices = {a, b};
 
-  s.leases.resize(2);
+  LeaseInfo over;
+  over.job_id = "sdxl-1";
+  over.devices = {0};
+  over.bytes = 20 * kGiB;
+  over.usage = {{0, 22 * kGiB, 23 * kGiB}};
+  over.overused = true;
+  over.overused_s = 4;
+  LeaseInfo split;
+  split.job_id = "tp \"2\"\\";
+  split.devices = {0, 1};
+  split.bytes = 4 * kGiB;
+  split.usage = {{0, 3 * kGiB, 3 * kGiB + kGiB / 2}, {1, std::nullopt, std::nullopt}};
+  s.leases = {over, split};
   s.queue.resize(3);
   s.stats.jobs_succeeded = 7;
   s.stats.jobs_failed = 1;
   s.stats.jobs_rejected = 2;
   s.stats.jobs_timed_out = 3;
   s.stats.jobs_cancelled = 0;
+  s.stats.overuse_events = 5;
+  s.stats.overuse_terminations = 2;
   s.stats.wait_seconds.bounds = {0.1, 1, 10};
   s.stats.wait_seconds.counts = {4, 6, 9, 10};
   s.stats.wait_seconds.count = 10;
@@ -116,19 +135,23 @@ gpumgr_device_memory_capacity_bytes{gpu="1",uuid="GPU-bbbb",name="Card \"B\"\\2"
 # HELP gpumgr_device_memory_leased_bytes Device memory promised to active leases, in bytes.
 # TYPE gpumgr_device_memory_leased_bytes gauge
 gpumgr_device_memory_leased_bytes{gpu="0",uuid="GPU-aaaa",name="NVIDIA H100 80GB HBM3"} 25769803776
-gpumgr_device_memory_leased_bytes{gpu="1",uuid="GPU-bbbb",name="Card \"B\"\\2"} 0
+gpumgr_device_memory_leased_bytes{gpu="1",uuid="GPU-bbbb",name="Card \"B\"\\2"} 4294967296
 # HELP gpumgr_device_memory_outside_bytes Device memory used by processes that hold no lease, in bytes.
 # TYPE gpumgr_device_memory_outside_bytes gauge
 gpumgr_device_memory_outside_bytes{gpu="0",uuid="GPU-aaaa",name="NVIDIA H100 80GB HBM3"} 2147483648
 gpumgr_device_memory_outside_bytes{gpu="1",uuid="GPU-bbbb",name="Card \"B\"\\2"} 0
-# HELP gpumgr_device_memory_admissible_bytes Device memory a new lease could be granted now: capacity - leased - outside.
+# HELP gpumgr_device_memory_admissible_bytes Device memory a new lease could be granted now: capacity - leased - overuse - outside.
 # TYPE gpumgr_device_memory_admissible_bytes gauge
-gpumgr_device_memory_admissible_bytes{gpu="0",uuid="GPU-aaaa",name="NVIDIA H100 80GB HBM3"} 36507222016
+gpumgr_device_memory_admissible_bytes{gpu="0",uuid="GPU-aaaa",name="NVIDIA H100 80GB HBM3"} 34359738368
 gpumgr_device_memory_admissible_bytes{gpu="1",uuid="GPU-bbbb",name="Card \"B\"\\2"} 0
+# HELP gpumgr_device_overuse_bytes Device memory lease holders use beyond their leases (the sum over leases of used - leased, where positive), in bytes.
+# TYPE gpumgr_device_overuse_bytes gauge
+gpumgr_device_overuse_bytes{gpu="0",uuid="GPU-aaaa",name="NVIDIA H100 80GB HBM3"} 2147483648
+gpumgr_device_overuse_bytes{gpu="1",uuid="GPU-bbbb",name="Card \"B\"\\2"} 0
 # HELP gpumgr_device_leases_active Active leases placed on the device.
 # TYPE gpumgr_device_leases_active gauge
 gpumgr_device_leases_active{gpu="0",uuid="GPU-aaaa",name="NVIDIA H100 80GB HBM3"} 2
-gpumgr_device_leases_active{gpu="1",uuid="GPU-bbbb",name="Card \"B\"\\2"} 0
+gpumgr_device_leases_active{gpu="1",uuid="GPU-bbbb",name="Card \"B\"\\2"} 1
 # HELP gpumgr_device_utilization_ratio Share of the last sample period the device was busy (0 to 1).
 # TYPE gpumgr_device_utilization_ratio gauge
 gpumgr_device_utilization_ratio{gpu="0",uuid="GPU-aaaa",name="NVIDIA H100 80GB HBM3"} 0.37
@@ -154,6 +177,29 @@ gpumgr_leases_active 2
 # HELP gpumgr_queue_depth Requests waiting in the queue.
 # TYPE gpumgr_queue_depth gauge
 gpumgr_queue_depth 3
+# HELP gpumgr_lease_size_bytes What a lease holds on each of its devices, in bytes.
+# TYPE gpumgr_lease_size_bytes gauge
+gpumgr_lease_size_bytes{job_id="sdxl-1",gpu="0"} 21474836480
+gpumgr_lease_size_bytes{job_id="tp \"2\"\\",gpu="0"} 4294967296
+gpumgr_lease_size_bytes{job_id="tp \"2\"\\",gpu="1"} 4294967296
+# HELP gpumgr_lease_used_bytes What a lease's holder (its process and their descendants) uses on the device at the last poll, in bytes; no sample where that cannot be measured.
+# TYPE gpumgr_lease_used_bytes gauge
+gpumgr_lease_used_bytes{job_id="sdxl-1",gpu="0"} 23622320128
+gpumgr_lease_used_bytes{job_id="tp \"2\"\\",gpu="0"} 3221225472
+# HELP gpumgr_lease_peak_used_bytes The most a lease's holder has used on the device during the lease, in bytes; no sample where that cannot be measured.
+# TYPE gpumgr_lease_peak_used_bytes gauge
+gpumgr_lease_peak_used_bytes{job_id="sdxl-1",gpu="0"} 24696061952
+gpumgr_lease_peak_used_bytes{job_id="tp \"2\"\\",gpu="0"} 3758096384
+# HELP gpumgr_lease_overused 1 while a lease's holder uses more than the lease (beyond the overuse tolerance) on any of its devices, else 0.
+# TYPE gpumgr_lease_overused gauge
+gpumgr_lease_overused{job_id="sdxl-1"} 1
+gpumgr_lease_overused{job_id="tp \"2\"\\"} 0
+# HELP gpumgr_lease_overuse_total Times a lease's holder went over its lease (beyond the tolerance): one per episode.
+# TYPE gpumgr_lease_overuse_total counter
+gpumgr_lease_overuse_total 5
+# HELP gpumgr_lease_overuse_terminations_total Leases whose holder the overuse policy (--on-overuse terminate) terminated.
+# TYPE gpumgr_lease_overuse_terminations_total counter
+gpumgr_lease_overuse_terminations_total 2
 # HELP gpumgr_jobs_total Jobs that ended, by outcome: succeeded or failed (released leases), rejected (refused), timed_out or cancelled (gave up waiting).
 # TYPE gpumgr_jobs_total counter
 gpumgr_jobs_total{outcome="succeeded"} 7
@@ -198,6 +244,25 @@ TEST(MetricsTest, DeviceWithoutReadingsHasNoSampleRatherThanZero) {
   EXPECT_NE(text.find("# TYPE gpumgr_device_power_watts gauge\n"), std::string::npos);
 }
 
+TEST(MetricsTest, LeaseUseWithoutAMeasurementHasNoSample) {
+  Snapshot s = sample_snapshot();
+  s.leases[0].usage = {{0, std::nullopt, std::nullopt}};
+  s.leases[1].usage.clear();  // nothing measured yet (an older daemon, say)
+  const std::string text = render_metrics(s, sample_context());
+  EXPECT_EQ(text.find("gpumgr_lease_used_bytes{"), std::string::npos) << text;
+  EXPECT_EQ(text.find("gpumgr_lease_peak_used_bytes{"), std::string::npos) << text;
+  EXPECT_NE(text.find("# TYPE gpumgr_lease_used_bytes gauge\n"), std::string::npos);
+  // The size and the flag do not depend on a measurement.
+  EXPECT_NE(text.find("\ngpumgr_lease_size_bytes{job_id=\"sdxl-1\",gpu=\"0\"} 21474836480\n"),
+            std::string::npos);
+  EXPECT_NE(text.find("\ngpumgr_lease_overused{job_id=\"sdxl-1\"} 1\n"), std::string::npos);
+  // A measured 0 is a sample of 0.
+  s.leases[0].usage = {{0, 0, 0}};
+  EXPECT_NE(render_metrics(s, sample_context())
+                .find("\ngpumgr_lease_used_bytes{job_id=\"sdxl-1\",gpu=\"0\"} 0\n"),
+            std::string::npos);
+}
+
 TEST(MetricsTest, EscapesLabelValues) {
   EXPECT_EQ(escape_label_value(R"(a"b\c)"), R"(a\"b\\c)");
   EXPECT_EQ(escape_label_value("line\nbreak"), R"(line\nbreak)");
@@ -206,8 +271,18 @@ TEST(MetricsTest, EscapesLabelValues) {
   DeviceAccount d;
   d.info.name = "evil\"} 1\nfake_metric 2";
   s.devices = {d};
+  LeaseInfo l;
+  l.job_id = "job\"} 1\nfake_lease 3";
+  l.devices = {0};
+  l.usage = {{0, kGiB, kGiB}};
+  s.leases = {l};
   const std::string text = render_metrics(s, sample_context());
   EXPECT_EQ(text.find("\nfake_metric 2"), std::string::npos) << text;
+  EXPECT_EQ(text.find("\nfake_lease 3"), std::string::npos) << text;
+  EXPECT_NE(text.find("gpumgr_lease_used_bytes{job_id=\"job\\\"} 1\\nfake_lease 3\",gpu=\"0\"} "
+                      "1073741824\n"),
+            std::string::npos)
+      << text;
 }
 
 TEST(MetricsTest, FormatsSampleValues) {

@@ -111,3 +111,82 @@ def test_every_family_is_described_and_named_by_convention(server):
     assert samples(families, "gpumgr_uptime_seconds")[frozenset()] >= 0
     assert samples(families, "gpumgr_memory_limit_ratio")[frozenset()] == 0.8
     assert samples(families, "gpumgr_max_concurrent_jobs")[frozenset()] == 3
+
+
+def lease_samples(families, family):
+    """{(job_id, gpu) or job_id: value} for a per-lease family."""
+    out = {}
+    for s in families[family].samples:
+        key = (s.labels["job_id"], s.labels["gpu"]) if "gpu" in s.labels else s.labels["job_id"]
+        out[key] = s.value
+    return out
+
+
+def test_lease_use_against_the_lease_and_overuse(server):
+    # The fixture holds every lease it takes; `use` says what it uses on a device, which its
+    # one lease there is charged with.
+    server.command("acquire over 2000 0 python over.py")
+    server.command("acquire calm 3000 1")
+    server.command("use 0 3000")  # 1000 MiB beyond its lease: over the 5% tolerance
+    server.command("use 1 1000")
+    server.wait_for(lambda: lease_samples(scrape(server)[0], "gpumgr_lease_overused")["over"] == 1,
+                    "the poll that sees the overuse")
+    families, body = scrape(server)
+    assert lease_samples(families, "gpumgr_lease_size_bytes") == {
+        ("over", "0"): 2000 * MiB, ("calm", "1"): 3000 * MiB}
+    assert lease_samples(families, "gpumgr_lease_used_bytes") == {
+        ("over", "0"): 3000 * MiB, ("calm", "1"): 1000 * MiB}
+    assert lease_samples(families, "gpumgr_lease_peak_used_bytes") == {
+        ("over", "0"): 3000 * MiB, ("calm", "1"): 1000 * MiB}
+    assert lease_samples(families, "gpumgr_lease_overused") == {"over": 1, "calm": 0}
+    assert samples(families, "gpumgr_device_overuse_bytes") == {"0": 1000 * MiB, "1": 0}
+    capacity = int(0.8 * 24 * GiB)
+    # Admission counts the overuse: the holder took that memory from everyone else.
+    assert samples(families, "gpumgr_device_memory_admissible_bytes") == {
+        "0": capacity - 2000 * MiB - 1000 * MiB, "1": capacity - 3000 * MiB}
+    assert families["gpumgr_lease_overuse"].type == "counter"
+    assert samples(families, "gpumgr_lease_overuse", "gpumgr_lease_overuse_total") == {
+        frozenset(): 1}
+    assert samples(families, "gpumgr_lease_overuse_terminations",
+                   "gpumgr_lease_overuse_terminations_total") == {frozenset(): 0}
+    assert "# TYPE gpumgr_lease_overuse_total counter" in body
+
+    # Back under: the flag and the device's overuse go, the peak and the count stay.
+    server.command("use 0 1500")
+    server.wait_for(lambda: lease_samples(scrape(server)[0], "gpumgr_lease_used_bytes")[
+        ("over", "0")] == 1500 * MiB, "the poll that sees the drop")
+    families, _ = scrape(server)
+    assert lease_samples(families, "gpumgr_lease_peak_used_bytes")[("over", "0")] == 3000 * MiB
+    assert lease_samples(families, "gpumgr_lease_overused")["over"] == 0
+    assert samples(families, "gpumgr_device_overuse_bytes") == {"0": 0, "1": 0}
+    assert samples(families, "gpumgr_lease_overuse", "gpumgr_lease_overuse_total") == {
+        frozenset(): 1}
+
+    # Going over again is a second episode.
+    server.command("use 0 2500")
+    server.wait_for(lambda: samples(scrape(server)[0], "gpumgr_lease_overuse",
+                                    "gpumgr_lease_overuse_total") == {frozenset(): 2},
+                    "the second episode")
+
+    # Released: its samples go.
+    server.command("release over")
+    families, _ = scrape(server)
+    assert set(lease_samples(families, "gpumgr_lease_size_bytes")) == {("calm", "1")}
+    assert "over" not in lease_samples(families, "gpumgr_lease_overused")
+
+
+def test_unknown_lease_use_has_no_sample(server):
+    server.command("acquire seen 1000 0")
+    server.command("acquire blind 1000 1")
+    server.command("use 1 500")
+    server.wait_for(lambda: ("blind", "1") in lease_samples(scrape(server)[0],
+                                                            "gpumgr_lease_used_bytes"),
+                    "blind's use to be measured")
+    # As where the backend cannot attribute memory to processes: absent, not 0.
+    server.command("hide-usage blind")
+    families, _ = scrape(server)
+    assert lease_samples(families, "gpumgr_lease_used_bytes") == {("seen", "0"): 0}
+    assert lease_samples(families, "gpumgr_lease_peak_used_bytes") == {("seen", "0"): 0}
+    assert lease_samples(families, "gpumgr_lease_size_bytes") == {
+        ("seen", "0"): 1000 * MiB, ("blind", "1"): 1000 * MiB}
+    assert lease_samples(families, "gpumgr_lease_overused") == {"seen": 0, "blind": 0}

@@ -90,9 +90,10 @@
     const bar = el("div", "membar");
     bar.setAttribute("role", "img");
     const leased = el("div", "seg leased");
+    const overuse = el("div", "seg overuse");
     const outside = el("div", "seg outside");
     const cap = el("div", "cap");
-    bar.append(leased, outside, cap);
+    bar.append(leased, overuse, outside, cap);
 
     const legend = el("div", "mem-legend");
     const facts = el("div", "facts");
@@ -103,7 +104,7 @@
     sparks.append(util.box, mem.box);
 
     card.append(head, bar, legend, sparks, facts);
-    return { card, health, reserved, bar, leased, outside, cap, legend, facts, util, mem };
+    return { card, health, reserved, bar, leased, overuse, outside, cap, legend, facts, util, mem };
   }
 
   const deviceViews = new Map();  // uuid -> view
@@ -129,15 +130,21 @@
     view.health.title = d.health_reason || "";
     view.reserved.hidden = !d.reserved_for_head;
 
-    const free = Math.max(0, total - d.leased_bytes - d.foreign_bytes);
+    // Overuse: what holders use beyond their leases; older daemons do not send it.
+    const overuse = d.overuse_bytes || 0;
+    const free = Math.max(0, total - d.leased_bytes - overuse - d.foreign_bytes);
     view.bar.dataset.totalBytes = String(total);
     view.bar.dataset.capacityBytes = String(d.capacity_bytes);
     view.bar.setAttribute("aria-label",
-        `leased ${bytes(d.leased_bytes)}, outside ${bytes(d.foreign_bytes)}, free ${bytes(free)}` +
+        `leased ${bytes(d.leased_bytes)}, overuse ${bytes(overuse)}, ` +
+        `outside ${bytes(d.foreign_bytes)}, free ${bytes(free)}` +
         ` of ${bytes(total)}; capacity ${bytes(d.capacity_bytes)}`);
     view.leased.dataset.leasedBytes = String(d.leased_bytes);
     view.leased.style.width = pct(d.leased_bytes, total) + "%";
     view.leased.title = "leased " + bytes(d.leased_bytes);
+    view.overuse.dataset.overuseBytes = String(overuse);
+    view.overuse.style.width = pct(overuse, total) + "%";
+    view.overuse.title = "used by lease holders beyond their leases " + bytes(overuse);
     view.outside.dataset.outsideBytes = String(d.foreign_bytes);
     view.outside.style.width = pct(d.foreign_bytes, total) + "%";
     view.outside.title = "used outside leases " + bytes(d.foreign_bytes);
@@ -146,6 +153,7 @@
 
     view.legend.replaceChildren(
         legendItem("leased", "leased", bytes(d.leased_bytes)),
+        legendItem("overuse", "overuse", bytes(overuse)),
         legendItem("outside", "outside", bytes(d.foreign_bytes)),
         legendItem("free", "free", bytes(free)),
         legendItem("cap", "capacity", bytes(d.capacity_bytes) + " / " + bytes(total)));
@@ -164,7 +172,7 @@
 
     view.util.value.textContent =
         d.utilization_percent === null ? "n/a" : d.utilization_percent + "%";
-    view.mem.value.textContent = bytes(d.leased_bytes + d.foreign_bytes);
+    view.mem.value.textContent = bytes(d.leased_bytes + overuse + d.foreign_bytes);
     drawUtil(view.util.chart, points);
     drawMemory(view.mem.chart, points, total, d.capacity_bytes);
   }
@@ -206,7 +214,8 @@
     if (points.length === 0 || !(total > 0)) return;
     const x = xScale(points);
     const scale = (b) => 43 - (41 * b) / total;
-    chart.append(svg("path", { class: "area-out", d: areaPath(points, x, (p) => scale(p.leased + p.outside)) }));
+    chart.append(svg("path", { class: "area-out", d: areaPath(points, x, (p) => scale(p.leased + p.overuse + p.outside)) }));
+    chart.append(svg("path", { class: "area-over", d: areaPath(points, x, (p) => scale(p.leased + p.overuse)) }));
     chart.append(svg("path", { class: "area-mem", d: areaPath(points, x, (p) => scale(p.leased)) }));
     const cy = scale(capacity).toFixed(1);
     chart.append(svg("line", { class: "capline", x1: 0, x2: 200, y1: cy, y2: cy }));
@@ -226,7 +235,8 @@
       }
       const points = history.get(d.uuid) || [];
       if (points.length === 0 || points[points.length - 1].t < now) {
-        points.push({ t: now, util: d.utilization_percent, leased: d.leased_bytes, outside: d.foreign_bytes });
+        points.push({ t: now, util: d.utilization_percent, leased: d.leased_bytes,
+                      overuse: d.overuse_bytes || 0, outside: d.foreign_bytes });
       }
       while (points.length > 0 && points[0].t < now - HISTORY_S) points.shift();
       history.set(d.uuid, points);
@@ -246,23 +256,102 @@
   function row(jobId, cells) {
     const tr = el("tr");
     tr.dataset.jobId = jobId;
-    for (const [text, cls] of cells) {
+    for (const [content, cls] of cells) {
       const td = el("td", cls || "");
       // A block inside the cell, so that CSS can cut a long command with an ellipsis.
-      if (td.classList.contains("cmd")) td.append(el("div", "", text));
-      else td.textContent = text;
+      if (content instanceof Node) td.append(content);
+      else if (td.classList.contains("cmd")) td.append(el("div", "", content));
+      else td.textContent = content;
       tr.append(td);
     }
     if (!seenJobs.has(jobId) && seenJobs.size > 0) tr.classList.add("new");
     return tr;
   }
 
+  // One device's use against the lease: a bar (used within the lease, used beyond it, the
+  // peak, where the lease ends when the bar spans more) and its figures. `u.used_bytes` null
+  // is unknown (the backend cannot attribute memory to processes), never drawn as 0.
+  function leaseUse(l, u) {
+    const line = el("div", "lbar-row");
+    line.dataset.device = String(u.device);
+    line.dataset.leaseBytes = String(l.bytes);
+    if (l.devices.length > 1) line.append(el("span", "lbar-dev", "GPU " + u.device));
+    const bar = el("div", "lbar");
+    const text = el("span", "lbar-text");
+    if (u.used_bytes === null || u.used_bytes === undefined) {
+      line.classList.add("unknown");
+      line.dataset.usedBytes = "";
+      line.dataset.peakBytes = "";
+      bar.title = "unknown: the backend cannot attribute memory to processes here";
+      text.textContent = "unknown";
+      line.append(bar, text);
+      return line;
+    }
+    const used = u.used_bytes;
+    const peak = Math.max(u.peak_used_bytes === null ? used : u.peak_used_bytes, used);
+    const scale = Math.max(l.bytes, peak, 1);
+    line.dataset.usedBytes = String(used);
+    line.dataset.peakBytes = String(peak);
+    const within = el("div", "seg used");
+    within.style.width = pct(Math.min(used, l.bytes), scale) + "%";
+    const over = el("div", "seg over");
+    over.dataset.overBytes = String(Math.max(0, used - l.bytes));
+    over.style.width = pct(Math.max(0, used - l.bytes), scale) + "%";
+    bar.append(within, over);
+    if (peak > used) {
+      const mark = el("div", "peak");
+      mark.style.left = pct(peak, scale) + "%";
+      mark.title = "peak " + bytes(peak);
+      bar.append(mark);
+    }
+    if (scale > l.bytes) {
+      const end = el("div", "lend");
+      end.style.left = pct(l.bytes, scale) + "%";
+      end.title = "the lease: " + bytes(l.bytes);
+      bar.append(end);
+    }
+    bar.title = `uses ${bytes(used)} of ${bytes(l.bytes)}, peak ${bytes(peak)}`;
+    text.textContent = `${bytes(used)} of ${bytes(l.bytes)}` +
+        (peak > used ? ` · peak ${bytes(peak)}` : "");
+    line.append(bar, text);
+    return line;
+  }
+
+  function useCell(l) {
+    const box = el("div", "use");
+    // Nothing measured yet (or an older daemon): every device unknown.
+    const usage = l.usage && l.usage.length ? l.usage
+        : l.devices.map((d) => ({ device: d, used_bytes: null, peak_used_bytes: null }));
+    for (const u of usage) box.append(leaseUse(l, u));
+    if (l.overused) {
+      const badge = el("span", "badge over", "OVER " + duration(l.overused_s));
+      badge.title = "uses more than its lease, beyond the tolerance, for " + duration(l.overused_s);
+      box.append(badge);
+    }
+    if (l.enforcement) box.append(el("div", "enforcement", l.enforcement));
+    return box;
+  }
+
+  function sizeCell(l) {
+    const box = el("div");
+    box.append(el("span", "size-bytes",
+                  bytes(l.bytes) + (l.devices.length > 1 ? " ×" + l.devices.length : "")));
+    if (l.estimate) {
+      const note = el("div", "estimate", l.estimate);
+      note.title = "where the size came from";
+      box.append(note);
+    }
+    return box;
+  }
+
   function renderTables(s) {
     const leaseRows = s.leases.map((l) => {
       const tr = row(l.job_id, [
         [l.job_id, "job"],
+        [l.kind || "–", "kind wide"],
         ["pid " + l.pid + " · uid " + l.uid, "holder"],
-        [bytes(l.bytes) + (l.devices.length > 1 ? " ×" + l.devices.length : ""), "num size"],
+        [sizeCell(l), "num size"],
+        [useCell(l), "usage"],
         [l.devices.join(", "), "dev-list"],
         [duration(l.age_s), "num"],
         [duration(l.waited_s), "num wide"],
@@ -270,6 +359,7 @@
       ]);
       tr.dataset.bytes = String(l.bytes);
       tr.dataset.devices = l.devices.join(",");
+      tr.classList.toggle("overused", !!l.overused);
       tr.lastChild.title = l.command || "";
       return tr;
     });
@@ -314,7 +404,10 @@
     $("source").textContent = `${s.source} · ${s.backend.name}` +
         (s.backend.driver_version ? " · driver " + s.backend.driver_version : "");
     $("config").textContent = `limit ${Math.round(c.memory_limit * 100)}% of each device · ` +
-        `at most ${c.max_concurrent_jobs} jobs · ${c.placement} · ${c.queue} queue`;
+        `at most ${c.max_concurrent_jobs} jobs · ${c.placement} · ${c.queue} queue` +
+        (c.on_overuse ? ` · overuse: ${c.on_overuse}` +
+            (c.on_overuse === "terminate" ? ` after ${duration(c.overuse_grace_s)}` : "") +
+            ` (tolerance ${c.overuse_tolerance_percent}%)` : "");
     setValue("sum-leases", String(s.leases.length), "of " + c.max_concurrent_jobs);
     setValue("sum-queue", String(s.queue.length), s.queue.length ? "waiting" : "");
     let leased = 0;
@@ -327,6 +420,10 @@
     const st = s.stats;
     const notOk = st.jobs_failed + st.jobs_rejected + st.jobs_timed_out + st.jobs_cancelled;
     setValue("sum-jobs", String(st.jobs_succeeded), notOk ? `ok · ${notOk} not` : "ok");
+    const overused = s.leases.filter((l) => l.overused).length;
+    const terminated = st.overuse_terminations || 0;
+    setValue("sum-overuse", String(overused),
+             `${st.overuse_events || 0} event(s)` + (terminated ? `, ${terminated} terminated` : ""));
     setValue("sum-wait", st.wait_seconds.count ? duration(st.wait_seconds.mean) : "–",
              st.wait_seconds.count ? "max " + duration(st.wait_seconds.max) : "");
   }
