@@ -555,7 +555,14 @@ Status LocalLedger::try_acquire_into(const LeaseRequest& request, Holder holder,
   std::optional<LeaseRequest> changed;
   std::string note;
   if (request.bytes == 0 && !request.kind.empty()) {
-    if (Status s = resolve_estimate(request, changed, note); !s.ok()) return s;
+    if (Status s = resolve_estimate(request, changed, note); !s.ok()) {
+      // No estimate to ask for: a refusal, counted as the blocking path counts it.
+      if (s.code() == ErrorCode::kFailedPrecondition) {
+        MutexLock lock(mutex_);
+        ++stats_.jobs_rejected;
+      }
+      return s;
+    }
   }
   if (pinned_device_ >= 0 && request.device == -1) {
     if (!changed) changed = request;

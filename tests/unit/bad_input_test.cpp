@@ -259,6 +259,64 @@ TEST(BadInputTest, EveryBadInputIsRefusedWithANamedProblemAndChangesNothing) {
       {"placement policy name",
        [](Manager&) { return status_of(parse_placement_policy("worst-fit")); },
        ErrorCode::kInvalidArgument, "unknown placement policy 'worst-fit'"},
+      // Job kinds and learned estimates
+      {"job kind with an escape sequence",
+       [](Manager& m) {
+         LeaseRequest r = request("k", kGiB);
+         r.kind = "sdxl\x1b]0;owned\x07";
+         return status_of(m.try_acquire(r));
+       },
+       ErrorCode::kInvalidArgument, "job kind must not contain control characters"},
+      {"job kind too long",
+       [](Manager& m) {
+         LeaseRequest r = request("k", kGiB);
+         r.kind = std::string(257, 'k');
+         return status_of(m.try_acquire(r));
+       },
+       ErrorCode::kInvalidArgument, "job kind is 257 characters long"},
+      {"empty job kind", [](Manager&) { return check_job_kind(""); }, ErrorCode::kInvalidArgument,
+       "job kind must not be empty"},
+      {"an estimate with no history kept",
+       [](Manager& m) {
+         LeaseRequest r = request("auto", 0);
+         r.kind = "sdxl";
+         return status_of(m.try_acquire(r));
+       },
+       ErrorCode::kFailedPrecondition, "no learned estimate for job kind 'sdxl'", 1},
+      {"an estimate with no history kept, blocking",
+       [](Manager& m) {
+         LeaseRequest r = request("auto", 0);
+         r.kind = "sdxl";
+         return status_of(m.acquire(r, WaitOptions::for_seconds(5)));
+       },
+       ErrorCode::kFailedPrecondition, "give a size, or a default", 1},
+      // The overuse policy
+      {"overuse grace NaN",
+       [nan](Manager&) {
+         return create_with([nan](ManagerOptions& o) { o.overuse.grace_s = nan; });
+       },
+       ErrorCode::kInvalidArgument, "overuse grace must be between 0 and 86400 seconds, got nan"},
+      {"overuse grace negative",
+       [](Manager&) { return create_with([](ManagerOptions& o) { o.overuse.grace_s = -1; }); },
+       ErrorCode::kInvalidArgument, "overuse grace must be between 0 and 86400 seconds, got -1"},
+      {"overuse tolerance absurd",
+       [](Manager&) {
+         return create_with([](ManagerOptions& o) { o.overuse.tolerance_percent = 1e6; });
+       },
+       ErrorCode::kInvalidArgument, "overuse tolerance must be between 0 and 1000 percent"},
+      {"terminate in-process",
+       [](Manager&) {
+         return create_with(
+             [](ManagerOptions& o) { o.overuse.policy = OverusePolicy::kTerminate; });
+       },
+       ErrorCode::kInvalidArgument, "supports --on-overuse report only"},
+      {"overuse policy name", [](Manager&) { return status_of(parse_overuse_policy("kill")); },
+       ErrorCode::kInvalidArgument, "unknown overuse policy 'kill': use report or terminate"},
+      {"history in a folder that does not exist",
+       [](Manager&) {
+         return create_with([](ManagerOptions& o) { o.history_path = "/nonexistent/gpumgr/h.db"; });
+       },
+       ErrorCode::kFailedPrecondition, "/nonexistent/gpumgr"},
       // GPUMGR_SIMULATE_PROCESSES files
       {"processes file: device index out of range",
        [](Manager&) { return simulate_processes("0 100 1GiB\n5 100 1GiB\n"); },
