@@ -1,21 +1,47 @@
 // gpumgr run --vram SIZE [--gpus N] [--priority N] [--timeout SECONDS] [--job-id ID] -- CMD...
 // Waits for a lease from the daemon, runs CMD with CUDA_VISIBLE_DEVICES set to the leased
-// GPUs, holds the lease while CMD runs, forwards SIGINT/SIGTERM to it, releases the lease
-// when it ends and exits with CMD's exit code (128+N when signal N killed it).
+// GPUs, holds the lease while CMD runs, forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and
+// SIGUSR2 to it, releases the lease when it ends and exits with CMD's exit code (128+N when
+// signal N killed it).
 //
-// Threads: the main thread acquires, forks and waits for CMD; a signal thread (sigwait)
-// turns SIGINT/SIGTERM into a cancelled wait before CMD starts and into a forwarded signal
-// after. Both signals are blocked in every other thread, the daemon client's reader included.
+// Threads: the main thread acquires, forks and waits for CMD; a signal thread (a signalfd)
+// turns the six signals into a cancelled wait before CMD starts and into a forwarded signal
+// after. They are blocked in every other thread, the daemon client's reader included.
+//
+// CMD does not outlive `gpumgr run`: the child asks the kernel for SIGKILL when its parent
+// dies (PR_SET_PDEATHSIG), so that a `gpumgr run` killed with SIGKILL (whose lease the daemon
+// then frees) leaves no command running on a lease nobody holds.
+//
+// Process groups and terminals: without a controlling terminal (a service, cron, CI, a
+// script's subprocess) CMD gets a process group of its own, and forwarded signals go to the
+// whole group, so that what CMD started gets them too. With a controlling terminal (started
+// from a shell) CMD stays in `gpumgr run`'s process group, the shell's job: the terminal's
+// Ctrl-C, Ctrl-\ and Ctrl-Z reach both as the shell expects, CMD may read the terminal (a
+// process group of its own would not be the terminal's foreground group, and handing the
+// terminal over with tcsetpgrp would leave the shell unaware of a CMD stopped by Ctrl-Z), and
+// fg/bg act on both. Signals sent to `gpumgr run` alone are then forwarded to CMD's pid, and a
+// Ctrl-C or Ctrl-\ from the terminal is not forwarded again: CMD got it already.
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <cerrno>
+#include <charconv>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,10 +50,17 @@
 #include "daemon/protocol.h"
 #include "gpumgr/ledger.h"
 #include "gpumgr/units.h"
+#include "util/terminal_text.h"
 
 namespace gpumgr::cli {
 
 namespace {
+
+// The longest --timeout: what the daemon's protocol accepts (docs/protocol.md).
+constexpr double kMaxTimeoutSeconds = 1e9;
+
+// The signals `gpumgr run` forwards to CMD (before CMD runs: that cancel the wait).
+constexpr std::array<int, 6> kForwarded = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
 
 std::string join(const std::vector<std::string>& parts, const char* sep) {
   std::string out;
@@ -44,60 +77,210 @@ std::string hostname() {
   return buf;
 }
 
-// Forwards SIGINT/SIGTERM: to CMD once it runs, else to the waiting acquire's cancel token.
+// Whether this process has a controlling terminal (opening /dev/tty fails with ENXIO when
+// it has none).
+bool has_controlling_terminal() {
+  const int fd = ::open("/dev/tty", O_RDONLY | O_NOCTTY | O_CLOEXEC);
+  if (fd < 0) return false;
+  ::close(fd);
+  return true;
+}
+
+// Why CMD could not be run, from the errno its exec failed with.
+std::string exec_failure(const std::string& command, int err) {
+  const bool searched = command.find('/') == std::string::npos;
+  if (err == ENOENT && searched) return "not found in PATH";
+  struct stat st {};
+  if (err == EACCES && !searched && ::stat(command.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    return std::strerror(EISDIR);
+  }
+  return std::strerror(err);
+}
+
+// Forwards the signals in kForwarded: to CMD once it runs, else to the waiting acquire's
+// cancel token. Reads them from a signalfd, and a pipe tells it to stop, so that every one of
+// them, SIGUSR2 included, can be forwarded.
 class SignalForwarder {
  public:
   explicit SignalForwarder(CancelToken token) : token_(std::move(token)) {
-    sigemptyset(&set_);
-    sigaddset(&set_, SIGINT);
-    sigaddset(&set_, SIGTERM);
-    sigaddset(&set_, SIGUSR2);  // our own "stop" message
+    sigset_t set = forwarded_set();
+    signal_fd_ = ::signalfd(-1, &set, SFD_CLOEXEC);
+    if (signal_fd_ < 0 || ::pipe2(stop_fds_.data(), O_CLOEXEC) != 0) {
+      error_ = errno;
+      return;
+    }
     thread_ = std::thread([this] { loop(); });
   }
   ~SignalForwarder() {
-    stop_.store(true);
-    ::pthread_kill(thread_.native_handle(), SIGUSR2);
-    thread_.join();
+    if (thread_.joinable()) {
+      const char byte = 0;
+      (void)!::write(stop_fds_[1], &byte, 1);
+      thread_.join();
+    }
+    for (int fd : {signal_fd_, stop_fds_[0], stop_fds_[1]}) {
+      if (fd >= 0) ::close(fd);
+    }
   }
-  void set_child(pid_t pid) { child_.store(pid); }
+  SignalForwarder(const SignalForwarder&) = delete;
+  SignalForwarder& operator=(const SignalForwarder&) = delete;
+
+  // 0 when it runs, else the errno that stopped it from starting.
+  int error() const { return error_; }
   int received() const { return received_.load(); }
+  // The signal that came before CMD ran, or 0.
+  int pending() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return pending_;
+  }
+
+  // From now on, signals go to CMD: its process group when `group`, else its pid. A signal
+  // that came after the lease was granted and before this call is forwarded now.
+  void set_child(pid_t pid, bool group) {
+    std::lock_guard<std::mutex> lock(mu_);
+    child_ = pid;
+    group_ = group;
+    if (pending_ != 0) send(pending_);
+    pending_ = 0;
+  }
+  // CMD has ended (not reaped yet, so its pid cannot have been reused): nothing is forwarded
+  // after this returns.
+  void clear_child() {
+    std::lock_guard<std::mutex> lock(mu_);
+    child_ = 0;
+  }
 
   // Blocks the signals in the calling thread and in every thread it starts later.
   static void block_in_this_thread() {
-    sigset_t s;
-    sigemptyset(&s);
-    sigaddset(&s, SIGINT);
-    sigaddset(&s, SIGTERM);
-    sigaddset(&s, SIGUSR2);
+    sigset_t s = forwarded_set();
     ::pthread_sigmask(SIG_BLOCK, &s, nullptr);
   }
 
  private:
+  static sigset_t forwarded_set() {
+    sigset_t s;
+    sigemptyset(&s);
+    for (int signo : kForwarded) sigaddset(&s, signo);
+    return s;
+  }
+
+  void send(int signo) { ::kill(group_ ? -child_ : child_, signo); }
+
   void loop() {
+    std::array<pollfd, 2> fds{{{signal_fd_, POLLIN, 0}, {stop_fds_[0], POLLIN, 0}}};
     while (true) {
-      int signo = 0;
-      if (::sigwait(&set_, &signo) != 0) continue;
-      if (signo == SIGUSR2) {
-        if (stop_.load()) return;
-        continue;
-      }
+      if (::poll(fds.data(), fds.size(), -1) < 0) continue;  // EINTR
+      if (fds[1].revents != 0) return;
+      signalfd_siginfo info{};
+      if (::read(signal_fd_, &info, sizeof info) != static_cast<ssize_t>(sizeof info)) continue;
+      const int signo = static_cast<int>(info.ssi_signo);
       received_.store(signo);
-      const pid_t child = child_.load();
-      if (child > 0) {
-        ::kill(child, signo);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (child_ > 0) {
+        // Ctrl-C and Ctrl-\ on our terminal went to the whole foreground process group, CMD
+        // (which shares ours) included: sending it again would deliver it twice.
+        const bool from_terminal =
+            info.ssi_code == SI_KERNEL && (signo == SIGINT || signo == SIGQUIT);
+        if (group_ || !from_terminal) send(signo);
       } else {
+        pending_ = signo;
         token_.cancel();
       }
     }
   }
 
   CancelToken token_;
-  sigset_t set_{};
-  std::atomic<pid_t> child_{0};
+  int signal_fd_ = -1;
+  std::array<int, 2> stop_fds_{-1, -1};
+  int error_ = 0;
+  std::mutex mu_;
+  pid_t child_ = 0;     // guarded by mu_
+  bool group_ = false;  // guarded by mu_
+  int pending_ = 0;     // guarded by mu_
   std::atomic<int> received_{0};
-  std::atomic<bool> stop_{false};
   std::thread thread_;
 };
+
+// Runs CMD (argv, envp: built before fork, since the child of a threaded process may only
+// make async-signal-safe calls) with signals forwarded to it, and returns what
+// `gpumgr run` exits with: CMD's exit code, 128+N when signal N killed it, 127 when it could
+// not be run (the reason printed), 1 when it could not be started at all.
+int run_command(const std::vector<std::string>& command, std::vector<char*>& argv,
+                std::vector<char*>& envp, SignalForwarder& forwarder) {
+  // Without a terminal CMD gets a process group of its own (see the top of the file).
+  const bool own_group = !has_controlling_terminal();
+  // The child reports the errno of a failed exec through this pipe; a successful exec
+  // closes it (O_CLOEXEC), which the parent reads as end of file.
+  std::array<int, 2> exec_fds{-1, -1};
+  if (::pipe2(exec_fds.data(), O_CLOEXEC) != 0) {
+    std::perror("gpumgr run: pipe");
+    return kExitError;
+  }
+  const pid_t parent = ::getpid();
+  const pid_t child = ::fork();
+  if (child < 0) {
+    std::perror("gpumgr run: fork");
+    ::close(exec_fds[0]);
+    ::close(exec_fds[1]);
+    return kExitError;
+  }
+  if (child == 0) {
+    // The child: only async-signal-safe calls until exec.
+    ::close(exec_fds[0]);
+    // Killed when `gpumgr run` dies. The death signal follows the thread that forked,
+    // the main thread, which lives as long as the process. If the parent died before
+    // the prctl, it never comes: we have been re-parented, so stop here.
+    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent) ::_exit(127);
+    if (own_group) (void)::setpgid(0, 0);
+    sigset_t none;
+    sigemptyset(&none);
+    ::pthread_sigmask(SIG_SETMASK, &none, nullptr);
+    ::execvpe(argv[0], argv.data(), envp.data());
+    const int err = errno;
+    (void)!::write(exec_fds[1], &err, sizeof err);
+    ::_exit(127);
+  }
+  ::close(exec_fds[1]);
+  // Also here, so that the group exists before any signal is forwarded to it
+  // (EACCES once the child has exec'd: it did it itself by then).
+  if (own_group) (void)::setpgid(child, child);
+  forwarder.set_child(child, own_group);
+  int exec_errno = 0;
+  ssize_t got = 0;
+  while ((got = ::read(exec_fds[0], &exec_errno, sizeof exec_errno)) < 0 && errno == EINTR) {
+  }
+  ::close(exec_fds[0]);
+  if (got == static_cast<ssize_t>(sizeof exec_errno)) {
+    std::fprintf(stderr, "gpumgr run: cannot run '%s': %s\n",
+                 terminal_safe(command.front()).c_str(),
+                 exec_failure(command.front(), exec_errno).c_str());
+  }
+  // Wait for CMD to end without reaping it, so that its pid cannot be reused by an
+  // unrelated process while the forwarder may still signal it; then reap it.
+  siginfo_t ended{};
+  while (::waitid(P_PID, static_cast<id_t>(child), &ended, WEXITED | WNOWAIT) < 0 &&
+         errno == EINTR) {
+  }
+  forwarder.clear_child();
+  int wstatus = 0;
+  while (::waitpid(child, &wstatus, 0) < 0 && errno == EINTR) {
+  }
+  int code = kExitError;
+  if (WIFEXITED(wstatus)) code = WEXITSTATUS(wstatus);
+  if (got == static_cast<ssize_t>(sizeof exec_errno)) code = 127;
+  if (WIFSIGNALED(wstatus)) code = 128 + WTERMSIG(wstatus);
+  return code;
+}
+
+// --timeout: a finite number of seconds from 0 to kMaxTimeoutSeconds, else nothing.
+std::optional<double> parse_timeout(const std::string& text) {
+  double seconds = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), seconds);
+  if (ec != std::errc() || end != text.data() + text.size() || !std::isfinite(seconds) ||
+      seconds < 0 || seconds > kMaxTimeoutSeconds) {
+    return std::nullopt;
+  }
+  return seconds;
+}
 
 }  // namespace
 
@@ -106,7 +289,7 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
     std::string vram;
     int gpus = 1;
     int priority = 0;
-    double timeout = -1;
+    std::string timeout;
     std::string job_id;
     std::string kind;
     std::string default_vram;
@@ -128,7 +311,8 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
   sub->add_option("--gpus", opts->gpus, "Number of GPUs")->capture_default_str();
   sub->add_option("--priority", opts->priority, "Higher is served first")->capture_default_str();
   sub->add_option("--timeout", opts->timeout,
-                  "Give up waiting for the lease after this many seconds (default: wait)");
+                  "Give up waiting for the lease after this many seconds, 0 to 1e9 (default: "
+                  "wait)");
   sub->add_option("--job-id", opts->job_id, "Job id (default: run-<hostname>-<pid>)");
   sub->add_option("--socket", opts->socket,
                   "The daemon's socket (default: GPUMGR_SOCKET, else the default path)");
@@ -138,6 +322,8 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
       "CMD gets CUDA_VISIBLE_DEVICES (the leased GPUs' UUIDs), CUDA_DEVICE_ORDER=PCI_BUS_ID,\n"
       "GPUMGR_LEASE_JOB_ID, GPUMGR_LEASE_DEVICES (device indices) and GPUMGR_LEASE_BYTES\n"
       "(the lease per device, in bytes: gpu_manager caps torch at it; GPUMGR_ENFORCE=0 opts out).\n"
+      "SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to CMD (before it\n"
+      "runs, they cancel the wait); CMD is killed if gpumgr run dies.\n"
       "Exit codes: CMD's own; 128+N when signal N killed it; 127 when CMD cannot be run.\n"
       "Before CMD runs: 1 no lease (timed out, cancelled, failed); 2 bad arguments;\n"
       "3 no daemon reachable.");
@@ -172,6 +358,17 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
               }
               default_bytes = *parsed;
             }
+            std::optional<double> timeout;
+            if (sub->count("--timeout") > 0) {
+              timeout = parse_timeout(opts->timeout);
+              if (!timeout) {
+                std::fprintf(stderr,
+                             "gpumgr run: --timeout must be a number of seconds from 0 to 1e9, got "
+                             "%s\n",
+                             terminal_safe(opts->timeout).c_str());
+                return kExitUsage;
+              }
+            }
             if (opts->gpus < 1) {
               std::fprintf(stderr, "gpumgr run: --gpus must be >= 1, got %d\n", opts->gpus);
               return kExitUsage;
@@ -199,6 +396,11 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
             SignalForwarder::block_in_this_thread();
             CancelToken token;
             SignalForwarder forwarder(token);
+            if (forwarder.error() != 0) {
+              std::fprintf(stderr, "gpumgr run: cannot watch for signals: %s\n",
+                           std::strerror(forwarder.error()));
+              return kExitError;
+            }
 
             auto ledger = connect_daemon(socket);
             if (!ledger.ok()) {
@@ -206,12 +408,13 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
               return exit_code_for(ledger.status());
             }
             WaitOptions wait;
-            if (opts->timeout >= 0) wait = WaitOptions::for_seconds(opts->timeout);
+            if (timeout) wait = WaitOptions::for_seconds(*timeout);
             wait.cancel = token;
             auto lease = ledger.value()->acquire(request, wait);
             if (!lease.ok()) {
               std::fprintf(stderr, "gpumgr run: no lease for job '%s': %s\n",
-                           request.job_id.c_str(), lease.status().to_string().c_str());
+                           terminal_safe(request.job_id).c_str(),
+                           terminal_safe(lease.status().to_string()).c_str());
               if (lease.status().code() == ErrorCode::kCancelled && forwarder.received() != 0) {
                 return 128 + forwarder.received();
               }
@@ -222,8 +425,9 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
             if (automatic) {
               // Say what was asked for on the user's behalf, and why.
               std::fprintf(stderr, "gpumgr run: job '%s' leased %s per GPU (%s)\n",
-                           request.job_id.c_str(), format_bytes(lease->bytes).c_str(),
-                           lease->estimate.c_str());
+                           terminal_safe(request.job_id).c_str(),
+                           format_bytes(lease->bytes).c_str(),
+                           terminal_safe(lease->estimate).c_str());
             }
             // The leased devices' UUIDs, for CUDA_VISIBLE_DEVICES.
             std::vector<std::string> uuids;
@@ -240,9 +444,9 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
               }
             }
             if (!snap.ok() || uuids.size() != lease->devices.size()) {
-              std::fprintf(
-                  stderr, "gpumgr run: cannot read the leased devices' UUIDs: %s\n",
-                  snap.ok() ? "device missing from status" : snap.status().message().c_str());
+              std::fprintf(stderr, "gpumgr run: cannot read the leased devices' UUIDs: %s\n",
+                           snap.ok() ? "device missing from status"
+                                     : terminal_safe(snap.status().message()).c_str());
               (void)ledger.value()->release(request.job_id, JobOutcome::kFailed);
               return kExitError;
             }
@@ -274,35 +478,21 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
             std::vector<char*> envp;
             for (auto& e : env_storage) envp.push_back(e.data());
             envp.push_back(nullptr);
-            const pid_t child = ::fork();
-            if (child < 0) {
-              std::perror("gpumgr run: fork");
+            // A signal that came while waiting, even one that lost the race with the grant:
+            // the user asked for the job to stop before CMD started.
+            if (const int signo = forwarder.pending(); signo != 0) {
+              std::fprintf(stderr, "gpumgr run: job '%s': signal %d before the command started\n",
+                           terminal_safe(request.job_id).c_str(), signo);
               (void)ledger.value()->release(request.job_id, JobOutcome::kFailed);
-              return kExitError;
+              return 128 + signo;
             }
-            if (child == 0) {
-              // The child: only async-signal-safe calls until exec.
-              sigset_t none;
-              sigemptyset(&none);
-              ::pthread_sigmask(SIG_SETMASK, &none, nullptr);
-              ::execvpe(argv[0], argv.data(), envp.data());
-              const char msg[] = "gpumgr run: cannot run the command\n";
-              (void)!::write(STDERR_FILENO, msg, sizeof(msg) - 1);
-              ::_exit(127);
-            }
-            forwarder.set_child(child);
-            int wstatus = 0;
-            while (::waitpid(child, &wstatus, 0) < 0 && errno == EINTR) {
-            }
-            forwarder.set_child(0);
-            int code = kExitError;
-            if (WIFEXITED(wstatus)) code = WEXITSTATUS(wstatus);
-            if (WIFSIGNALED(wstatus)) code = 128 + WTERMSIG(wstatus);
+            const int code = run_command(opts->command, argv, envp, forwarder);
             if (Status s = ledger.value()->release(
                     request.job_id, code == 0 ? JobOutcome::kSucceeded : JobOutcome::kFailed);
                 !s.ok()) {
-              std::fprintf(stderr, "gpumgr run: releasing job '%s': %s\n", request.job_id.c_str(),
-                           s.to_string().c_str());
+              const std::string why = terminal_safe(s.to_string());
+              std::fprintf(stderr, "gpumgr run: releasing job '%s': %s\n",
+                           terminal_safe(request.job_id).c_str(), why.c_str());
             }
             return code;
           }};

@@ -30,20 +30,42 @@ StatusOr<std::uint64_t> parse_size(std::string_view text) {
   std::string quoted(1, '\'');
   quoted.append(text).push_back('\'');
   if (text.empty())
-    return InvalidArgument("empty size: expected an integer with a unit such as 24GiB");
+    return InvalidArgument("empty size: expected a number with a unit such as 24GiB or 1.5GiB");
+  const auto is_digit = [](char c) { return c >= '0' && c <= '9'; };
   std::size_t digits = 0;
-  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  while (digits < text.size() && is_digit(text[digits])) ++digits;
   if (digits == 0) {
     return InvalidArgument("bad size " + quoted +
-                           ": expected a non-negative integer with an optional unit "
-                           "(B KiB MiB GiB TiB KB MB GB TB; none means MiB)");
+                           ": expected a non-negative integer or decimal (24, 1.5) with an "
+                           "optional unit (B KiB MiB GiB TiB KB MB GB TB; none means MiB)");
   }
   std::uint64_t number = 0;
   auto [ptr, ec] = std::from_chars(text.data(), text.data() + digits, number);
   if (ec != std::errc() || ptr != text.data() + digits) {
     return InvalidArgument("bad size " + quoted + ": the number is too large");
   }
-  std::string_view suffix = text.substr(digits);
+  // The fraction's digits, kept as text: the bytes they add are computed exactly below.
+  std::string_view fraction;
+  std::size_t end = digits;
+  if (end < text.size() && text[end] == '.') {
+    std::size_t last = end + 1;
+    while (last < text.size() && is_digit(text[last])) ++last;
+    fraction = text.substr(end + 1, last - end - 1);
+    if (fraction.empty()) {
+      return InvalidArgument("bad size " + quoted +
+                             ": expected digits after the decimal point, as in 1.5GiB");
+    }
+    end = last;
+  }
+  std::string_view suffix = text.substr(end);
+  if (suffix.size() >= 2 && (suffix[0] == 'e' || suffix[0] == 'E') &&
+      (is_digit(suffix[1]) || suffix[1] == '+' || suffix[1] == '-')) {
+    return InvalidArgument("bad size " + quoted +
+                           ": exponents are not accepted; write the digits out, as in 1000MiB");
+  }
+  if (!suffix.empty() && suffix[0] == '.') {
+    return InvalidArgument("bad size " + quoted + ": more than one decimal point");
+  }
   std::uint64_t factor = kMiB;
   if (!suffix.empty()) {
     factor = 0;
@@ -55,10 +77,19 @@ StatusOr<std::uint64_t> parse_size(std::string_view text) {
                              "' (use B KiB MiB GiB TiB KB MB GB TB; none means MiB)");
     }
   }
-  if (number > std::numeric_limits<std::uint64_t>::max() / factor) {
+  // floor(factor * 0.d1d2...dn), exactly, for any number of digits: from the last digit
+  // back, part = floor((d_i * factor + part) / 10). Flooring at each step gives the same
+  // result as flooring once at the end (the dropped remainder is always below one tenth of
+  // a unit of the next step), and every value stays below 10 * factor, far from overflow.
+  std::uint64_t part = 0;
+  for (auto it = fraction.rbegin(); it != fraction.rend(); ++it) {
+    part = (static_cast<std::uint64_t>(*it - '0') * factor + part) / 10;
+  }
+  constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max();
+  if (number > kMax / factor || number * factor > kMax - part) {
     return InvalidArgument("bad size " + quoted + ": too large");
   }
-  return number * factor;
+  return number * factor + part;
 }
 
 std::string format_bytes(std::uint64_t bytes) {

@@ -140,7 +140,7 @@ TEST_F(SimulatedProcessesTest, EachBadLineKeepsThePreviousContentsAndNamesTheLin
       {"0 0 1GiB", "pid '0' is not a positive integer"},
       {"0 abc 1GiB", "pid 'abc' is not a positive integer"},
       {"0 4294967296 1GiB", "pid '4294967296' is not a positive integer"},
-      {"0 100 12.5GiB", "bad size '12.5GiB': unknown unit '.5GiB'"},
+      {"0 100 1e3GiB", "bad size '1e3GiB': exponents are not accepted"},
       {"0 100 -1GiB", "bad size '-1GiB'"},
       {"0 100 10gib", "unknown unit 'gib'"},
       {"0 100", "missing field SIZE"},
