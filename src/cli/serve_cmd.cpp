@@ -37,6 +37,10 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
     double overuse_grace_s = 10;
     double overuse_tolerance_percent = 5;
     double poll_interval_s = 0.25;
+    double hello_timeout_s = 5;
+    long long max_connections_per_uid = 256;
+    bool kill_orphans = false;
+    double kill_orphans_grace_s = 5;
     bool quiet = false;
   };
   auto opts = std::make_shared<Options>();
@@ -78,7 +82,21 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
   sub->add_option("--poll-interval", opts->poll_interval_s,
                   "Seconds between readings of the devices while leases are held or jobs wait")
       ->capture_default_str();
-  sub->add_flag("--quiet", opts->quiet, "Print only errors");
+  sub->add_option("--hello-timeout", opts->hello_timeout_s,
+                  "Seconds a new connection has to send hello before it is closed (0: no limit)")
+      ->capture_default_str();
+  sub->add_option("--max-connections-per-uid", opts->max_connections_per_uid,
+                  "Connections one uid may hold open at once; root is not limited (0: no limit)")
+      ->capture_default_str();
+  sub->add_flag("--kill-orphans", opts->kill_orphans,
+                "When a holder's connection closes while it holds leases (it exited or was "
+                "killed), SIGTERM its process tree, SIGKILL after --kill-orphans-grace");
+  sub->add_option("--kill-orphans-grace", opts->kill_orphans_grace_s,
+                  "Seconds between SIGTERM and SIGKILL for --kill-orphans")
+      ->capture_default_str();
+  sub->add_flag("--quiet", opts->quiet,
+                "Print only errors, warnings (clients dropped, refused or signalled) and overuse "
+                "events");
   sub->footer(
       "Stops on SIGINT/SIGTERM: waiting clients get an error, exit code 0.\n"
       "Exit codes: 0 stopped by a signal; 1 runtime failure (socket, HTTP port, backend);\n"
@@ -113,6 +131,23 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
         if (!(opts->poll_interval_s >= 0.001 && opts->poll_interval_s <= 3600)) {
           std::fprintf(stderr,
                        "gpumgr serve: --poll-interval must be between 0.001 and 3600 seconds\n");
+          return kExitUsage;
+        }
+        if (!(opts->hello_timeout_s >= 0 && opts->hello_timeout_s <= 86400)) {
+          std::fprintf(stderr,
+                       "gpumgr serve: --hello-timeout must be between 0 (no limit) and 86400 "
+                       "seconds\n");
+          return kExitUsage;
+        }
+        if (opts->max_connections_per_uid < 0 || opts->max_connections_per_uid > 100000000) {
+          std::fprintf(stderr,
+                       "gpumgr serve: --max-connections-per-uid must be between 0 (no limit) and "
+                       "100000000\n");
+          return kExitUsage;
+        }
+        if (!(opts->kill_orphans_grace_s >= 0 && opts->kill_orphans_grace_s <= 3600)) {
+          std::fprintf(stderr,
+                       "gpumgr serve: --kill-orphans-grace must be between 0 and 3600 seconds\n");
           return kExitUsage;
         }
         config.poll_interval = std::chrono::milliseconds(
@@ -158,7 +193,14 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
         so.socket_path = socket;
         so.socket_group = opts->socket_group;
         so.handle_signals = true;
-        so.log = [](const std::string& line) {
+        so.hello_timeout_s = opts->hello_timeout_s;
+        so.max_connections_per_uid = static_cast<std::size_t>(opts->max_connections_per_uid);
+        so.kill_orphans = opts->kill_orphans;
+        so.kill_orphans_grace_s = opts->kill_orphans_grace_s;
+        // --quiet: the ordinary course (who left, shutting down) is not printed; what the
+        // daemon did to a client, and what failed, is.
+        so.log = [quiet = opts->quiet](daemon::LogLevel level, const std::string& line) {
+          if (quiet && level == daemon::LogLevel::kInfo) return;
           std::fprintf(stderr, "gpumgr serve: %s\n", line.c_str());
         };
         auto server = daemon::Server::create(so, ledger.value());

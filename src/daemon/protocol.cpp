@@ -5,7 +5,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <climits>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -385,6 +388,119 @@ std::string default_server_socket_path() {
     return std::string(xdg) + "/gpumgr.sock";
   }
   return "/tmp/gpumgr-" + std::to_string(::geteuid()) + "/gpumgr.sock";
+}
+
+namespace {
+
+std::string octal_mode(mode_t mode) {
+  char buf[16];
+  std::snprintf(buf, sizeof(buf), "%04o", static_cast<unsigned>(mode & 07777));
+  return buf;
+}
+
+std::string not_by(uid_t owner) {
+  return owner == 0 ? "not by root" : "not by you (uid " + std::to_string(owner) + ") or root";
+}
+
+// One component of the socket's path (a folder, or a symbolic link on the way to one).
+Status check_path_component(const std::string& path, uid_t owner, bool* is_link) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    const int err = errno;
+    if (err == ENOENT) return Status(ErrorCode::kNotFound, path + " does not exist");
+    return Status(ErrorCode::kPermissionDenied,
+                  "cannot check " + path + ": " + std::string(std::strerror(err)));
+  }
+  const bool trusted = st.st_uid == owner || st.st_uid == 0;
+  const std::string uid = std::to_string(st.st_uid);
+  if (S_ISLNK(st.st_mode)) {
+    *is_link = true;
+    if (trusted) return Status::Ok();
+    return Status(ErrorCode::kPermissionDenied,
+                  path + " is a symbolic link owned by uid " + uid + ", " + not_by(owner) +
+                      ": that user could point it at a folder of theirs and receive every "
+                      "request meant for the daemon; use a path without it");
+  }
+  if (!S_ISDIR(st.st_mode)) return InvalidArgument(path + " is not a folder");
+  if (!trusted) {
+    return Status(ErrorCode::kPermissionDenied,
+                  path + " is owned by uid " + uid + ", " + not_by(owner) +
+                      ": that user could replace the socket and receive every request meant "
+                      "for the daemon (job ids, commands); remove it (as root or uid " +
+                      uid + ") or use a folder of your own");
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (st.st_mode & S_ISVTX) == 0) {
+    const char* who = (st.st_mode & S_IWOTH) != 0 ? "others" : "its group";
+    return Status(ErrorCode::kPermissionDenied,
+                  path + " is writable by " + who + " (mode " + octal_mode(st.st_mode) +
+                      ") and not sticky: they could replace the socket and receive every "
+                      "request meant for the daemon; chmod go-w " +
+                      path + " (or chmod +t), or use a folder of your own");
+  }
+  return Status::Ok();
+}
+
+// `folder` (absolute) and every folder above it, from the root down.
+Status check_folder_chain(const std::string& folder, uid_t owner, bool* saw_link) {
+  bool is_link = false;
+  if (Status s = check_path_component("/", owner, &is_link); !s.ok()) return s;
+  std::string prefix;
+  std::size_t pos = 0;
+  while (pos < folder.size()) {
+    const std::size_t next = folder.find('/', pos);
+    const std::size_t end = next == std::string::npos ? folder.size() : next;
+    if (end > pos) {
+      prefix += "/" + folder.substr(pos, end - pos);
+      is_link = false;
+      if (Status s = check_path_component(prefix, owner, &is_link); !s.ok()) return s;
+      if (is_link) *saw_link = true;
+    }
+    pos = end + 1;
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status check_socket_folder(const std::string& socket_path, uid_t owner) {
+  if (socket_path.empty()) return InvalidArgument("no socket path given");
+  std::string path = socket_path;
+  if (path.front() != '/') {
+    char cwd[4096];
+    if (::getcwd(cwd, sizeof(cwd)) == nullptr) {
+      return Status(ErrorCode::kPermissionDenied,
+                    "cannot check the folder of the relative socket path " + socket_path +
+                        ": the current folder is unknown (" + std::strerror(errno) + ")");
+    }
+    path = std::string(cwd) + "/" + path;
+  }
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  const std::size_t slash = path.rfind('/');
+  const std::string folder = slash == 0 ? "/" : path.substr(0, slash);
+  bool saw_link = false;
+  if (Status s = check_folder_chain(folder, owner, &saw_link); !s.ok()) return s;
+  if (saw_link) {
+    // Where the links lead must pass too (the folders above the target included).
+    char resolved[PATH_MAX];
+    if (::realpath(folder.c_str(), resolved) == nullptr) {
+      const int err = errno;
+      if (err == ENOENT) return Status(ErrorCode::kNotFound, folder + " does not exist");
+      return Status(ErrorCode::kPermissionDenied,
+                    "cannot resolve " + folder + ": " + std::string(std::strerror(err)));
+    }
+    bool ignored = false;
+    if (Status s = check_folder_chain(resolved, owner, &ignored); !s.ok()) return s;
+  }
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0 && st.st_uid != owner && st.st_uid != 0) {
+    const std::string uid = std::to_string(st.st_uid);
+    return Status(ErrorCode::kPermissionDenied,
+                  path + " is owned by uid " + uid + ", " + not_by(owner) +
+                      ": another user put it there, and would receive every request meant for "
+                      "the daemon; remove it (as root or uid " +
+                      uid + ") or use another path");
+  }
+  return Status::Ok();
 }
 
 bool socket_answers(const std::string& path) {

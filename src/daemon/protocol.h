@@ -8,6 +8,8 @@
 // Every function may be called from any thread.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <nlohmann/json.hpp>
@@ -93,6 +95,21 @@ std::string default_server_socket_path();
 // user's default path (which the "no daemon" error then names).
 std::string default_client_socket_path();
 inline constexpr const char* kSystemSocketPath = "/run/gpumgr/gpumgr.sock";
+// Whether the folder of `socket_path` is safe to listen in or to connect through, for a
+// process of uid `owner`: whoever can replace the socket receives every client's job ids and
+// commands and answers them (the hijack of the fallback /tmp/gpumgr-<uid>/). The rule, as
+// OpenSSH's StrictModes and systemd's: the socket's folder and every folder above it are
+// owned by `owner` or root and not writable by their group or others unless sticky (as /tmp:
+// then only an entry's owner may remove or rename it); a symbolic link on the way is owned by
+// `owner` or root, and the folders it leads to pass the same rule; the socket itself, where
+// it exists, is owned by `owner` or root. Relative paths are taken from the current folder.
+// Returns OK; kPermissionDenied naming the first thing that fails and why ("/tmp/gpumgr-1000
+// is owned by uid 1001, not by you (uid 1000) or root: ..."); kNotFound when the folder (or
+// one above it) does not exist (nothing to connect to; the daemon creates it); kInvalidArgument
+// for an empty path or a component that is not a folder. Only reads (lstat, realpath).
+// The daemon passes its euid; a client passes its own euid before connecting, so that a root
+// daemon's /run/gpumgr/ (root's) passes and another user's folder does not.
+Status check_socket_folder(const std::string& socket_path, uid_t owner);
 // Whether something accepts connections at `path` (a live daemon, not a stale socket).
 bool socket_answers(const std::string& path);
 

@@ -1,5 +1,6 @@
 #include "daemon/server.h"
 
+#include <dirent.h>
 #include <grp.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -7,16 +8,22 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <asio.hpp>
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 #include "core/snapshot_json.h"
 #include "daemon/protocol.h"
@@ -29,6 +36,136 @@ using nlohmann::json;
 using Socket = asio::local::stream_protocol::socket;
 
 std::string errno_text(int err) { return std::strerror(err); }
+
+std::string seconds_text(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", s);
+  return buf;
+}
+
+// Seconds as a timer duration; clamped to [0, 1e9] so that no option can overflow it.
+std::chrono::steady_clock::duration seconds(double s) {
+  s = s > 0 ? std::min(s, 1e9) : 0.0;
+  return std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::duration<double>(s));
+}
+
+// ---- processes, for --kill-orphans ----
+
+// A process as of one reading: its pid and its start time (clock ticks since boot), so that a
+// pid reused by a new process is never mistaken for it.
+struct ProcessId {
+  std::uint32_t pid = 0;
+  std::uint64_t start = 0;
+};
+
+struct ProcessStat {
+  std::uint32_t ppid = 0;
+  std::uint64_t start = 0;
+  bool running = false;  // neither a zombie nor dead
+};
+
+std::optional<ProcessStat> read_process_stat(std::uint32_t pid) {
+  const auto text = read_small_file("/proc/" + std::to_string(pid) + "/stat", 4096);
+  if (!text) return std::nullopt;
+  // "pid (comm) state ppid ... starttime ...": comm may hold spaces and parentheses.
+  const auto paren = text->rfind(')');
+  if (paren == std::string::npos) return std::nullopt;
+  std::vector<std::string_view> fields;
+  std::string_view rest(*text);
+  rest.remove_prefix(paren + 1);
+  while (!rest.empty() && fields.size() < 20) {
+    while (!rest.empty() && rest.front() == ' ') rest.remove_prefix(1);
+    const auto end = rest.find(' ');
+    fields.push_back(rest.substr(0, end));
+    if (end == std::string_view::npos) break;
+    rest.remove_prefix(end);
+  }
+  if (fields.size() < 20) return std::nullopt;  // [0] state (field 3) ... [19] starttime (22)
+  ProcessStat st;
+  const auto number = [](std::string_view f, auto& out) {
+    return std::from_chars(f.data(), f.data() + f.size(), out).ec == std::errc();
+  };
+  if (!number(fields[1], st.ppid) || !number(fields[19], st.start)) return std::nullopt;
+  st.running = fields[0] != "Z" && fields[0] != "X" && fields[0] != "x";
+  return st;
+}
+
+// Whether every uid of the process (real, effective, saved, filesystem) is `uid`: a setuid
+// program that a holder started is not the holder's to have killed.
+bool process_uid_is(std::uint32_t pid, std::uint32_t uid) {
+  const auto text = read_small_file("/proc/" + std::to_string(pid) + "/status", 64 * 1024);
+  if (!text) return false;
+  const auto at = text->find("\nUid:");
+  if (at == std::string::npos) return false;
+  std::string_view line(*text);
+  line.remove_prefix(at + 5);
+  line = line.substr(0, line.find('\n'));
+  int seen = 0;
+  while (!line.empty()) {
+    while (!line.empty() && (line.front() == ' ' || line.front() == '\t')) line.remove_prefix(1);
+    if (line.empty()) break;
+    std::uint32_t value = 0;
+    const auto [ptr, ec] = std::from_chars(line.data(), line.data() + line.size(), value);
+    if (ec != std::errc() || value != uid) return false;
+    line.remove_prefix(static_cast<std::size_t>(ptr - line.data()));
+    ++seen;
+  }
+  return seen == 4;
+}
+
+// Every process's parent, from one pass over /proc.
+struct ProcessTable {
+  std::unordered_map<std::uint32_t, ProcessStat> stat;
+  std::unordered_map<std::uint32_t, std::vector<std::uint32_t>> children;
+
+  static ProcessTable read() {
+    ProcessTable t;
+    DIR* dir = ::opendir("/proc");
+    if (dir == nullptr) return t;
+    while (const dirent* entry = ::readdir(dir)) {
+      std::uint32_t pid = 0;
+      const std::string_view name(entry->d_name);
+      const auto [ptr, ec] = std::from_chars(name.data(), name.data() + name.size(), pid);
+      if (ec != std::errc() || ptr != name.data() + name.size() || pid == 0) continue;
+      if (const auto st = read_process_stat(pid)) {
+        t.stat[pid] = *st;
+        t.children[st->ppid].push_back(pid);
+      }
+    }
+    ::closedir(dir);
+    return t;
+  }
+
+  // `root` (when it runs) and its running descendants.
+  std::vector<ProcessId> tree(std::uint32_t root) const {
+    std::vector<ProcessId> out;
+    const auto it = stat.find(root);
+    if (it == stat.end()) return out;
+    out.push_back({root, it->second.start});
+    for (std::size_t i = 0; i < out.size() && out.size() < 100000; ++i) {
+      const auto c = children.find(out[i].pid);
+      if (c == children.end()) continue;
+      for (const std::uint32_t child : c->second) out.push_back({child, stat.at(child).start});
+    }
+    return out;
+  }
+};
+
+// Whether `p` is still the process that was read (same start time) and still runs.
+bool still_running(const ProcessId& p) {
+  const auto st = read_process_stat(p.pid);
+  return st && st->running && st->start == p.start;
+}
+
+std::string pid_list(const std::vector<ProcessId>& procs) {
+  std::string out;
+  for (const auto& p : procs) {
+    if (!out.empty()) out += ", ";
+    out += std::to_string(p.pid);
+  }
+  return out;
+}
 
 // What the holder runs, for status displays, when the client did not say: its command line
 // from /proc, arguments separated by spaces, cut at the protocol's limit.
@@ -45,6 +182,36 @@ std::string command_of(std::uint32_t pid) {
   return raw;
 }
 
+// What a socket path that is not a socket is, and what to do about it.
+std::string not_a_socket(std::string path, const struct stat& st) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  const std::string advice = "; the daemon never replaces it: remove it (rm " + path +
+                             ") if nothing needs it, or choose another --socket";
+  if (S_ISDIR(st.st_mode)) {
+    return path + " is a folder, not a socket: give the socket's own path, e.g. --socket " + path +
+           "/gpumgr.sock";
+  }
+  if (S_ISREG(st.st_mode)) {
+    return path + " is a regular file (" + std::to_string(st.st_size) + " bytes), not a socket" +
+           advice;
+  }
+  if (S_ISLNK(st.st_mode)) {
+    std::array<char, 4096> target{};
+    const ssize_t n = ::readlink(path.c_str(), target.data(), target.size() - 1);
+    return path + " is a symbolic link" +
+           (n > 0 ? " (to " + std::string(target.data(), static_cast<std::size_t>(n)) + ")"
+                  : std::string()) +
+           ", not a socket" + advice;
+  }
+  const char* kind = S_ISFIFO(st.st_mode)  ? "a named pipe (FIFO)"
+                     : S_ISCHR(st.st_mode) ? "a character device"
+                     : S_ISBLK(st.st_mode) ? "a block device"
+                                           : nullptr;
+  return path +
+         (kind != nullptr ? std::string(" is ") + kind + ", not a socket" : " is not a socket") +
+         advice;
+}
+
 }  // namespace
 
 // Grants decided on other threads come here to be posted onto the loop; once the loop has
@@ -57,9 +224,10 @@ struct Mailbox {
 struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   // One client connection. Touched only on the loop thread.
   struct Connection {
-    explicit Connection(asio::io_context& io) : socket(io) {}
+    explicit Connection(asio::io_context& io) : socket(io), hello_timer(io) {}
     std::uint64_t cid = 0;
     Socket socket;
+    asio::steady_timer hello_timer;  // closes the connection when hello does not come
     core::Holder peer;
     std::string peer_command;
     bool command_read = false;
@@ -73,6 +241,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     std::size_t out_bytes = 0;
     std::unordered_map<std::string, std::uint64_t> waiting;  // job id -> request id
     std::unordered_set<std::string> held;
+    std::vector<ProcessId> tree;  // --kill-orphans: the holder's processes at the last scan
   };
   using ConnPtr = std::shared_ptr<Connection>;
 
@@ -83,6 +252,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   asio::signal_set signals{io};
   asio::steady_timer retry_accept{io};
   asio::steady_timer grace{io};
+  asio::steady_timer orphan_scan{io};
   std::shared_ptr<Mailbox> mailbox = std::make_shared<Mailbox>();
   dev_t socket_dev = 0;
   ino_t socket_ino = 0;
@@ -90,6 +260,8 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   // Loop-thread state.
   std::unordered_map<std::uint64_t, ConnPtr> connections;
   std::unordered_map<std::string, std::uint64_t> owner;  // job id -> connection, held or waiting
+  std::unordered_map<std::uint32_t, std::size_t> connections_of_uid;
+  std::unordered_set<std::uint32_t> uids_at_limit;  // said so in the log once per episode
   std::uint64_t next_cid = 1;
   bool stopping = false;
   std::string stop_reason = "the daemon is shutting down";
@@ -99,8 +271,8 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   std::thread background;
   std::atomic<bool> ran{false};
 
-  void log(const std::string& line) const {
-    if (options.log) options.log(line);
+  void log(LogLevel level, const std::string& line) const {
+    if (options.log) options.log(level, line);
   }
 
   // ---- accepting ----
@@ -118,7 +290,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     if (ec) {
       // Out of descriptors (EMFILE) and the like: keep the daemon up and try again shortly
       // rather than spinning.
-      log("accept failed: " + ec.message());
+      log(LogLevel::kError, "accept failed: " + ec.message());
       retry_accept.expires_after(std::chrono::milliseconds(100));
       retry_accept.async_wait([self = shared_from_this()](std::error_code e) {
         if (!e) self->start_accept();
@@ -128,7 +300,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     ucred cred{};
     socklen_t len = sizeof(cred);
     if (::getsockopt(conn->socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-      log("SO_PEERCRED failed: " + errno_text(errno) + "; connection refused");
+      log(LogLevel::kError, "SO_PEERCRED failed: " + errno_text(errno) + "; connection refused");
       std::error_code ignored;
       conn->socket.close(ignored);
       start_accept();
@@ -136,11 +308,63 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     }
     conn->peer =
         core::Holder{static_cast<std::uint32_t>(cred.pid), static_cast<std::uint32_t>(cred.uid)};
+    std::size_t& of_uid = connections_of_uid[conn->peer.uid];
+    if (options.max_connections_per_uid > 0 && conn->peer.uid != 0 &&
+        of_uid >= options.max_connections_per_uid) {
+      refuse_over_limit(conn);
+      start_accept();
+      return;
+    }
+    ++of_uid;
     conn->cid = next_cid++;
     connections.emplace(conn->cid, conn);
     connection_total.store(connections.size());
+    if (options.hello_timeout_s > 0) {
+      conn->hello_timer.expires_after(seconds(options.hello_timeout_s));
+      conn->hello_timer.async_wait([self = shared_from_this(), conn](std::error_code e) {
+        if (!e) self->on_hello_timeout(conn);
+      });
+    }
     start_read(conn);
     start_accept();
+  }
+
+  // One uid at its limit: this connection gets one error line and is closed at once, never
+  // registered, so that it costs nothing while every other connection is served.
+  void refuse_over_limit(const ConnPtr& conn) {
+    const std::uint32_t uid = conn->peer.uid;
+    const std::string limit = std::to_string(options.max_connections_per_uid);
+    const std::string line =
+        encode_error(std::nullopt,
+                     Status(ErrorCode::kResourceExhausted,
+                            "uid " + std::to_string(uid) + " already has " + limit +
+                                " connections to the daemon, the most one uid may have "
+                                "(--max-connections-per-uid " +
+                                limit +
+                                "); closing this one: close connections you do not use, or ask the "
+                                "daemon's administrator to raise the limit"));
+    // A new connection's send buffer is empty: one short line goes out without blocking.
+    (void)::send(conn->socket.native_handle(), line.data(), line.size(),
+                 MSG_NOSIGNAL | MSG_DONTWAIT);
+    std::error_code ignored;
+    conn->socket.shutdown(Socket::shutdown_both, ignored);
+    conn->socket.close(ignored);
+    if (uids_at_limit.insert(uid).second) {
+      log(LogLevel::kWarning, "uid " + std::to_string(uid) + " has " + limit +
+                                  " connections, its limit (--max-connections-per-uid); "
+                                  "refusing its new connections until some close");
+    }
+  }
+
+  // No hello within the timeout: an idle connection must not hold a descriptor for ever.
+  void on_hello_timeout(const ConnPtr& conn) {
+    if (conn->hello || conn->closing || connections.count(conn->cid) == 0) return;
+    send(conn, encode_error(std::nullopt,
+                            Status(ErrorCode::kTimedOut,
+                                   "no hello within " + seconds_text(options.hello_timeout_s) +
+                                       " s of connecting; closing the connection (the first "
+                                       "request must be hello: docs/protocol.md)")));
+    close_after_flush(conn);
   }
 
   // ---- reading ----
@@ -158,7 +382,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     if (conn->closing) return;
     if (ec) {
       // EOF, reset, or our own close: the client is gone, and so are its leases.
-      drop(conn);
+      drop(conn, /*client_left=*/true);
       return;
     }
     conn->splitter.append(std::string_view(conn->read_buffer.data(), n));
@@ -184,8 +408,8 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     conn->out_bytes += bytes.size();
     conn->out.push_back(std::move(bytes));
     if (conn->out_bytes > options.max_reply_backlog) {
-      log("client pid " + std::to_string(conn->peer.pid) +
-          " does not read its replies; disconnecting it");
+      log(LogLevel::kWarning, "client pid " + std::to_string(conn->peer.pid) +
+                                  " does not read its replies; disconnecting it");
       drop(conn);
       return;
     }
@@ -212,7 +436,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     }
     if (ec) {
       conn->writing = false;
-      drop(conn);
+      drop(conn, /*client_left=*/true);  // EPIPE, reset: the client went away
       return;
     }
     write_next(conn);
@@ -229,13 +453,23 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
 
   // ---- disconnect: the holder is gone, so are its leases ----
 
-  void drop(const ConnPtr& conn) {
+  // `client_left`: the client closed the connection (exited, was killed), as opposed to the
+  // daemon dropping it (shutdown, a protocol error, a client that stopped reading).
+  void drop(const ConnPtr& conn, bool client_left = false) {
     if (connections.erase(conn->cid) == 0) return;  // already dropped
     connection_total.store(connections.size());
+    if (const auto it = connections_of_uid.find(conn->peer.uid); it != connections_of_uid.end()) {
+      if (--it->second == 0) connections_of_uid.erase(it);
+      uids_at_limit.erase(conn->peer.uid);
+    }
     conn->closing = true;
     std::error_code ignored;
+    conn->hello_timer.cancel();
     conn->socket.shutdown(Socket::shutdown_both, ignored);
     conn->socket.close(ignored);
+    if (client_left && options.kill_orphans && !stopping && !conn->held.empty()) {
+      terminate_orphans(conn);
+    }
     // Waiting requests: cancelled. A grant already on its way here finds the connection gone
     // and releases the lease (on_acquire_done).
     std::vector<std::string> waiting;
@@ -247,12 +481,89 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       erase_owner(job, conn->cid);
     }
     if (!conn->held.empty() || !waiting.empty()) {
-      log("client pid " + std::to_string(conn->peer.pid) + " left: released " +
-          std::to_string(conn->held.size()) + " lease(s), cancelled " +
-          std::to_string(waiting.size()) + " waiting request(s)");
+      log(LogLevel::kInfo, "client pid " + std::to_string(conn->peer.pid) + " left: released " +
+                               std::to_string(conn->held.size()) + " lease(s), cancelled " +
+                               std::to_string(waiting.size()) + " waiting request(s)");
     }
     conn->held.clear();
+    conn->tree.clear();
     maybe_finish_shutdown();
+  }
+
+  // ---- --kill-orphans ----
+
+  // Reads the process tree of every connection that holds a lease, so that it is known when
+  // the holder dies (its children are then re-parented and no longer look like its own).
+  void schedule_orphan_scan() {
+    orphan_scan.expires_after(seconds(options.orphan_scan_interval_s));
+    orphan_scan.async_wait([self = shared_from_this()](std::error_code ec) {
+      if (ec || self->stopping) return;
+      self->scan_holder_trees();
+      self->schedule_orphan_scan();
+    });
+  }
+
+  void scan_holder_trees() {
+    bool any = false;
+    for (const auto& [cid, conn] : connections) any = any || !conn->held.empty();
+    if (!any) return;  // nothing to read while nobody holds a lease
+    const ProcessTable table = ProcessTable::read();
+    for (const auto& [cid, conn] : connections) {
+      if (conn->held.empty()) {
+        conn->tree.clear();
+      } else {
+        conn->tree = table.tree(conn->peer.pid);
+      }
+    }
+  }
+
+  // The holder's connection closed while it held leases: SIGTERM its process tree (as read
+  // at the last scan, plus what descends from the holder now, if it still runs), then
+  // SIGKILL what is left after the grace. Only processes that are still the ones read (same
+  // start time), all of whose uids are the holder's; never pid 1 or the daemon.
+  void terminate_orphans(const ConnPtr& conn) {
+    std::vector<ProcessId> candidates = conn->tree;
+    const ProcessTable now = ProcessTable::read();
+    const bool holder_known = !candidates.empty() && candidates.front().pid == conn->peer.pid;
+    for (const ProcessId& p : now.tree(conn->peer.pid)) {
+      // The holder's pid now: the same process as at the scan, or (no scan yet) it just left.
+      if (p.pid == conn->peer.pid && holder_known && p.start != candidates.front().start) break;
+      const bool seen = std::any_of(candidates.begin(), candidates.end(),
+                                    [&](const ProcessId& c) { return c.pid == p.pid; });
+      if (!seen) candidates.push_back(p);
+    }
+    const auto self_pid = static_cast<std::uint32_t>(::getpid());
+    const std::uint32_t uid = conn->peer.uid;
+    std::vector<ProcessId> signalled;
+    for (const ProcessId& p : candidates) {
+      if (p.pid <= 1 || p.pid == self_pid) continue;
+      if (!still_running(p) || !process_uid_is(p.pid, uid)) continue;
+      if (::kill(static_cast<pid_t>(p.pid), SIGTERM) == 0) signalled.push_back(p);
+    }
+    if (signalled.empty()) return;
+    std::string jobs;
+    for (const auto& job : conn->held) jobs += (jobs.empty() ? "'" : ", '") + job + "'";
+    const std::string who =
+        "client pid " + std::to_string(conn->peer.pid) + " (uid " + std::to_string(uid) + ")";
+    log(LogLevel::kWarning, who + " left holding " + jobs + ": --kill-orphans: SIGTERM to " +
+                                std::to_string(signalled.size()) +
+                                " process(es) of its tree: " + pid_list(signalled));
+    auto timer = std::make_shared<asio::steady_timer>(io);
+    timer->expires_after(seconds(options.kill_orphans_grace_s));
+    timer->async_wait([self = shared_from_this(), timer, signalled, uid, who](std::error_code) {
+      std::vector<ProcessId> killed;
+      for (const ProcessId& p : signalled) {
+        if (!still_running(p) || !process_uid_is(p.pid, uid)) continue;
+        if (::kill(static_cast<pid_t>(p.pid), SIGKILL) == 0) killed.push_back(p);
+      }
+      if (!killed.empty()) {
+        self->log(LogLevel::kWarning, "--kill-orphans: SIGKILL to " +
+                                          std::to_string(killed.size()) + " process(es) of " + who +
+                                          " still running " +
+                                          seconds_text(self->options.kill_orphans_grace_s) +
+                                          " s after SIGTERM: " + pid_list(killed));
+      }
+    });
   }
 
   void erase_owner(const std::string& job, std::uint64_t cid) {
@@ -361,6 +672,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       return;
     }
     conn->hello = true;
+    conn->hello_timer.cancel();
     send(conn, encode_ok(r.id, {{"version", kProtocolVersion},
                                 {"server", "gpumgr"},
                                 {"daemon_pid", ::getpid()},
@@ -470,11 +782,12 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   void begin_shutdown() {
     if (stopping) return;
     stopping = true;
-    log("shutting down: " + stop_reason);
+    log(LogLevel::kInfo, "shutting down: " + stop_reason);
     std::error_code ignored;
     acceptor.close(ignored);
     signals.cancel(ignored);
     retry_accept.cancel();
+    orphan_scan.cancel();
     const Status bye(ErrorCode::kUnavailable, stop_reason);
     std::vector<ConnPtr> all;
     for (const auto& [cid, conn] : connections) all.push_back(conn);
@@ -548,7 +861,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   // log(), for the error path: a logger that throws too is not allowed to stop the loop.
   void log_quietly(const std::string& line) const noexcept {
     try {
-      log(line);
+      log(LogLevel::kError, line);
     } catch (...) {  // NOLINT(bugprone-empty-catch): nothing is left to report it to
     }
   }
@@ -581,10 +894,32 @@ StatusOr<std::unique_ptr<Server>> Server::create(ServerOptions options,
     gid = g->gr_gid;
   }
   struct stat st {};
-  if (::lstat(path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) {
-      return InvalidArgument(path + " exists and is not a socket; refusing to replace it");
+  const bool exists = ::lstat(path.c_str(), &st) == 0;
+  if (exists && !S_ISSOCK(st.st_mode)) return InvalidArgument(not_a_socket(path, st));
+  // The socket's folder: created if missing (one level), then it must be safe to listen in.
+  const auto slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path.substr(0, slash);
+  Status folder = check_socket_folder(path, ::geteuid());
+  if (folder.code() == ErrorCode::kNotFound) {
+    if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+      return Unavailable("cannot create the socket's folder " + dir + ": " + errno_text(errno));
     }
+    folder = check_socket_folder(path, ::geteuid());
+  }
+  if (!folder.ok()) {
+    const char* xdg = std::getenv("XDG_RUNTIME_DIR");
+    const bool fallback = ::geteuid() != 0 && (xdg == nullptr || *xdg == '\0') &&
+                          path == default_server_socket_path();
+    return Status(folder.code() == ErrorCode::kNotFound ? ErrorCode::kUnavailable : folder.code(),
+                  "refusing to listen at " + path + ": " + folder.message() +
+                      (fallback ? " (this is the fallback path, used when XDG_RUNTIME_DIR is "
+                                  "unset: set XDG_RUNTIME_DIR, or give --socket in a folder of "
+                                  "your own)"
+                                : ""));
+  }
+  if (exists) {
     if (socket_answers(path)) {
       return Status(ErrorCode::kFailedPrecondition,
                     "a daemon is already listening at " + path +
@@ -593,12 +928,6 @@ StatusOr<std::unique_ptr<Server>> Server::create(ServerOptions options,
     // Left behind by a daemon that died: nobody answers, so it is safe to replace.
     if (::unlink(path.c_str()) != 0) {
       return Unavailable("cannot remove the stale socket " + path + ": " + errno_text(errno));
-    }
-  }
-  if (const auto slash = path.rfind('/'); slash != std::string::npos && slash > 0) {
-    const std::string dir = path.substr(0, slash);
-    if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-      return Unavailable("cannot create the socket's folder " + dir + ": " + errno_text(errno));
     }
   }
   auto impl = std::make_shared<Impl>();
@@ -637,6 +966,7 @@ StatusOr<std::unique_ptr<Server>> Server::create(ServerOptions options,
     });
   }
   impl->start_accept();
+  if (impl->options.kill_orphans) impl->schedule_orphan_scan();
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 

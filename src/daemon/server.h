@@ -20,6 +20,13 @@
 
 namespace gpumgr::daemon {
 
+// How much a diagnostic line matters: `gpumgr serve --quiet` prints only kWarning and kError.
+enum class LogLevel {
+  kInfo,     // the ordinary course: a client left, shutting down
+  kWarning,  // the daemon acted against a client: dropped it, refused it, signalled its processes
+  kError,    // something failed: accepting, a request handler
+};
+
 struct ServerOptions {
   std::string socket_path;
   // Group that owns the socket (--socket-group): its members may use the GPUs. Empty: the
@@ -33,15 +40,32 @@ struct ServerOptions {
   std::size_t max_reply_backlog = 16 * 1024 * 1024;
   // How long shutdown waits for replies to drain before closing connections anyway.
   double shutdown_grace_s = 2.0;
+  // A connection that has not completed hello this many seconds after connecting gets an
+  // error line (timed_out) and is closed: idle connections must not hold descriptors. 0: none.
+  double hello_timeout_s = 5.0;
+  // Connections one uid may hold open at once (root's are not limited); the next one gets an
+  // error line (resource_exhausted, naming the limit) and is closed. 0: no limit.
+  std::size_t max_connections_per_uid = 256;
+  // When a holder's connection closes (the client exited or was killed) while it still holds
+  // leases, SIGTERM the holder's process tree (the holder and its descendants of the
+  // holder's uid, never pid 1 or the daemon), and SIGKILL what is left after the grace.
+  bool kill_orphans = false;
+  double kill_orphans_grace_s = 5.0;
+  // How often the process trees of the holders are read (--kill-orphans needs them from
+  // before the holder died: its children are then no longer its children).
+  double orphan_scan_interval_s = 0.5;
   // Diagnostics (one line each, no newline); empty: none.
-  std::function<void(const std::string&)> log;
+  std::function<void(LogLevel, const std::string&)> log;
 };
 
 class Server {
  public:
-  // Checks the socket path (refusing a live daemon's socket, removing a stale one), binds
-  // it, sets its mode and group. kFailedPrecondition when a daemon already answers there;
-  // kInvalidArgument for a bad path or group; kUnavailable when it cannot be bound.
+  // Checks the socket path (refusing a path that is not a socket, a live daemon's socket, and
+  // a folder that is not safe: check_socket_folder in protocol.h; removing a stale socket),
+  // creates its folder if missing (one level), binds it, sets its mode and group.
+  // kFailedPrecondition when a daemon already answers there; kInvalidArgument for a bad path
+  // or group; kPermissionDenied for an unsafe folder or another user's socket; kUnavailable
+  // when it cannot be bound.
   static StatusOr<std::unique_ptr<Server>> create(ServerOptions options,
                                                   std::shared_ptr<core::LocalLedger> ledger);
   // Stops (if running), releases every lease still held through it and removes the socket.

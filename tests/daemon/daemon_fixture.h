@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -66,8 +67,10 @@ class TempDir {
 
 // A daemon on `spec` simulated devices, serving in the background.
 struct TestDaemon {
+  // `configure`, when given, adjusts the server's options (timeouts, limits) before it starts.
   explicit TestDaemon(const std::string& spec = "1x10GiB", int max_jobs = 3, std::string group = {},
-                      std::string dir = {}) {
+                      std::string dir = {},
+                      const std::function<void(daemon::ServerOptions&)>& configure = {}) {
     if (dir.empty()) {
       tmp = std::make_unique<TempDir>();
       dir = tmp->path();
@@ -82,6 +85,7 @@ struct TestDaemon {
     daemon::ServerOptions options;
     options.socket_path = socket;
     options.socket_group = std::move(group);
+    if (configure) configure(options);
     auto created = daemon::Server::create(options, ledger);
     if (!created.ok()) {
       ADD_FAILURE() << created.status().to_string();
@@ -235,5 +239,24 @@ class RawClient {
 };
 
 inline std::string helper() { return GPUMGR_DAEMON_TEST_HELPER; }
+
+// Whether `pid` runs: a zombie that waits for its reaper (an orphan's reaper may be slow, or
+// absent in a container) does not count.
+inline bool alive(pid_t pid) {
+  if (pid <= 0) return false;
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", static_cast<int>(pid));
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[1024];
+  const ssize_t n = ::read(fd, buf, sizeof(buf) - 1);
+  ::close(fd);
+  if (n <= 0) return false;
+  const std::string stat(buf, static_cast<std::size_t>(n));
+  const auto paren = stat.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= stat.size()) return false;
+  const char state = stat[paren + 2];
+  return state != 'Z' && state != 'X';
+}
 
 }  // namespace gpumgr::testing

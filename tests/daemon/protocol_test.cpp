@@ -2,6 +2,15 @@
 #include "daemon/protocol.h"
 
 #include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <string>
 
 namespace gpumgr::daemon {
 namespace {
@@ -148,6 +157,124 @@ TEST(LineSplitter, SplitsAcrossChunksAndEnforcesTheLimit) {
   LineSplitter t(4);
   t.append("123456\n");
   EXPECT_FALSE(t.next().ok());
+}
+
+// A folder of our own for check_socket_folder, removed at the end.
+class Folder {
+ public:
+  Folder() {
+    char tmpl[] = "/tmp/gpumgr-protocol-test-XXXXXX";
+    path_ = ::mkdtemp(tmpl);
+  }
+  ~Folder() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+  std::string make(const std::string& name, unsigned mode) const {
+    const std::string p = path_ + "/" + name;
+    EXPECT_EQ(::mkdir(p.c_str(), 0700), 0);
+    EXPECT_EQ(::chmod(p.c_str(), mode), 0);
+    return p;
+  }
+
+ private:
+  std::string path_;
+};
+
+std::string bind_socket(const std::string& path) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ::close(fd);
+  return path;
+}
+
+TEST(SocketFolder, OwnFoldersNotWritableByOthersAreSafe) {
+  Folder f;
+  const uid_t me = ::geteuid();
+  EXPECT_TRUE(check_socket_folder(f.path() + "/gpumgr.sock", me).ok());
+  EXPECT_TRUE(check_socket_folder(f.make("a", 0755) + "/gpumgr.sock", me).ok());
+  EXPECT_TRUE(check_socket_folder(f.make("b", 0750) + "/x.sock", me).ok());
+  // Sticky and writable by all, like /tmp: nobody else can replace an entry of ours.
+  const std::string sticky = f.make("sticky", 01777);
+  EXPECT_TRUE(check_socket_folder(sticky + "/gpumgr.sock", me).ok());
+  EXPECT_TRUE(check_socket_folder(bind_socket(sticky + "/mine.sock"), me).ok());
+  EXPECT_TRUE(check_socket_folder("/tmp/some.sock", me).ok());
+  // A relative path is checked where it points.
+  const std::string cwd = std::filesystem::current_path();
+  std::filesystem::current_path(f.path());
+  EXPECT_TRUE(check_socket_folder("gpumgr.sock", me).ok());
+  std::filesystem::current_path(cwd);
+}
+
+TEST(SocketFolder, WritableByOthersOrGroupWithoutStickyIsRefused) {
+  Folder f;
+  const uid_t me = ::geteuid();
+  const std::string open = f.make("open", 0777);
+  Status s = check_socket_folder(open + "/gpumgr.sock", me);
+  EXPECT_EQ(s.code(), ErrorCode::kPermissionDenied);
+  EXPECT_NE(s.message().find(open + " is writable by others (mode 0777) and not sticky"),
+            std::string::npos)
+      << s.message();
+  EXPECT_NE(s.message().find("chmod go-w " + open), std::string::npos) << s.message();
+  const std::string group = f.make("group", 0770);
+  s = check_socket_folder(group + "/gpumgr.sock", me);
+  EXPECT_EQ(s.code(), ErrorCode::kPermissionDenied);
+  EXPECT_NE(s.message().find(group + " is writable by its group (mode 0770)"), std::string::npos)
+      << s.message();
+  // A folder above it counts too: its writers could rename ours away and put theirs there.
+  const std::string inner = open + "/inner";
+  ASSERT_EQ(::mkdir(inner.c_str(), 0700), 0);
+  s = check_socket_folder(inner + "/gpumgr.sock", me);
+  EXPECT_EQ(s.code(), ErrorCode::kPermissionDenied);
+  EXPECT_NE(s.message().find(open + " is writable by others"), std::string::npos) << s.message();
+}
+
+TEST(SocketFolder, AMissingFolderIsNotFound) {
+  Folder f;
+  const Status s = check_socket_folder(f.path() + "/none/gpumgr.sock", ::geteuid());
+  EXPECT_EQ(s.code(), ErrorCode::kNotFound);
+  EXPECT_NE(s.message().find(f.path() + "/none does not exist"), std::string::npos) << s.message();
+  EXPECT_EQ(check_socket_folder("", ::geteuid()).code(), ErrorCode::kInvalidArgument);
+}
+
+TEST(SocketFolder, FoldersAndSocketsOfAnotherUidAreRefused) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to make a folder of another uid";
+  Folder f;
+  const std::string theirs = f.make("theirs", 0700);
+  ASSERT_EQ(::chown(theirs.c_str(), 12345, 12345), 0);
+  Status s = check_socket_folder(theirs + "/gpumgr.sock", 0);
+  EXPECT_EQ(s.code(), ErrorCode::kPermissionDenied);
+  EXPECT_NE(s.message().find(theirs + " is owned by uid 12345, not by root"), std::string::npos)
+      << s.message();
+  // For uid 12345 itself the folder is its own, and root's folders above it are fine.
+  EXPECT_TRUE(check_socket_folder(theirs + "/gpumgr.sock", 12345).ok());
+  s = check_socket_folder(theirs + "/gpumgr.sock", 65534);
+  EXPECT_NE(s.message().find("not by you (uid 65534) or root"), std::string::npos) << s.message();
+  // A symbolic link of another uid is refused (it could point anywhere); one of ours to an
+  // unsafe folder is refused for that folder.
+  const std::string their_link = f.path() + "/their-link";
+  ASSERT_EQ(::symlink(f.path().c_str(), their_link.c_str()), 0);
+  ASSERT_EQ(::lchown(their_link.c_str(), 12345, 12345), 0);
+  s = check_socket_folder(their_link + "/gpumgr.sock", 0);
+  EXPECT_NE(s.message().find(their_link + " is a symbolic link owned by uid 12345"),
+            std::string::npos)
+      << s.message();
+  const std::string our_link = f.path() + "/our-link";
+  ASSERT_EQ(::symlink(theirs.c_str(), our_link.c_str()), 0);
+  s = check_socket_folder(our_link + "/gpumgr.sock", 0);
+  EXPECT_NE(s.message().find(theirs + " is owned by uid 12345"), std::string::npos) << s.message();
+  // In a sticky shared folder, a socket planted by another uid is refused.
+  const std::string sticky = f.make("sticky", 01777);
+  const std::string planted = bind_socket(sticky + "/gpumgr.sock");
+  ASSERT_EQ(::chown(planted.c_str(), 12345, 12345), 0);
+  s = check_socket_folder(planted, 0);
+  EXPECT_EQ(s.code(), ErrorCode::kPermissionDenied);
+  EXPECT_NE(s.message().find(planted + " is owned by uid 12345"), std::string::npos) << s.message();
+  EXPECT_TRUE(check_socket_folder(planted, 12345).ok());
 }
 
 }  // namespace

@@ -88,7 +88,7 @@ TEST(Daemon, AHandlerThatThrowsDoesNotStopTheDaemon) {
   std::vector<std::string> lines;
   daemon::ServerOptions options;
   options.socket_path = socket;
-  options.log = [&](const std::string& line) {
+  options.log = [&](daemon::LogLevel, const std::string& line) {
     {
       MutexLock lock(mutex);
       lines.push_back(line);
@@ -527,6 +527,205 @@ TEST(DaemonProtocol, MalformedMessagesDisturbNoOtherClient) {
   ASSERT_EQ(s.leases.size(), 1u);
   EXPECT_EQ(s.leases[0].job_id, "good");
   EXPECT_TRUE(good->release("good", JobOutcome::kSucceeded).ok());
+}
+
+// ---- hardening: idle connections, connections per uid, the socket folder, orphans ----
+
+// Connections that never complete hello are closed after the hello timeout, each with an
+// error line saying why; a client that did hello is served throughout and stays connected.
+TEST(DaemonProtocol, ConnectionsWithoutHelloAreClosedWhileOthersAreServed) {
+  (void)daemon::raise_open_file_limit();
+  TestDaemon d("1x10GiB", 3, {}, {}, [](daemon::ServerOptions& o) {
+    o.hello_timeout_s = 0.5;
+    o.max_connections_per_uid = 0;  // no per-uid limit here: this is about the timeout
+  });
+  auto good = connect_daemon(d.socket).value();
+  ASSERT_TRUE(good->try_acquire(req("good", 2 * kGiB)).ok());
+  RawClient greeted(d.socket);
+  ASSERT_TRUE(greeted.hello());
+  constexpr int kIdle = 300;
+  std::vector<std::unique_ptr<RawClient>> idle;
+  for (int i = 0; i < kIdle; ++i) {
+    idle.push_back(std::make_unique<RawClient>(d.socket));
+    ASSERT_TRUE(idle.back()->connected()) << i;
+  }
+  idle[0]->send("{\"id\":1,\"op\":\"pi");         // half a request, never finished
+  idle[1]->send("{\"id\":1,\"op\":\"ping\"}\n");  // a request, but no hello
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(eventually([&] { return d.server->connection_count() == kIdle + 2; }));
+  // The established client keeps working while the idle ones are there and are closed.
+  int rounds = 0;
+  while (d.server->connection_count() > 2 &&
+         std::chrono::steady_clock::now() - start < std::chrono::seconds(10)) {
+    const std::string job = "round-" + std::to_string(rounds++);
+    ASSERT_TRUE(good->try_acquire(req(job, kGiB)).ok());
+    ASSERT_TRUE(good->release(job, JobOutcome::kSucceeded).ok());
+  }
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_EQ(d.server->connection_count(), 2u) << "idle connections were not closed";
+  EXPECT_GE(took, 0.4);  // not before the timeout
+  EXPECT_GT(rounds, 0);
+  EXPECT_EQ(idle[1]->reply().value()["error"]["code"], "failed_precondition");
+  for (int i = 0; i < kIdle; ++i) {
+    SCOPED_TRACE(i);
+    auto r = idle[static_cast<std::size_t>(i)]->reply(2);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ((*r)["id"], nullptr);
+    EXPECT_EQ((*r)["error"]["code"], "timed_out");
+    const std::string message = (*r)["error"]["message"];
+    EXPECT_NE(message.find("no hello within 0.5 s"), std::string::npos) << message;
+    EXPECT_TRUE(idle[static_cast<std::size_t>(i)]->closed_by_peer(2));
+  }
+  auto pong = greeted.call({{"id", 5}, {"op", "ping"}});
+  EXPECT_EQ(pong.value("ok", false), true) << pong.dump();
+  ASSERT_EQ(d.snapshot().leases.size(), 1u);
+  EXPECT_TRUE(good->release("good", JobOutcome::kSucceeded).ok());
+}
+
+// One uid's N+1-th connection is refused with a line naming the limit, while another uid
+// still connects and established clients are served; root is exempt.
+TEST(DaemonProcesses, ConnectionsPerUidAreLimited) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run clients as other uids";
+  if (::access("/usr/bin/setpriv", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/setpriv";
+  TempDir tmp;
+  ASSERT_EQ(::chmod(tmp.path().c_str(), 0755), 0);
+  TestDaemon d("1x10GiB", 3, "nogroup", tmp.path(),
+               [](daemon::ServerOptions& o) { o.max_connections_per_uid = 4; });
+  auto as_uid = [&](const std::string& uid, std::vector<std::string> args) {
+    std::vector<std::string> argv = {"/usr/bin/setpriv", "--reuid=" + uid, "--regid=nogroup",
+                                     "--clear-groups", helper()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return spawn(argv);
+  };
+  auto root = connect_daemon(d.socket).value();
+  ASSERT_TRUE(root->try_acquire(req("root-held", kGiB)).ok());
+  Child nobody = as_uid("65534", {"connect_many", d.socket, "5"});
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(nobody.read_line(), "ok") << i;
+  const std::string refused = nobody.read_line();
+  EXPECT_NE(refused.find("resource_exhausted: "), std::string::npos) << refused;
+  EXPECT_NE(refused.find("uid 65534 already has 4 connections"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("--max-connections-per-uid"), std::string::npos) << refused;
+  EXPECT_EQ(nobody.read_line(), "done");
+  // nobody holds 4 connections, its limit: another uid, and root, still connect.
+  Child other = as_uid("12345", {"connect_many", d.socket, "2"});
+  EXPECT_EQ(other.read_line(), "ok");
+  EXPECT_EQ(other.read_line(), "ok");
+  EXPECT_EQ(other.read_line(), "done");
+  std::vector<std::unique_ptr<RawClient>> roots;
+  for (int i = 0; i < 6; ++i) {
+    roots.push_back(std::make_unique<RawClient>(d.socket));
+    EXPECT_TRUE(roots.back()->hello()) << "root is exempt: " << i;
+  }
+  ASSERT_TRUE(root->try_acquire(req("root-2", kGiB)).ok());
+  ASSERT_TRUE(root->release("root-2", JobOutcome::kSucceeded).ok());
+  // Once nobody's connections close, it may connect again.
+  nobody.kill();
+  nobody.wait();
+  Child again = as_uid("65534", {"connect_many", d.socket, "1"});
+  EXPECT_EQ(again.read_line(), "ok");
+  EXPECT_EQ(again.read_line(), "done");
+  again.kill();
+  again.wait();
+  other.kill();
+  other.wait();
+  EXPECT_TRUE(root->release("root-held", JobOutcome::kSucceeded).ok());
+}
+
+// A socket folder that someone else could replace the socket in is refused, saying which
+// folder and why; a sticky shared folder (like /tmp) is fine.
+TEST(Daemon, RefusesASocketFolderThatAnotherUserCouldReplace) {
+  TempDir tmp;
+  auto ledger = core::LocalLedger::create(SimulatedBackend::from_spec("1x1GiB").value(), {});
+  ASSERT_TRUE(ledger.ok());
+  auto create_at = [&](const std::string& folder) {
+    daemon::ServerOptions o;
+    o.socket_path = folder + "/gpumgr.sock";
+    return daemon::Server::create(o, ledger.value());
+  };
+  const std::string open = tmp.path() + "/open";
+  ASSERT_EQ(::mkdir(open.c_str(), 0700), 0);
+  ASSERT_EQ(::chmod(open.c_str(), 0777), 0);
+  auto refused = create_at(open);
+  ASSERT_FALSE(refused.ok()) << "a folder writable by everyone was accepted";
+  EXPECT_EQ(refused.status().code(), ErrorCode::kPermissionDenied);
+  EXPECT_NE(refused.status().message().find(open + " is writable by others (mode 0777)"),
+            std::string::npos)
+      << refused.status().message();
+  const std::string sticky = tmp.path() + "/sticky";
+  ASSERT_EQ(::mkdir(sticky.c_str(), 0700), 0);
+  ASSERT_EQ(::chmod(sticky.c_str(), 01777), 0);
+  {
+    auto ok = create_at(sticky);
+    EXPECT_TRUE(ok.ok()) << ok.status().to_string();
+  }
+  if (::geteuid() == 0) {
+    // Another user's folder, the hijack of the fallback /tmp/gpumgr-<uid>/.
+    const std::string theirs = tmp.path() + "/theirs";
+    ASSERT_EQ(::mkdir(theirs.c_str(), 0755), 0);
+    ASSERT_EQ(::chown(theirs.c_str(), 65534, 65534), 0);
+    auto r = create_at(theirs);
+    ASSERT_FALSE(r.ok()) << "a folder of uid 65534 was accepted";
+    EXPECT_NE(r.status().message().find(theirs + " is owned by uid 65534"), std::string::npos)
+        << r.status().message();
+    // ... also behind a symbolic link of ours.
+    const std::string link = tmp.path() + "/link";
+    ASSERT_EQ(::symlink(theirs.c_str(), link.c_str()), 0);
+    auto via = create_at(link);
+    ASSERT_FALSE(via.ok());
+    EXPECT_NE(via.status().message().find("is owned by uid 65534"), std::string::npos)
+        << via.status().message();
+  }
+}
+
+// --kill-orphans: when a holder's connection closes while it holds a lease, its process tree
+// gets SIGTERM, and SIGKILL after the grace; processes of other uids are left alone.
+TEST(DaemonProcesses, KillOrphansEndsTheProcessTreeOfAHolderThatDied) {
+  TestDaemon d("1x10GiB", 3, {}, {}, [](daemon::ServerOptions& o) {
+    o.kill_orphans = true;
+    o.kill_orphans_grace_s = 0.5;
+    o.orphan_scan_interval_s = 0.05;
+  });
+  Child holder = spawn({helper(), "hold_tree", d.socket, "orphans", std::to_string(kGiB)});
+  const std::string line = holder.read_line();
+  int a = 0, b = 0, c = 0, other_uid = 0;
+  ASSERT_EQ(std::sscanf(line.c_str(), "tree %d %d %d %d", &a, &b, &c, &other_uid), 4) << line;
+  ASSERT_TRUE(alive(a) && alive(b) && alive(c));
+  ASSERT_EQ(d.snapshot().leases.size(), 1u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // several scans of the tree
+  const auto killed_at = std::chrono::steady_clock::now();
+  holder.kill();  // SIGKILL: it cannot end its children itself
+  holder.wait();
+  EXPECT_TRUE(eventually([&] { return !alive(a) && !alive(c); }, 5)) << "SIGTERM did not come";
+  EXPECT_TRUE(eventually([&] { return !alive(b); }, 5)) << "SIGKILL did not come";
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - killed_at).count();
+  EXPECT_GE(took, 0.4) << "the SIGTERM-ignoring child was killed before the grace";
+  EXPECT_TRUE(eventually([&] { return d.snapshot().leases.empty(); }));
+  if (other_uid > 0) {
+    EXPECT_TRUE(alive(other_uid)) << "a process of another uid was signalled";
+    ::kill(other_uid, SIGKILL);
+  }
+  for (const int p : {a, b, c}) ::kill(p, SIGKILL);  // whatever is left, on failure
+}
+
+// Off by default: the daemon releases the lease and signals nothing.
+TEST(DaemonProcesses, OrphansAreLeftAloneByDefault) {
+  TestDaemon d("1x10GiB", 3, {}, {},
+               [](daemon::ServerOptions& o) { o.orphan_scan_interval_s = 0.05; });
+  Child holder = spawn({helper(), "hold_tree", d.socket, "orphans", std::to_string(kGiB)});
+  const std::string line = holder.read_line();
+  int a = 0, b = 0, c = 0, other_uid = 0;
+  ASSERT_EQ(std::sscanf(line.c_str(), "tree %d %d %d %d", &a, &b, &c, &other_uid), 4) << line;
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  holder.kill();
+  holder.wait();
+  EXPECT_TRUE(eventually([&] { return d.snapshot().leases.empty(); }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_TRUE(alive(a) && alive(b) && alive(c));
+  for (const int p : {a, b, c, other_uid}) {
+    if (p > 0) ::kill(p, SIGKILL);
+  }
 }
 
 }  // namespace
