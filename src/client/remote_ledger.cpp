@@ -13,7 +13,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <cmath>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <unordered_map>
 
@@ -33,6 +36,32 @@ std::string start_hint(const std::string& path) {
     return "start it with `gpumgr serve`";
   }
   return "start it with `gpumgr serve --socket " + path + "`";
+}
+
+using Clock = std::chrono::steady_clock;
+using Deadline = std::optional<Clock::time_point>;
+
+// How long a quick call (hello, status, release, ...) may wait for its reply: 5 s, or
+// GPUMGR_CLIENT_TIMEOUT seconds. A waiting acquire may take its own timeout plus this (the
+// daemon answers `timed_out` itself at its timeout; the margin is for a daemon that cannot).
+// Read at every call (a getenv beside a socket round trip), so that a process may change it.
+double quick_call_seconds() {
+  const char* env = std::getenv("GPUMGR_CLIENT_TIMEOUT");
+  if (env == nullptr) return 5.0;
+  char* end = nullptr;
+  const double v = std::strtod(env, &end);
+  return end != env && *end == '\0' && std::isfinite(v) && v > 0 && v <= 86400 ? v : 5.0;
+}
+
+Clock::time_point after_seconds(double seconds) {
+  return Clock::now() +
+         std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
+std::string seconds_text(double seconds) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", seconds);
+  return buf;
 }
 
 // Sends all of `bytes`; never raises SIGPIPE.
@@ -59,11 +88,25 @@ class Connection {
   // Where one call's reply lands; guarded by the connection's mutex.
   struct Pending {
     std::optional<StatusOr<Reply>> reply;
+    std::uint64_t id = 0;
+    // For an acquire: its job id, so that a grant arriving after the caller gave up (its
+    // deadline passed) is released rather than held unknown until the process exits.
+    std::string acquire_job;
+    Deadline deadline;
+    double allowed_s = 0;  // how long it was allowed, for the message
   };
 
   static StatusOr<std::shared_ptr<Connection>> open(const std::string& path) {
     if (path.size() >= sizeof(sockaddr_un{}.sun_path)) {
       return InvalidArgument("socket path '" + path + "' is too long for a Unix socket");
+    }
+    // Never talk to a socket that someone else could have put there (docs/daemon.md): our
+    // job ids and commands would go to them.
+    if (Status s = daemon::check_socket_folder(path, ::geteuid()); !s.ok()) {
+      if (s.code() == ErrorCode::kNotFound) {
+        return Unavailable("no daemon at " + path + ": " + start_hint(path));
+      }
+      return Status(s.code(), "refusing to connect to the daemon at " + path + ": " + s.message());
     }
     const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return Unavailable(std::string("cannot create a socket: ") + std::strerror(errno));
@@ -108,7 +151,10 @@ class Connection {
       MutexLock lock(mutex_);
       if (dead_) return lost_;
       request.id = next_id_++;
-      if (pending) pending_.emplace(request.id, pending);
+      if (pending) {
+        pending->id = request.id;
+        pending_.emplace(request.id, pending);
+      }
     }
     const std::string line = daemon::encode_request(request);
     bool ok = false;
@@ -122,26 +168,43 @@ class Connection {
     return Status::Ok();
   }
 
-  // Waits for `pending`'s reply, reading for everyone while nobody else does.
+  // Waits for `pending`'s reply until its deadline, reading for everyone while nobody else
+  // does. At the deadline the call fails with kUnavailable ("did not answer within N s"): the
+  // connection stays (other calls may still be answered), and a late grant for a given-up
+  // acquire is released when it arrives.
   StatusOr<Reply> wait(const std::shared_ptr<Pending>& pending) {
     MutexLock lock(mutex_);
     while (true) {
       if (pending->reply) return std::move(*pending->reply);
+      if (pending->deadline && Clock::now() >= *pending->deadline) {
+        pending_.erase(pending->id);
+        if (!pending->acquire_job.empty()) abandoned_.emplace(pending->id, pending->acquire_job);
+        return Unavailable("the daemon at " + path_ + " did not answer within " +
+                           seconds_text(pending->allowed_s) +
+                           " s (is it stopped or overloaded? GPUMGR_CLIENT_TIMEOUT sets how long "
+                           "quick calls wait)");
+      }
       if (!reading_) {
         reading_ = true;
         lock.native().unlock();
-        read_some();
+        read_some(pending->deadline);
         lock.native().lock();
         reading_ = false;
         cv_.notify_all();  // a reply for someone else, or the reader's seat is free
         continue;
       }
-      cv_.wait(lock.native());
+      if (pending->deadline) {
+        cv_.wait_until(lock.native(), *pending->deadline);
+      } else {
+        cv_.wait(lock.native());
+      }
     }
   }
 
   StatusOr<Reply> call(Request request) {
     auto pending = std::make_shared<Pending>();
+    pending->allowed_s = quick_call_seconds();
+    pending->deadline = after_seconds(pending->allowed_s);
     if (Status s = send(request, pending); !s.ok()) return s;
     return wait(pending);
   }
@@ -149,13 +212,37 @@ class Connection {
  private:
   Connection(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
 
-  // Reads exactly one line, blocking (the handshake, before any call).
-  StatusOr<std::string> read_line_blocking() {
+  // Whether the socket has something to read before `deadline` (none: wait as long as it
+  // takes). False at the deadline.
+  bool readable_before(const Deadline& deadline) {
+    while (true) {
+      int ms = -1;
+      if (deadline) {
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - Clock::now()).count();
+        if (left <= 0) return false;
+        ms = static_cast<int>(std::min<long long>(left + 1, 60'000));
+      }
+      pollfd p{fd_, POLLIN, 0};
+      const int n = ::poll(&p, 1, ms);
+      if (n > 0) return true;
+      if (n < 0 && errno != EINTR) return true;  // let recv report the error
+      if (n == 0 && deadline && Clock::now() >= *deadline) return false;
+    }
+  }
+
+  // Reads exactly one line before the deadline (the handshake, before any call).
+  StatusOr<std::string> read_line_before(const Deadline& deadline, double allowed_s) {
     char buf[4096];
     while (true) {
       auto line = splitter_.next();
       if (!line.ok()) return line.status();
       if (line->has_value()) return std::move(**line);
+      if (!readable_before(deadline)) {
+        return Unavailable("the daemon at " + path_ +
+                           " accepted the connection but did not answer hello within " +
+                           seconds_text(allowed_s) + " s (is it stopped or overloaded?)");
+      }
       const ssize_t n = ::recv(fd_, buf, sizeof(buf), 0);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
@@ -166,8 +253,9 @@ class Connection {
   }
 
   Status handshake() {
-    timeval tv{10, 0};  // a daemon that accepts but never answers must not hang us
-    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    // A daemon that accepts but never answers (stopped, wedged) must not hang us.
+    const double allowed = quick_call_seconds();
+    const Deadline deadline = after_seconds(allowed);
     Request hello;
     hello.op = Op::kHello;
     hello.version = daemon::kProtocolVersion;
@@ -176,7 +264,7 @@ class Connection {
     if (!send_all(fd_, daemon::encode_request(hello))) {
       return Unavailable("cannot talk to the daemon at " + path_ + ": " + std::strerror(errno));
     }
-    auto line = read_line_blocking();
+    auto line = read_line_before(deadline, allowed);
     if (!line.ok()) return Unavailable(line.status().message());
     auto reply = daemon::decode_reply(*line);
     if (!reply.ok()) {
@@ -187,14 +275,14 @@ class Connection {
       return Status(reply->status.code(),
                     "the daemon at " + path_ + " refused hello: " + reply->status.message());
     }
-    tv = timeval{0, 0};
-    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     return Status::Ok();
   }
 
-  // The reader's turn: one recv, then every complete reply handed to its call. Only the
-  // caller holding the reader's seat (reading_) runs this, so splitter_ needs no lock.
-  void read_some() {
+  // The reader's turn: one recv (if something arrives before `deadline`), then every
+  // complete reply handed to its call. Only the caller holding the reader's seat (reading_)
+  // runs this, so splitter_ needs no lock.
+  void read_some(const Deadline& deadline) {
+    if (!readable_before(deadline)) return;
     char buf[16 * 1024];
     ssize_t n = 0;
     do {
@@ -221,11 +309,29 @@ class Connection {
         return;
       }
       if (!reply->id) continue;  // about a request we could not have sent; nobody waits
-      MutexLock lock(mutex_);
-      const auto it = pending_.find(*reply->id);
-      if (it == pending_.end()) continue;  // a fire-and-forget cancel
-      it->second->reply.emplace(std::move(reply).value());
-      pending_.erase(it);
+      std::string release_job;
+      {
+        MutexLock lock(mutex_);
+        const auto it = pending_.find(*reply->id);
+        if (it != pending_.end()) {
+          it->second->reply.emplace(std::move(reply).value());
+          pending_.erase(it);
+          continue;
+        }
+        // A fire-and-forget cancel's reply, or the late answer to an acquire whose caller
+        // gave up: a lease granted then is given back.
+        const auto gone = abandoned_.find(*reply->id);
+        if (gone == abandoned_.end()) continue;
+        if (reply->status.ok()) release_job = gone->second;
+        abandoned_.erase(gone);
+      }
+      if (!release_job.empty()) {
+        Request release;
+        release.op = Op::kRelease;
+        release.job_id = release_job;
+        release.outcome = JobOutcome::kFailed;
+        (void)send(release, nullptr);
+      }
     }
   }
 
@@ -248,6 +354,8 @@ class Connection {
   std::condition_variable cv_;
   std::uint64_t next_id_ GUARDED_BY(mutex_) = 1;
   std::unordered_map<std::uint64_t, std::shared_ptr<Pending>> pending_ GUARDED_BY(mutex_);
+  // Acquires whose callers gave up waiting, by request id: their job ids.
+  std::unordered_map<std::uint64_t, std::string> abandoned_ GUARDED_BY(mutex_);
   bool reading_ GUARDED_BY(mutex_) = false;
   bool dead_ GUARDED_BY(mutex_) = false;
   Status lost_ GUARDED_BY(mutex_);
@@ -280,6 +388,12 @@ class RemoteLedger final : public Ledger {
       r.timeout_s = std::max(0.0, std::chrono::duration<double>(left).count());
     }
     auto pending = std::make_shared<Connection::Pending>();
+    pending->acquire_job = request.job_id;
+    if (r.timeout_s) {
+      // The daemon answers `timed_out` at the timeout; the margin is for one that cannot.
+      pending->allowed_s = *r.timeout_s + quick_call_seconds();
+      pending->deadline = after_seconds(pending->allowed_s);
+    }
     if (Status s = (*conn)->send(r, pending); !s.ok()) return s;
     std::optional<std::uint64_t> subscription;
     if (wait.cancel) {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -242,8 +243,9 @@ def gpumgr_binary() -> Path | None:
 @pytest.fixture
 def start_serve(tmp_path: Path):
     """Starts `gpumgr serve` on tmp_path/gpumgr.sock with its state in tmp_path/state and these
-    extra arguments (and environment); returns the socket path once it listens. Every daemon
-    started is stopped at the end of the test. Skips where the binary is not built."""
+    extra arguments (and environment); returns the socket path once it listens (the process:
+    `start.process`). Every daemon started is stopped at the end of the test. Skips where the
+    binary is not built."""
     binary = gpumgr_binary()
     if binary is None or not binary.exists():
         pytest.skip("the gpumgr binary (target gpumgr_cli) is not built next to the module")
@@ -255,6 +257,7 @@ def start_serve(tmp_path: Path):
                                  "--quiet", "--state-dir", str(tmp_path / "state"), *args],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         started.append(proc)
+        start.process = proc  # type: ignore[attr-defined]
         deadline = time.monotonic() + 10
         while not socket.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -265,5 +268,6 @@ def start_serve(tmp_path: Path):
 
     yield start
     for proc in started:
+        proc.send_signal(signal.SIGCONT)  # a test may have stopped it
         proc.terminate()
         proc.wait(timeout=10)

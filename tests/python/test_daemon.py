@@ -7,6 +7,7 @@ GPUMGR_TEST_GPUMGR_BIN); skips with a reason otherwise. Every other test runs in
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -78,3 +79,36 @@ def test_job_kinds_through_the_daemon(daemon, tmp_path):
     estimates = {e["kind"]: e for e in m.get_estimates()}
     assert estimates["sdxl"]["runs"] == 2
     assert m.forget_estimates("sdxl") is True and m.get_estimates() == []
+
+
+def test_calls_end_at_their_deadline_when_the_daemon_stops(start_serve, monkeypatch):
+    monkeypatch.setenv("GPUMGR_CLIENT_TIMEOUT", "1")
+    socket = start_serve("--simulate", "2x24GiB")
+    monkeypatch.setenv("GPUMGR_SOCKET", str(socket))
+    mgr = GPUManager(device="cuda", max_concurrent_jobs=3, memory_limit=0.8)
+    assert mgr.get_gpu_stats()  # connected
+    daemon = start_serve.process
+    daemon.send_signal(signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(Exception) as quick:
+            mgr.get_gpu_stats()
+        assert "did not answer within 1 s" in str(quick.value)
+        assert time.monotonic() - start < 1 + 2
+        start = time.monotonic()
+        with pytest.raises(Exception) as waiting:
+            with mgr.managed_generation("late", required_memory_mb=1024, timeout=1):
+                pass
+        # Its quick calls (1 s) or the acquire itself (timeout + 1 s), whichever comes first.
+        assert "did not answer within" in str(waiting.value)
+        assert time.monotonic() - start < 2 + 2
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+    # The daemon, resumed, may grant a given-up acquire; the client gives it back at its next
+    # call instead of holding it unknown, and the manager works again.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not mgr.snapshot()["leases"]:
+            break
+        time.sleep(0.05)
+    assert mgr.snapshot()["leases"] == []
