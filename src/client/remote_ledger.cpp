@@ -9,6 +9,7 @@
 // leases are gone by then: the daemon released them).
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -117,6 +118,18 @@ class Connection {
       const int err = errno;
       ::close(fd);
       if (err == ENOENT || err == ECONNREFUSED) {
+        // Something that is not a socket is no daemon to start there: `gpumgr serve` would
+        // refuse to replace it. Say what it is.
+        struct stat st {};
+        if (::lstat(path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
+          const char* what = S_ISDIR(st.st_mode)   ? "a folder"
+                             : S_ISREG(st.st_mode) ? "a regular file"
+                             : S_ISLNK(st.st_mode) ? "a symbolic link to something else"
+                                                   : "not a socket";
+          return Unavailable(path + " is " + what +
+                             ", not a daemon's socket: point GPUMGR_SOCKET (or --socket) at the "
+                             "socket `gpumgr serve` listens on (it prints it when it starts)");
+        }
         return Unavailable("no daemon at " + path + ": " + start_hint(path));
       }
       if (err == EACCES || err == EPERM) {

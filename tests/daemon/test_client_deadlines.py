@@ -1,4 +1,4 @@
-"""Clients that do not hang: with the daemon stopped (SIGSTOP), every client call ends at its
+"""Clients that do not hang, and say what is wrong: with the daemon stopped (SIGSTOP), every client call ends at its
 deadline and says so, instead of hanging for as long as the daemon is stopped or blaming a
 closed connection. Quick calls wait GPUMGR_CLIENT_TIMEOUT seconds (5 by default); a waiting
 acquire its own timeout plus that.
@@ -63,3 +63,18 @@ def test_the_default_quick_deadline_is_five_seconds(stopped_daemon):
     took = time.monotonic() - start
     assert "did not answer hello within 5 s" in r.stderr, r.stderr
     assert 4.5 < took < 5 + 3
+
+
+@pytest.mark.parametrize("make,what", [
+    (lambda p: open(p, "w").close(), "a regular file"),
+    (os.mkdir, "a folder"),
+])
+def test_a_socket_path_that_is_not_a_socket_is_named_as_such(make, what):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "not-a-socket")
+        make(path)
+        r = subprocess.run([GPUMGR, "status", "--socket", path], capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 3
+        assert f"{path} is {what}, not a daemon's socket" in r.stderr, r.stderr
+        assert "start it with" not in r.stderr  # serve would refuse that path
