@@ -490,9 +490,13 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
             if (Status s = ledger.value()->release(
                     request.job_id, code == 0 ? JobOutcome::kSucceeded : JobOutcome::kFailed);
                 !s.ok()) {
+              // The lease ended before the command did (the daemon restarted, or its
+              // connection closed): the command ran part of its time unprotected. Say so,
+              // and do not report success.
               const std::string why = terminal_safe(s.to_string());
               std::fprintf(stderr, "gpumgr run: releasing job '%s': %s\n",
                            terminal_safe(request.job_id).c_str(), why.c_str());
+              return code != 0 ? code : kExitError;
             }
             return code;
           }};

@@ -380,10 +380,12 @@ class RemoteLedger final : public Ledger {
       : path_(std::move(path)), conn_(std::move(conn)) {}
 
   StatusOr<LeaseInfo> try_acquire(const LeaseRequest& request) override {
+    auto conn = connection();
+    if (!conn.ok()) return conn.status();
     Request r;
     r.op = Op::kTryAcquire;
     r.lease = request;
-    return lease_reply(call(std::move(r)));
+    return lease_reply((*conn)->call(std::move(r)), *conn);
   }
 
   StatusOr<LeaseInfo> acquire(const LeaseRequest& request, const WaitOptions& wait) override {
@@ -428,15 +430,35 @@ class RemoteLedger final : public Ledger {
       CancelToken token = *wait.cancel;
       token.unsubscribe(*subscription);
     }
-    return lease_reply(std::move(reply));
+    return lease_reply(std::move(reply), *conn);
   }
 
+  // A lease granted here is released on the connection it was granted on, naming its token.
+  // When that connection is gone, so is the lease (the daemon released it when the
+  // connection closed, or it restarted): "lease lost", and nothing is sent, so that a lease
+  // of the same job id granted since, to anyone, is never released by a stale holder.
   Status release(std::string_view job_id, JobOutcome outcome) override {
     Request r;
     r.op = Op::kRelease;
     r.job_id = std::string(job_id);
     r.outcome = outcome;
-    auto reply = call(std::move(r));
+    std::shared_ptr<Connection> granted_on;
+    {
+      MutexLock lock(mutex_);
+      const auto it = held_.find(r.job_id);
+      if (it != held_.end()) {
+        granted_on = it->second.connection.lock();
+        r.token = it->second.token;
+        held_.erase(it);
+        if (granted_on == nullptr || granted_on->dead()) {
+          return NotFound("lease lost: the connection to the daemon at " + path_ + " that job '" +
+                          r.job_id +
+                          "' was granted on closed (the daemon stopped or restarted), and its "
+                          "lease ended with it");
+        }
+      }
+    }
+    auto reply = granted_on ? granted_on->call(std::move(r)) : call(std::move(r));
     return reply.ok() ? reply->status : reply.status();
   }
 
@@ -520,18 +542,33 @@ class RemoteLedger final : public Ledger {
     return (*conn)->call(std::move(r));
   }
 
-  static StatusOr<LeaseInfo> lease_reply(StatusOr<Reply> reply) {
+  // The lease of an acquire's reply, remembered with the connection it was granted on and
+  // its token (see release()).
+  StatusOr<LeaseInfo> lease_reply(StatusOr<Reply> reply, const std::shared_ptr<Connection>& conn) {
     if (!reply.ok()) return reply.status();
     if (!reply->status.ok()) return reply->status;
     const auto it = reply->body.find("lease");
     if (it == reply->body.end())
       return Status(ErrorCode::kInternal, "acquire reply without a lease");
-    return lease_from_json(*it);
+    auto lease = lease_from_json(*it);
+    if (!lease.ok()) return lease;
+    std::string token;
+    if (const auto t = it->find("token"); t != it->end() && t->is_string()) token = *t;
+    MutexLock lock(mutex_);
+    held_[lease->job_id] = Held{conn, std::move(token)};
+    return lease;
   }
+
+  struct Held {
+    std::weak_ptr<Connection> connection;
+    std::string token;  // empty from a daemon that issues none
+  };
 
   const std::string path_;
   Mutex mutex_;
   std::shared_ptr<Connection> conn_ GUARDED_BY(mutex_);
+  // Leases granted through this ledger, by job id.
+  std::unordered_map<std::string, Held> held_ GUARDED_BY(mutex_);
 };
 
 }  // namespace

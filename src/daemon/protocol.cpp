@@ -198,6 +198,9 @@ Status decode_fields(const json& j, Request& r) {
       if (job->empty()) return InvalidArgument("field 'job_id' must not be empty");
       r.job_id = std::move(job).value();
       if (r.op == Op::kRelease) {
+        auto token = get_string(j, "token", false, kMaxTokenBytes);
+        if (!token.ok()) return token.status();
+        r.token = std::move(token).value();
         auto outcome = get_string(j, "outcome", false, 32, "succeeded");
         if (!outcome.ok()) return outcome.status();
         if (*outcome == "succeeded") {
@@ -314,6 +317,7 @@ std::string encode_request(const Request& r) {
     case Op::kRelease:
       j["job_id"] = r.job_id;
       j["outcome"] = r.outcome == JobOutcome::kSucceeded ? "succeeded" : "failed";
+      if (!r.token.empty()) j["token"] = r.token;
       break;
     case Op::kCancel:
       j["job_id"] = r.job_id;

@@ -32,6 +32,7 @@ inline constexpr std::size_t kMaxReplyBytes = 64 * 1024 * 1024;
 inline constexpr std::size_t kMaxJobIdBytes = 256;
 inline constexpr std::size_t kMaxCommandBytes = 4096;
 inline constexpr std::size_t kMaxClientNameBytes = 256;
+inline constexpr std::size_t kMaxTokenBytes = 64;
 
 enum class Op {
   kHello,
@@ -62,6 +63,9 @@ struct Request {
   // release, cancel
   std::string job_id;
   JobOutcome outcome = JobOutcome::kSucceeded;
+  // release: the token the grant carried; when given, only the lease it names is released
+  // (a lease of the same job id granted later, or by a restarted daemon, is not).
+  std::string token;
 };
 
 // Decodes one request line (without its newline). On failure the Status names the problem

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <deque>
 #include <optional>
+#include <random>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -260,6 +261,10 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   // Loop-thread state.
   std::unordered_map<std::uint64_t, ConnPtr> connections;
   std::unordered_map<std::string, std::uint64_t> owner;  // job id -> connection, held or waiting
+  // job id -> the token its lease was granted with (held leases only): a release that names
+  // a token releases only that grant.
+  std::unordered_map<std::string, std::string> tokens;
+  std::random_device random_;  // the kernel's entropy, for tokens
   std::unordered_map<std::uint32_t, std::size_t> connections_of_uid;
   std::unordered_set<std::uint32_t> uids_at_limit;  // said so in the log once per episode
   std::uint64_t next_cid = 1;
@@ -568,7 +573,29 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
 
   void erase_owner(const std::string& job, std::uint64_t cid) {
     const auto it = owner.find(job);
-    if (it != owner.end() && it->second == cid) owner.erase(it);
+    if (it != owner.end() && it->second == cid) {
+      owner.erase(it);
+      tokens.erase(job);
+    }
+  }
+
+  // A new lease's token: 128 random bits, in hex. Unguessable, so that only the connection
+  // that was granted a lease (and whoever it tells) can name that grant.
+  std::string grant_token(const std::string& job) {
+    std::string token;
+    static constexpr char kHex[] = "0123456789abcdef";
+    for (int i = 0; i < 4; ++i) {
+      const std::uint32_t word = random_();
+      for (int k = 0; k < 8; ++k) token.push_back(kHex[(word >> (4 * k)) & 0xf]);
+    }
+    tokens[job] = token;
+    return token;
+  }
+
+  nlohmann::json lease_json(const LeaseInfo& lease) {
+    nlohmann::json j = to_json(lease);
+    j["token"] = grant_token(lease.job_id);
+    return j;
   }
 
   // ---- requests ----
@@ -598,6 +625,16 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
         handle_acquire(conn, r);
         return;
       case Op::kRelease: {
+        if (!r.token.empty()) {
+          const auto t = tokens.find(r.job_id);
+          if (t == tokens.end() || t->second != r.token) {
+            send(conn, encode_error(r.id, NotFound("lease lost: job '" + r.job_id +
+                                                   "' holds no lease with that token here (it "
+                                                   "ended: its connection closed, the daemon "
+                                                   "restarted, or it was released)")));
+            return;
+          }
+        }
         Status s = ledger->release_as(r.job_id, r.outcome, conn->peer.uid);
         if (s.ok()) forget_held(r.job_id);
         send(conn, s.ok() ? encode_ok(r.id) : encode_error(r.id, s));
@@ -688,6 +725,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       c->second->held.erase(job);
     }
     owner.erase(it);
+    tokens.erase(job);
   }
 
   void handle_acquire(const ConnPtr& conn, Request& r) {
@@ -719,7 +757,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       }
       owner[r.lease.job_id] = conn->cid;
       conn->held.insert(r.lease.job_id);
-      send(conn, encode_ok(r.id, {{"lease", to_json(lease.value())}}));
+      send(conn, encode_ok(r.id, {{"lease", lease_json(lease.value())}}));
       return;
     }
     std::optional<core::LocalLedger::SteadyTime> deadline;
@@ -769,7 +807,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
         return;
       }
       conn->held.insert(job);
-      send(conn, encode_ok(id, {{"lease", to_json(result.value())}}));
+      send(conn, encode_ok(id, {{"lease", lease_json(result.value())}}));
       return;
     }
     erase_owner(job, cid);
