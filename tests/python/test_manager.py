@@ -21,6 +21,33 @@ from conftest import GiB, MiB, reload_fake_nvml
 CAPACITY_24G = int(0.8 * 24 * GiB)  # floor(0.8 x 24 GiB) = 20615843020 bytes = 19660.8 MiB
 
 
+def wait_until(predicate, what: str, timeout: float = 10.0) -> None:
+    """Polls `predicate` until it holds; fails naming `what` after `timeout` seconds (generous:
+    only something broken waits that long). Stands in for no fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout} s for {what}")
+        time.sleep(0.005)
+
+
+def when_queued(manager: GPUManager, job_id: str, action) -> threading.Thread:
+    """Runs `action` on a thread of its own once `job_id` waits in the manager's queue (or
+    after 10 s, when it never did: the waiter's own assertions then say so)."""
+
+    def run():
+        deadline = time.monotonic() + 10
+        while job_id not in [w["job_id"] for w in manager.snapshot()["queue"]]:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+        action()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
 # ---- initialization, singleton, devices ----
 
 def test_initialization_defaults(simulate):
@@ -173,7 +200,9 @@ def test_memory_figures_from_the_driver(fake_nvml):
     assert info["used"] == 1000 * MiB
     scenario.write_text(scenario.read_text().replace(f"process {pid} 600", f"process {pid} 250"))
     reload_fake_nvml()
-    time.sleep(0.3)  # the ledger re-reads the backend after its poll interval
+    # The ledger re-reads the backend after its poll interval.
+    wait_until(lambda: m.get_memory_info()["allocated"] == 250 * MiB,
+               "the new reading of 250 MiB")
     info = m.get_memory_info()
     assert (info["allocated"], info["max_allocated"]) == (250 * MiB, 600 * MiB)
 
@@ -341,12 +370,18 @@ def test_managed_generation_failure_is_recorded_and_reraised(two_gpus):
 def test_managed_generation_waits_for_a_release(two_gpus):
     first = two_gpus.allocate_job("hog", 19000)
     second = two_gpus.allocate_job("hog2", 19000)
-    threading.Timer(0.2, first.release).start()
-    start = time.monotonic()
+    released = []
+
+    def release():
+        released.append(len(two_gpus.snapshot()["queue"]))  # what waited when it was released
+        first.release()
+
+    releaser = when_queued(two_gpus, "waiter", release)
     with two_gpus.managed_generation("waiter", 19000, timeout=5) as lease:
-        waited = time.monotonic() - start
         assert lease.device == first.device
-    assert 0.15 <= waited < 4
+    releaser.join(timeout=10)
+    assert released == [1]  # the waiter was queued, and granted by the release
+    assert two_gpus.get_gpu_stats()["jobs_timed_out"] == 0
     second.release()
 
 
@@ -381,10 +416,14 @@ def test_default_timeout_applies_when_timeout_is_none(simulate):
 
 def test_cancel_a_waiting_generation(two_gpus):
     held = [two_gpus.allocate_job(f"h{i}", 19000) for i in range(2)]
-    threading.Timer(0.2, lambda: two_gpus.cancel("waits")).start()
+    cancelled = []
+    canceller = when_queued(two_gpus, "waits", lambda: cancelled.append(two_gpus.cancel("waits")))
+    # A deadline, so that a cancel that misses ends the test with its message, not a hang.
     with pytest.raises(gpu_manager.JobCancelledError):
-        with two_gpus.managed_generation("waits", 1000):
+        with two_gpus.managed_generation("waits", 1000, timeout=20):
             pass
+    canceller.join(timeout=10)
+    assert cancelled == [True]
     assert two_gpus.cancel("waits") is False
     for lease in held:
         lease.release()

@@ -14,6 +14,21 @@ from conftest import GiB, MiB
 CAPACITY_24G = int(0.8 * 24 * GiB)
 
 
+def wait_until(predicate, what: str, timeout: float = 10.0) -> None:
+    """Polls `predicate` until it holds; fails naming `what` after `timeout` seconds (generous:
+    only something broken waits that long). Stands in for no fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout} s for {what}")
+        time.sleep(0.005)
+
+
+def queued(manager: GPUManager) -> list[str]:
+    """The job ids waiting in the manager's queue, in order."""
+    return [w["job_id"] for w in manager.snapshot()["queue"]]
+
+
 class Failure(Exception):
     pass
 
@@ -109,7 +124,8 @@ def test_waiting_releases_the_gil(simulate):
     threads = [threading.Thread(target=waiter, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
-    started.wait()
+    assert started.wait(timeout=10)
+    wait_until(lambda: len(queued(m)) == 4, "the four waiters to be queued")
     # The interpreter keeps running Python while four threads wait in C++.
     deadline = time.monotonic() + 0.3
     spins = 0
@@ -152,18 +168,20 @@ def test_waiters_do_not_block_each_other(simulate):
 
     first = threading.Thread(target=forever)
     first.start()
-    time.sleep(0.05)
-    rest = [threading.Thread(target=short_wait), threading.Thread(target=elsewhere)]
-    for t in rest:
-        t.start()
-    for t in rest:
-        t.join(timeout=5)
-    assert results["elsewhere"] < 0.15
-    name, waited = results["short"]
-    assert name == "QueueTimeoutError" and 0.15 <= waited < 1.5
-    assert "forever" not in results
-    hog.release()
-    first.join(timeout=5)
+    try:
+        wait_until(lambda: queued(full) == ["forever"], "'forever' to be queued")
+        rest = [threading.Thread(target=short_wait), threading.Thread(target=elsewhere)]
+        for t in rest:
+            t.start()
+        for t in rest:
+            t.join(timeout=5)
+        assert results["elsewhere"] < 0.15
+        name, waited = results["short"]
+        assert name == "QueueTimeoutError" and 0.15 <= waited < 1.5
+        assert "forever" not in results
+    finally:
+        hog.release()  # on a failed assertion too: the waiter without a deadline then ends
+        first.join(timeout=5)
     assert results["forever"] == "granted"
 
 
@@ -186,28 +204,48 @@ def test_ctrl_c_interrupts_a_wait_in_the_main_thread(tmp_path):
     import gpu_manager
 
     script = tmp_path / "wait.py"
+    # A thread of the child says when the main thread's request is in the queue: the signal
+    # is sent to a wait, never before it (no fixed sleep standing in for that).
     script.write_text(
-        "import time, gpu_manager\n"
+        "import threading, time, gpu_manager\n"
         "m = gpu_manager.GPUManager(simulate='24GiB', max_concurrent_jobs=1)\n"
         "hog = m.allocate_job('hog', 1000)\n"
-        "print('waiting', flush=True)\n"
-        "start = time.monotonic()\n"
+        "def announce():\n"
+        "    deadline = time.monotonic() + 10\n"
+        "    while 'main' not in [w['job_id'] for w in m.snapshot()['queue']]:\n"
+        "        if time.monotonic() > deadline:\n"
+        "            print('never queued', flush=True)\n"
+        "            return\n"
+        "        time.sleep(0.005)\n"
+        "    print('queued', flush=True)\n"
+        "threading.Thread(target=announce, daemon=True).start()\n"
         "try:\n"
         "    with m.managed_generation('main', 1000, timeout=None):\n"
         "        print('granted?!')\n"
         "except KeyboardInterrupt:\n"
         "    s = m.get_gpu_stats()\n"
-        "    print('interrupted %.2f' % (time.monotonic() - start), len(m.snapshot()['queue']),\n"
-        "          s['jobs_cancelled'], s['active_jobs'])\n")
+        "    print('interrupted', len(m.snapshot()['queue']), s['jobs_cancelled'],\n"
+        "          s['active_jobs'], flush=True)\n")
     env = dict(os.environ, PYTHONPATH=str(Path(gpu_manager.__file__).resolve().parents[1]))
     env.pop("GPUMGR_SOCKET", None)
     child = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
                              text=True)
-    assert child.stdout.readline().strip() == "waiting"
-    time.sleep(0.3)
-    child.send_signal(signal.SIGINT)
-    out, _ = child.communicate(timeout=10)
-    words = out.split()
-    assert words[0] == "interrupted", out
-    assert 0.2 <= float(words[1]) < 1.5
-    assert words[2:] == ["0", "1", "1"]  # no longer queued, counted as cancelled, hog still held
+    watchdog = threading.Timer(20, child.kill)  # a child that never answers ends the reads
+    watchdog.start()
+    try:
+        line = child.stdout.readline().strip()
+        assert line == "queued", f"the child said {line!r} before its wait was queued"
+        sent = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        line = child.stdout.readline()
+        answered = time.monotonic() - sent
+        out, _ = child.communicate(timeout=10)
+    finally:
+        watchdog.cancel()
+        if child.poll() is None:  # a failed assertion above: the child still waits
+            child.kill()
+            child.wait()
+    words = line.split()
+    assert words and words[0] == "interrupted", line + out
+    assert answered < 1.5
+    assert words[1:] == ["0", "1", "1"]  # no longer queued, counted as cancelled, hog still held

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "test_util.h"
 #include "util/small_file.h"
 
 namespace gpumgr {
@@ -71,12 +72,12 @@ TEST(FastClock, StaysWithTheSteadyClockAcrossItsAnchorings) {
 }
 
 TEST(FastClock, StaysWithTheSteadyClockFromManyThreadsAtOnce) {
-  std::vector<std::thread> threads;
   std::vector<Check> checks(4);
+  testing::JoiningThreads threads;
   for (auto& c : checks) {
-    threads.emplace_back([&c] { c = check_for(std::chrono::milliseconds(300)); });
+    threads.spawn([&c] { c = check_for(std::chrono::milliseconds(300)); });
   }
-  for (auto& t : threads) t.join();
+  threads.join();
   for (const Check& c : checks) {
     EXPECT_GT(c.readings, 100);
     EXPECT_EQ(c.outside, 0) << "of " << c.readings << " readings";

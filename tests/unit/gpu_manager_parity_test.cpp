@@ -571,9 +571,9 @@ TEST(GpuManagerIntegration, WithBatchProcessor) {
   std::atomic<int> running{0};
   std::atomic<int> max_running{0};
   std::atomic<int> done{0};
-  std::vector<std::thread> workers;
+  testing::JoiningThreads workers;
   for (int w = 0; w < 4; ++w) {
-    workers.emplace_back([&, w] {
+    workers.spawn([&, w] {
       for (int i = w; i < 12; i += 4) {
         auto lease = m->acquire(request("item-" + std::to_string(i), 4 * kGiB),
                                 WaitOptions::for_seconds(20));
@@ -588,7 +588,7 @@ TEST(GpuManagerIntegration, WithBatchProcessor) {
       }
     });
   }
-  for (auto& t : workers) t.join();
+  workers.join();
   EXPECT_EQ(done.load(), 12);
   EXPECT_LE(max_running.load(), 3);
   const Snapshot s = snap(*m.manager);

@@ -4,13 +4,18 @@
 // Every wait here is a condition with a generous deadline, never a fixed sleep.
 #include <gtest/gtest.h>
 
-#include <future>
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <vector>
 
 #include "test_util.h"
 
 namespace gpumgr {
 namespace {
 
+using testing::AsyncAcquire;
+using testing::JoiningThreads;
 using testing::kGenerous;
 using testing::local_options;
 using testing::make_sim_manager;
@@ -19,26 +24,28 @@ using testing::snap;
 using testing::wait_until;
 
 constexpr std::uint64_t k24GiB = 24 * kGiB;
+// How late a deadline may fire on a loaded machine under TSan. A timeout longer than this
+// tells a deadline that fires at its time from one that fires at twice it.
+constexpr std::chrono::seconds kDeadlineSlack{2};
 
-// Starts a blocking acquire on another thread.
-std::future<StatusOr<Lease>> acquire_async(Manager& m, LeaseRequest r, WaitOptions wait = {}) {
-  return std::async(std::launch::async,
-                    [&m, r = std::move(r), wait] { return m.acquire(r, wait); });
-}
-
-// Waits until `job_id` is in the queue.
-bool queued(Manager& m, const std::string& job_id) {
-  return wait_until([&] {
+// Waits until `job_id` is in the queue; a failure shows the queue as it was.
+::testing::AssertionResult queued(Manager& m, const std::string& job_id) {
+  std::vector<std::string> seen;
+  const bool found = wait_until([&] {
     const Snapshot s = snap(m);
+    seen.clear();
     for (const auto& w : s.queue) {
       if (w.job_id == job_id) return true;
+      seen.push_back(w.job_id);
     }
     return false;
   });
-}
-
-bool ready(std::future<StatusOr<Lease>>& f) {
-  return f.wait_for(kGenerous) == std::future_status::ready;
+  if (found) return ::testing::AssertionSuccess();
+  auto failure = ::testing::AssertionFailure();
+  failure << "waited " << kGenerous.count() << " s for '" << job_id
+          << "' to be queued; the queue holds [";
+  for (std::size_t i = 0; i < seen.size(); ++i) failure << (i ? ", " : "") << seen[i];
+  return failure << "]";
 }
 
 TEST(LedgerWaitTest, BlockingAcquireIsGrantedWhenALeaseIsReleased) {
@@ -46,10 +53,10 @@ TEST(LedgerWaitTest, BlockingAcquireIsGrantedWhenALeaseIsReleased) {
   ASSERT_NE(m.manager, nullptr);
   auto first = m->try_acquire(request("first", kGiB));
   ASSERT_TRUE(first.ok());
-  auto waiting = acquire_async(*m.manager, request("second", 2 * kGiB));
+  AsyncAcquire waiting(*m.manager, request("second", 2 * kGiB));
   ASSERT_TRUE(queued(*m.manager, "second"));
   // Still waiting: the job limit of 1 is reached.
-  EXPECT_EQ(waiting.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout);
+  EXPECT_TRUE(waiting.still_waiting());
   const Snapshot during = snap(*m.manager);
   ASSERT_EQ(during.queue.size(), 1u);
   EXPECT_EQ(during.queue[0].position, 0);
@@ -57,7 +64,7 @@ TEST(LedgerWaitTest, BlockingAcquireIsGrantedWhenALeaseIsReleased) {
   EXPECT_EQ(during.queue[0].pid, static_cast<std::uint32_t>(::getpid()));
 
   ASSERT_TRUE(first->release().ok());
-  ASSERT_TRUE(ready(waiting));
+  ASSERT_TRUE(waiting.ended());
   auto second = waiting.get();
   ASSERT_TRUE(second.ok()) << second.status().to_string();
   EXPECT_EQ(second->job_id(), "second");
@@ -74,12 +81,18 @@ TEST(LedgerWaitTest, DeadlineGivesTimedOutAndLeavesTheQueue) {
   ASSERT_NE(m.manager, nullptr);
   auto holder = m->try_acquire(request("holder", kGiB));
   ASSERT_TRUE(holder.ok());
+  // On a thread of its own, so that a deadline that never fires fails here, not as a hang.
   const auto start = std::chrono::steady_clock::now();
-  auto late = m->acquire(request("late", kGiB), WaitOptions::for_seconds(0.1));
+  AsyncAcquire waiting(*m.manager, request("late", kGiB), WaitOptions::for_seconds(0.1));
+  ASSERT_TRUE(waiting.ended());
   const auto waited = std::chrono::steady_clock::now() - start;
+  auto late = waiting.get();
   ASSERT_FALSE(late.ok());
   EXPECT_EQ(late.status().code(), ErrorCode::kTimedOut);
+  // Bounded from both sides: not before the deadline, and not long after it (generously:
+  // the suite runs under TSan on two loaded cores).
   EXPECT_GE(waited, std::chrono::milliseconds(95));
+  EXPECT_LT(waited, std::chrono::milliseconds(100) + kDeadlineSlack);
   const Snapshot s = snap(*m.manager);
   EXPECT_TRUE(s.queue.empty());
   EXPECT_EQ(s.stats.jobs_timed_out, 1u);
@@ -89,13 +102,46 @@ TEST(LedgerWaitTest, DeadlineGivesTimedOutAndLeavesTheQueue) {
   EXPECT_TRUE(m->try_acquire(request("late", kGiB)).ok());
 }
 
+TEST(LedgerWaitTest, ADeadlineFiresAtItsTimeoutNotAtTwiceIt) {
+  // 2.5 s: a deadline that fires at twice its timeout (5 s) lands past 2.5 s + the 2 s slack.
+  // A waiter with no deadline, queued first, stays: only the expired request leaves.
+  constexpr std::chrono::milliseconds kTimeout{2500};
+  auto m = make_sim_manager({k24GiB}, local_options(1, 0.8));
+  ASSERT_NE(m.manager, nullptr);
+  auto holder = m->try_acquire(request("holder", kGiB));
+  ASSERT_TRUE(holder.ok());
+  AsyncAcquire patient(*m.manager, request("patient", kGiB));
+  ASSERT_TRUE(queued(*m.manager, "patient"));
+  const auto start = std::chrono::steady_clock::now();
+  AsyncAcquire waiting(*m.manager, request("late", kGiB), WaitOptions::for_seconds(2.5));
+  ASSERT_TRUE(waiting.ended());
+  const auto waited = std::chrono::steady_clock::now() - start;
+  auto late = waiting.get();
+  ASSERT_FALSE(late.ok());
+  EXPECT_EQ(late.status().code(), ErrorCode::kTimedOut) << late.status().to_string();
+  EXPECT_GE(waited, kTimeout - std::chrono::milliseconds(5));
+  EXPECT_LT(waited, kTimeout + kDeadlineSlack)
+      << "a 2.5 s deadline fired after "
+      << std::chrono::duration_cast<std::chrono::milliseconds>(waited).count() << " ms";
+  const Snapshot s = snap(*m.manager);
+  ASSERT_EQ(s.queue.size(), 1u);
+  EXPECT_EQ(s.queue[0].job_id, "patient");
+  EXPECT_EQ(s.stats.jobs_timed_out, 1u);
+  EXPECT_TRUE(patient.still_waiting());
+}
+
 TEST(LedgerWaitTest, DeadlineAlreadyPassedGrantsIfRoomElseTimesOutAtOnce) {
   auto m = make_sim_manager({k24GiB}, local_options(1, 0.8));
   ASSERT_NE(m.manager, nullptr);
-  auto now = m->acquire(request("now", kGiB), WaitOptions::for_seconds(0));
+  AsyncAcquire at_once(*m.manager, request("now", kGiB), WaitOptions::for_seconds(0));
+  ASSERT_TRUE(at_once.ended());
+  auto now = at_once.get();
   ASSERT_TRUE(now.ok()) << now.status().to_string();
-  auto none = m->acquire(request("none", kGiB), WaitOptions::for_seconds(-1));
-  EXPECT_EQ(none.status().code(), ErrorCode::kTimedOut);
+  const auto start = std::chrono::steady_clock::now();
+  AsyncAcquire waiting(*m.manager, request("none", kGiB), WaitOptions::for_seconds(-1));
+  ASSERT_TRUE(waiting.ended());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, kDeadlineSlack);  // at once, not later
+  EXPECT_EQ(waiting.get().status().code(), ErrorCode::kTimedOut);
   EXPECT_EQ(snap(*m.manager).stats.jobs_timed_out, 1u);
 }
 
@@ -104,10 +150,10 @@ TEST(LedgerWaitTest, CancelByJobIdGivesCancelled) {
   ASSERT_NE(m.manager, nullptr);
   auto holder = m->try_acquire(request("holder", kGiB));
   ASSERT_TRUE(holder.ok());
-  auto waiting = acquire_async(*m.manager, request("victim", kGiB));
+  AsyncAcquire waiting(*m.manager, request("victim", kGiB));
   ASSERT_TRUE(queued(*m.manager, "victim"));
   ASSERT_TRUE(m->cancel("victim").ok());
-  ASSERT_TRUE(ready(waiting));
+  ASSERT_TRUE(waiting.ended());
   auto result = waiting.get();
   EXPECT_EQ(result.status().code(), ErrorCode::kCancelled);
   EXPECT_NE(result.status().message().find("victim"), std::string::npos);
@@ -126,17 +172,18 @@ TEST(LedgerWaitTest, CancelTokenGivesCancelled) {
   CancelToken token;
   WaitOptions wait;
   wait.cancel = token;
-  auto waiting = acquire_async(*m.manager, request("tokened", kGiB), wait);
+  AsyncAcquire waiting(*m.manager, request("tokened", kGiB), wait);
   ASSERT_TRUE(queued(*m.manager, "tokened"));
   token.cancel();
   EXPECT_TRUE(token.cancelled());
-  ASSERT_TRUE(ready(waiting));
+  ASSERT_TRUE(waiting.ended());
   EXPECT_EQ(waiting.get().status().code(), ErrorCode::kCancelled);
   EXPECT_TRUE(snap(*m.manager).queue.empty());
 
   // A token cancelled beforehand: refused at once, never queued, and the id stays free.
-  auto again = m->acquire(request("tokened", kGiB), wait);
-  EXPECT_EQ(again.status().code(), ErrorCode::kCancelled);
+  AsyncAcquire again(*m.manager, request("tokened", kGiB), wait);
+  ASSERT_TRUE(again.ended());
+  EXPECT_EQ(again.get().status().code(), ErrorCode::kCancelled);
   ASSERT_TRUE(holder->release().ok());
   EXPECT_TRUE(m->try_acquire(request("tokened", kGiB)).ok());
 }
@@ -157,8 +204,8 @@ TEST(LedgerWaitTest, CancelTokenAfterTheGrantChangesNothing) {
 TEST(LedgerWaitTest, NeverFittingRequestFailsAtOnceWithoutADeadline) {
   auto m = make_sim_manager({k24GiB, k24GiB});
   ASSERT_NE(m.manager, nullptr);
-  auto f = acquire_async(*m.manager, request("huge", 20 * kGiB));  // no deadline
-  ASSERT_TRUE(ready(f));
+  AsyncAcquire f(*m.manager, request("huge", 20 * kGiB));  // no deadline
+  ASSERT_TRUE(f.ended());
   auto result = f.get();
   EXPECT_EQ(result.status().code(), ErrorCode::kNeverFits);
   EXPECT_NE(result.status().message().find("19.2 GiB"), std::string::npos)
@@ -167,7 +214,9 @@ TEST(LedgerWaitTest, NeverFittingRequestFailsAtOnceWithoutADeadline) {
   // 15 GiB on each of two GPUs is within the two largest capacities: it waits or starts.
   LeaseRequest pair = request("pair", 15 * kGiB);
   pair.gpus = 2;
-  EXPECT_TRUE(m->acquire(pair, WaitOptions::for_seconds(5)).ok());
+  AsyncAcquire paired(*m.manager, pair, WaitOptions::for_seconds(5));
+  ASSERT_TRUE(paired.ended());
+  EXPECT_TRUE(paired.get().ok());
 }
 
 TEST(LedgerWaitTest, WaiterWakesWhenOutsideMemoryIsFreed) {
@@ -177,13 +226,13 @@ TEST(LedgerWaitTest, WaiterWakesWhenOutsideMemoryIsFreed) {
   ASSERT_NE(m.manager, nullptr);
   ASSERT_TRUE(m.sim->set_foreign_usage(0, 20 * kGiB).ok());
   EXPECT_EQ(snap(*m.manager).devices[0].admissible_bytes, 0u);
-  auto waiting = acquire_async(*m.manager, request("patient", 4 * kGiB));
+  AsyncAcquire waiting(*m.manager, request("patient", 4 * kGiB));
   ASSERT_TRUE(queued(*m.manager, "patient"));
-  EXPECT_EQ(waiting.wait_for(std::chrono::milliseconds(30)), std::future_status::timeout);
+  EXPECT_TRUE(waiting.still_waiting(std::chrono::milliseconds(30)));
   const std::uint64_t queries_before = m.sim->query_count();
   ASSERT_TRUE(m.sim->set_foreign_usage(0, 0).ok());
   // No call into the manager from here: only its own polling can grant the request.
-  ASSERT_TRUE(ready(waiting));
+  ASSERT_TRUE(waiting.ended());
   auto lease = waiting.get();
   ASSERT_TRUE(lease.ok()) << lease.status().to_string();
   EXPECT_GT(m.sim->query_count(), queries_before);
@@ -200,10 +249,10 @@ TEST(LedgerWaitTest, WaiterWakesWhenTheDeviceRecovers) {
   EXPECT_FALSE(m->can_admit(kGiB).value());
   EXPECT_EQ(m->try_acquire(request("now", kGiB)).status().code(), ErrorCode::kResourceExhausted);
   // Blocking: waits (a lost GPU may come back), rather than failing as never-fitting.
-  auto waiting = acquire_async(*m.manager, request("later", kGiB));
+  AsyncAcquire waiting(*m.manager, request("later", kGiB));
   ASSERT_TRUE(queued(*m.manager, "later"));
   ASSERT_TRUE(m.sim->set_healthy(0, true).ok());
-  ASSERT_TRUE(ready(waiting));
+  ASSERT_TRUE(waiting.ended());
   auto lease = waiting.get();
   ASSERT_TRUE(lease.ok()) << lease.status().to_string();
   EXPECT_EQ(lease->device(), 0);
@@ -262,9 +311,9 @@ TEST(LedgerWaitTest, HigherPriorityWaiterIsServedFirst) {
   ASSERT_NE(m.manager, nullptr);
   auto holder = m->try_acquire(request("holder", kGiB));
   ASSERT_TRUE(holder.ok());
-  auto low = acquire_async(*m.manager, request("low", kGiB, 0));
+  AsyncAcquire low(*m.manager, request("low", kGiB, 0));
   ASSERT_TRUE(queued(*m.manager, "low"));
-  auto high = acquire_async(*m.manager, request("high", kGiB, 5));
+  AsyncAcquire high(*m.manager, request("high", kGiB, 5));
   ASSERT_TRUE(queued(*m.manager, "high"));
   const Snapshot s = snap(*m.manager);
   ASSERT_EQ(s.queue.size(), 2u);
@@ -273,12 +322,12 @@ TEST(LedgerWaitTest, HigherPriorityWaiterIsServedFirst) {
   EXPECT_EQ(s.queue[1].position, 1);
 
   ASSERT_TRUE(holder->release().ok());
-  ASSERT_TRUE(ready(high));
+  ASSERT_TRUE(high.ended());
   auto h = high.get();
   ASSERT_TRUE(h.ok());
-  EXPECT_EQ(low.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout);
+  EXPECT_TRUE(low.still_waiting());
   ASSERT_TRUE(h->release().ok());
-  ASSERT_TRUE(ready(low));
+  ASSERT_TRUE(low.ended());
   EXPECT_TRUE(low.get().ok());
 }
 
@@ -287,15 +336,15 @@ TEST(LedgerWaitTest, ManyWaitersAllServedOnceEach) {
   // granted exactly once and the ledger ends empty.
   auto m = make_sim_manager({k24GiB}, local_options(1, 0.8));
   ASSERT_NE(m.manager, nullptr);
-  std::vector<std::thread> threads;
   std::atomic<int> granted{0};
+  JoiningThreads threads;
   for (int i = 0; i < 16; ++i) {
-    threads.emplace_back([&, i] {
+    threads.spawn([&, i] {
       auto lease = m->acquire(request("w" + std::to_string(i), kGiB), WaitOptions::for_seconds(20));
       if (lease.ok()) ++granted;
     });
   }
-  for (auto& t : threads) t.join();
+  threads.join();
   EXPECT_EQ(granted.load(), 16);
   const Snapshot s = snap(*m.manager);
   EXPECT_EQ(s.stats.jobs_succeeded, 16u);

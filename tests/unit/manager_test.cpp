@@ -527,12 +527,15 @@ TEST(DefaultManagerTest, SamePointerAndDifferencesReported) {
   EXPECT_NE(difference.find("memory_limit: 0.8 in use, 0.5 requested"), std::string::npos)
       << difference;
   // Shared across threads: every thread gets the same pointer.
-  std::vector<std::thread> threads;
   std::vector<Manager*> seen(4, nullptr);
+  testing::JoiningThreads threads;
   for (std::size_t i = 0; i < seen.size(); ++i) {
-    threads.emplace_back([&seen, i, o] { seen[i] = default_manager(o).value(); });
+    threads.spawn([&seen, i, o] {
+      auto m = default_manager(o);
+      if (m.ok()) seen[i] = m.value();
+    });
   }
-  for (auto& t : threads) t.join();
+  threads.join();
   for (Manager* p : seen) EXPECT_EQ(p, *first);
 }
 
@@ -552,9 +555,9 @@ TEST(ThreadSafetyTest, ConcurrentAcquiresNeverOvercommitADevice) {
   std::atomic<int> active{0};
   std::atomic<int> max_seen{0};
   std::atomic<int> granted{0};
-  std::vector<std::thread> threads;
+  testing::JoiningThreads threads;
   for (int t = 0; t < 4; ++t) {
-    threads.emplace_back([&, t] {
+    threads.spawn([&, t] {
       for (int i = 0; i < 2000; ++i) {
         auto lease =
             m->try_acquire(request("t" + std::to_string(t) + "-" + std::to_string(i), 3 * kGiB));
@@ -568,7 +571,7 @@ TEST(ThreadSafetyTest, ConcurrentAcquiresNeverOvercommitADevice) {
       }
     });
   }
-  for (auto& t : threads) t.join();
+  threads.join();
   EXPECT_LE(max_seen.load(), 2);
   EXPECT_GT(granted.load(), 0);
   const Snapshot s = snap(*m.manager);

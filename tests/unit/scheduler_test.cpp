@@ -278,6 +278,56 @@ TEST(Scheduler, DeadlinesExpireInOrder) {
   EXPECT_TRUE(s.is_waiting("forever"));
 }
 
+TEST(Scheduler, AWaiterIsKeptUntilTheNanosecondOfItsDeadlineAndDroppedAtIt) {
+  // Requested at t0 with a 1.5 s timeout: the deadline is t0 + 1.5 s, to the nanosecond.
+  // expire(D - 1) keeps it (and everyone else); expire(D) drops it with the time it waited;
+  // a waiter of higher priority and one with a later deadline stay.
+  constexpr TimeNs t0 = 7 * kSecond + 3;
+  constexpr TimeNs kTimeout = 1'500'000'000;
+  constexpr TimeNs D = t0 + kTimeout;
+  Scheduler s = make({10});
+  start(s, req("hold", 10), t0);
+  wait(s, req("first", 1, 5), t0);  // higher priority, no deadline: the head
+  wait(s, req("timed", 1), t0, D);
+  wait(s, req("later", 1), t0, D + kSecond);
+  EXPECT_EQ(s.next_deadline(), D);
+  EXPECT_TRUE(s.expire(t0).empty());
+  EXPECT_TRUE(s.expire(D - 1).empty());
+  EXPECT_EQ(s.waiting_count(), 3u);
+  EXPECT_TRUE(s.is_waiting("timed"));
+  EXPECT_EQ(s.next_deadline(), D);  // still due at D, not moved by an early expire()
+
+  auto dropped = s.expire(D);
+  ASSERT_EQ(dropped.size(), 1u);
+  EXPECT_EQ(dropped[0].job_id, "timed");
+  EXPECT_EQ(dropped[0].reason.code(), ErrorCode::kTimedOut);
+  // The wait it reports is the timeout, not more.
+  EXPECT_NE(dropped[0].reason.message().find("waiting 1.5"), std::string::npos)
+      << dropped[0].reason.message();
+  EXPECT_FALSE(s.is_waiting("timed"));
+  EXPECT_TRUE(s.is_waiting("first"));
+  EXPECT_TRUE(s.is_waiting("later"));
+  EXPECT_EQ(s.next_deadline(), D + kSecond);
+  EXPECT_TRUE(s.expire(D).empty());  // dropped once
+  EXPECT_TRUE(s.expire(D + kSecond - 1).empty());
+  EXPECT_EQ(s.expire(D + kSecond).size(), 1u);
+  // The expired waiter is never granted: the release serves the head only.
+  ASSERT_TRUE(s.release("hold", D + kSecond).ok());
+  EXPECT_EQ(ids(s.schedule(D + kSecond)), std::vector<std::string>{"first"});
+}
+
+TEST(Scheduler, AWaiterGrantedBeforeItsDeadlineNeverExpires) {
+  constexpr TimeNs D = 3 * kSecond;
+  Scheduler s = make({10});
+  start(s, req("hold", 10));
+  wait(s, req("w", 4), 0, D);
+  ASSERT_TRUE(s.release("hold", D - 1).ok());
+  EXPECT_EQ(ids(s.schedule(D - 1)), std::vector<std::string>{"w"});
+  EXPECT_FALSE(s.next_deadline().has_value());
+  EXPECT_TRUE(s.expire(D).empty());
+  EXPECT_EQ(s.active().count("w"), 1u);
+}
+
 TEST(Scheduler, CancellingTheHeadLetsTheNextJobUseItsReservation) {
   Scheduler s = make({10, 10});
   start(s, req("a", 8));

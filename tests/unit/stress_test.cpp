@@ -38,9 +38,9 @@ TEST(StressTest, EightThreadsAcquireAndReleaseWithRandomFailures) {
   auto m = make_sim_manager({16 * kGiB, 16 * kGiB, 16 * kGiB, 16 * kGiB}, local_options(3, 0.8));
   ASSERT_NE(m.manager, nullptr);
   std::atomic<std::uint64_t> granted{0}, failed{0}, succeeded{0}, rejected{0}, other{0};
-  std::vector<std::thread> threads;
+  testing::JoiningThreads threads;
   for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
+    threads.spawn([&, t] {
       std::mt19937 rng(static_cast<unsigned>(1234 + t));
       std::uniform_int_distribution<int> size_mib(1, 8192);
       std::uniform_int_distribution<int> percent(0, 99);
@@ -73,7 +73,7 @@ TEST(StressTest, EightThreadsAcquireAndReleaseWithRandomFailures) {
       }
     });
   }
-  for (auto& th : threads) th.join();
+  threads.join();
 
   const std::uint64_t attempts = static_cast<std::uint64_t>(kThreads) * iterations;
   EXPECT_EQ(other.load(), 0u);

@@ -10,10 +10,14 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "gpumgr/backends.h"
 #include "gpumgr/manager.h"
@@ -34,6 +38,96 @@ inline bool wait_until(const std::function<bool()>& pred,
   }
   return true;
 }
+
+// Waits up to `timeout` for `future`; a failure says what was waited for, so that a broken
+// implementation is reported by its assertion instead of a hang:
+//   ASSERT_TRUE(ready_within(f, "the grant of 'second' after the release"));
+template <typename T>
+::testing::AssertionResult ready_within(std::future<T>& future, std::string_view what,
+                                        std::chrono::milliseconds timeout = kGenerous) {
+  if (!future.valid()) return ::testing::AssertionFailure() << "no future for " << what;
+  if (future.wait_for(timeout) == std::future_status::ready) {
+    return ::testing::AssertionSuccess();
+  }
+  return ::testing::AssertionFailure()
+         << "waited " << timeout.count() << " ms for " << what << "; it did not happen";
+}
+
+// Threads joined on every path out of a scope: a failed ASSERT returns early, and a joinable
+// std::thread destroyed there would end the run with `terminate called` instead of the
+// assertion's message. Declare it after what the threads use, so that they end first. The
+// threads must end by themselves (a deadline on every wait in them).
+class JoiningThreads {
+ public:
+  JoiningThreads() = default;
+  ~JoiningThreads() { join(); }
+  JoiningThreads(const JoiningThreads&) = delete;
+  JoiningThreads& operator=(const JoiningThreads&) = delete;
+
+  template <typename F>
+  void spawn(F&& fn) {
+    threads_.emplace_back(std::forward<F>(fn));
+  }
+  void join() {
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+  std::size_t size() const { return threads_.size(); }
+
+ private:
+  std::vector<std::thread> threads_;
+};
+
+// A blocking Manager::acquire on a thread of its own. On every path out of the test (a failed
+// ASSERT returns early) it cancels the acquire and then waits for its thread: otherwise the
+// thread would wait for a lease that nobody releases, and the test would hang in the
+// future's destructor with no message. Declare it after the Manager it uses. Cancelling
+// after the grant changes nothing: the lease stays with the result.
+class AsyncAcquire {
+ public:
+  AsyncAcquire(Manager& manager, LeaseRequest request, WaitOptions wait = {})
+      : job_id_(request.job_id) {
+    if (!wait.cancel) wait.cancel = CancelToken();
+    token_ = *wait.cancel;
+    future_ = std::async(std::launch::async, [&manager, r = std::move(request), wait] {
+      return manager.acquire(r, wait);
+    });
+  }
+  ~AsyncAcquire() {
+    token_.cancel();
+    if (future_.valid() && future_.wait_for(kGenerous) != std::future_status::ready) {
+      ADD_FAILURE() << "the acquire of '" << job_id_ << "' did not end within " << kGenerous.count()
+                    << " s of being cancelled; waiting for it";
+    }
+  }
+  AsyncAcquire(const AsyncAcquire&) = delete;
+  AsyncAcquire& operator=(const AsyncAcquire&) = delete;
+
+  // Whether the acquire ended (granted or not) within `timeout`; a failure names the job.
+  ::testing::AssertionResult ended(std::chrono::milliseconds timeout = kGenerous) {
+    return ready_within(future_, "the acquire of '" + job_id_ + "' to end", timeout);
+  }
+  // Whether it is still waiting after `wait` (at once by default).
+  bool still_waiting(std::chrono::milliseconds wait = std::chrono::milliseconds(0)) {
+    return future_.valid() && future_.wait_for(wait) == std::future_status::timeout;
+  }
+  // The result, once ended() said so; never blocks for longer than kGenerous (an error
+  // that says so instead).
+  StatusOr<Lease> get() {
+    if (!future_.valid()) return Status(ErrorCode::kInternal, "the result was taken already");
+    if (future_.wait_for(kGenerous) != std::future_status::ready) {
+      return Status(ErrorCode::kInternal,
+                    "the acquire of '" + job_id_ + "' did not end within the test's deadline");
+    }
+    return future_.get();
+  }
+
+ private:
+  std::string job_id_;
+  CancelToken token_;
+  std::future<StatusOr<Lease>> future_;
+};
 
 // Sets (or unsets, with nullopt) an environment variable for the guard's life.
 class EnvGuard {
