@@ -2,11 +2,21 @@
 // errors from the snapshot source, binding failures and stop().
 #include "http/http_server.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "gpumgr/backends.h"
 #include "gpumgr/manager.h"
@@ -20,6 +30,54 @@ LeaseRequest request(std::string job, std::uint64_t bytes) {
   r.job_id = std::move(job);
   r.bytes = bytes;
   return r;
+}
+
+// One raw exchange on a fresh loopback connection: sends `request`, then reads until the
+// server closes or `limit` passes. Records how long the answer took to end.
+struct RawAnswer {
+  std::string bytes;
+  bool closed = false;  // the server closed the connection (EOF or reset) within the limit
+  double seconds = 0;
+};
+
+RawAnswer raw_exchange(int port, const std::string& request,
+                       std::chrono::milliseconds limit = std::chrono::milliseconds(3000)) {
+  RawAnswer answer;
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return answer;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const auto start = std::chrono::steady_clock::now();
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
+          static_cast<ssize_t>(request.size())) {
+    ::close(fd);
+    return answer;
+  }
+  const auto deadline = start + limit;
+  for (int round = 0; round < 10000; ++round) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) break;
+    char buf[4096];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) {
+      answer.closed = true;
+      break;
+    }
+    answer.bytes.append(buf, static_cast<std::size_t>(n));
+  }
+  answer.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ::close(fd);
+  return answer;
+}
+
+std::string header_block(const std::string& response) {
+  return response.substr(0, response.find("\r\n\r\n") + 2);
 }
 
 class HttpServerTest : public ::testing::Test {
@@ -129,6 +187,68 @@ TEST_F(HttpServerTest, IsReadOnly) {
   EXPECT_EQ(head->status, 200);
 }
 
+TEST_F(HttpServerTest, EveryOtherMethodIs405AtOnce) {
+  // docs/http.md: every method other than GET and HEAD gets 405 with Allow: GET, HEAD, at once:
+  // known methods without handlers (TRACE, CONNECT), methods httplib does not know (BREW,
+  // PROPFIND), and a POST whose body never comes (the server must not wait for it).
+  const std::string host = "Host: 127.0.0.1\r\n";
+  const std::vector<std::pair<std::string, std::string>> requests = {
+      {"TRACE", "TRACE / HTTP/1.1\r\n" + host + "\r\n"},
+      {"CONNECT", "CONNECT 127.0.0.1:443 HTTP/1.1\r\n" + host + "\r\n"},
+      {"OPTIONS", "OPTIONS * HTTP/1.1\r\n" + host + "\r\n"},
+      {"BREW", "BREW /pot HTTP/1.1\r\n" + host + "\r\n"},
+      {"PROPFIND", "PROPFIND /api/v1/status HTTP/1.1\r\n" + host + "\r\n"},
+      {"POST", "POST /api/v1/status HTTP/1.1\r\n" + host + "\r\n"},
+      {"POST", "POST /api/v1/leases HTTP/1.1\r\n" + host + "Content-Length: 100\r\n\r\n"},
+      {"DELETE", "DELETE /api/v1/leases HTTP/1.0\r\n\r\n"},
+  };
+  for (const auto& [method, request] : requests) {
+    const RawAnswer answer = raw_exchange(server_->port(), request);
+    const std::string head = header_block(answer.bytes);
+    EXPECT_EQ(answer.bytes.rfind("HTTP/1.1 405 ", 0), 0u) << request << "->\n" << answer.bytes;
+    EXPECT_NE(head.find("\r\nAllow: GET, HEAD\r\n"), std::string::npos) << request << head;
+    EXPECT_NE(head.find("\r\nConnection: close\r\n"), std::string::npos) << request << head;
+    EXPECT_NE(head.find("\r\nCache-Control: no-store\r\n"), std::string::npos) << head;
+    EXPECT_NE(answer.bytes.find(method + " is not allowed"), std::string::npos) << answer.bytes;
+    EXPECT_TRUE(answer.closed) << request;
+    EXPECT_LT(answer.seconds, 1.0) << request;
+  }
+  // The connection after them still works, and a lease-changing method changed nothing.
+  auto status = client_->Get("/healthz");
+  ASSERT_TRUE(status);
+  EXPECT_EQ(status->status, 200);
+}
+
+TEST_F(HttpServerTest, GarbageIs400AndClosedAtOnce) {
+  // A TLS ClientHello (https:// to this port) never ends in a blank line: it is refused on
+  // its first bytes rather than after the request timeout. So is a malformed request line.
+  const std::string client_hello("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11);
+  for (const std::string& request :
+       {client_hello, std::string("G(T / HTTP/1.1\r\n\r\n"), std::string("GET\r\n\r\n")}) {
+    const RawAnswer answer = raw_exchange(server_->port(), request);
+    EXPECT_EQ(answer.bytes.rfind("HTTP/1.1 400 ", 0), 0u) << answer.bytes;
+    EXPECT_TRUE(answer.closed);
+    EXPECT_LT(answer.seconds, 1.0);
+  }
+}
+
+TEST_F(HttpServerTest, KeepAliveAndPipelinedRequests) {
+  // Two requests in one write on one connection: both answered, in order, then closed.
+  const RawAnswer answer = raw_exchange(server_->port(),
+                                        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                                        "HEAD /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                        "Connection: close\r\n\r\n");
+  const auto first = answer.bytes.find("HTTP/1.1 200 OK");
+  const auto second = answer.bytes.find("HTTP/1.1 200 OK", first + 1);
+  ASSERT_NE(first, std::string::npos) << answer.bytes;
+  ASSERT_NE(second, std::string::npos) << answer.bytes;
+  EXPECT_NE(answer.bytes.find("ok\n"), std::string::npos);
+  EXPECT_NE(answer.bytes.find("Content-Type: text/plain; version=0.0.4", second),
+            std::string::npos);
+  EXPECT_TRUE(answer.closed);
+  EXPECT_LT(answer.seconds, 1.0);
+}
+
 TEST_F(HttpServerTest, UnknownPathIs404) {
   auto res = client_->Get("/api/v2/status");
   ASSERT_TRUE(res);
@@ -196,6 +316,102 @@ TEST(HttpServerStartTest, StopRightAfterStartReturns) {
     ASSERT_TRUE(server.ok()) << server.status().to_string();
     server.value()->stop();
   }
+}
+
+// Connects to the server and sends `bytes` (perhaps nothing); the socket, or -1.
+int open_raw(int port, const std::string& bytes) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0 ||
+      (!bytes.empty() && ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) !=
+                             static_cast<ssize_t>(bytes.size()))) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Waits up to `limit` for the server to close `fd`; what it sent before closing, or nullopt
+// while it is still open.
+std::optional<std::string> wait_closed(int fd, std::chrono::milliseconds limit) {
+  std::string got;
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  for (int round = 0; round < 1000; ++round) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(std::max<std::int64_t>(0, left.count()))) <= 0) break;
+    char buf[4096];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) return got;
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+  return std::nullopt;
+}
+
+std::unique_ptr<HttpServer> start_with(const HttpOptions& options) {
+  auto server = start_http_server(options, [] { return StatusOr<Snapshot>(Snapshot{}); });
+  EXPECT_TRUE(server.ok()) << server.status().to_string();
+  return server.ok() ? std::move(server).value() : nullptr;
+}
+
+TEST(HttpServerLimitsTest, AnUnfinishedRequestIsAnswered408AndClosed) {
+  HttpOptions options;
+  options.port = 0;
+  options.request_timeout = std::chrono::milliseconds(300);
+  auto server = start_with(options);
+  ASSERT_TRUE(server);
+  const auto start = std::chrono::steady_clock::now();
+  const int partial = open_raw(server->port(), "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+  const int silent = open_raw(server->port(), "");
+  ASSERT_GE(partial, 0);
+  ASSERT_GE(silent, 0);
+  const auto partial_got = wait_closed(partial, std::chrono::milliseconds(3000));
+  const auto silent_got = wait_closed(silent, std::chrono::milliseconds(3000));
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ::close(partial);
+  ::close(silent);
+  ASSERT_TRUE(partial_got.has_value()) << "a half-sent request was not closed";
+  EXPECT_EQ(partial_got->rfind("HTTP/1.1 408 Request Timeout\r\n", 0), 0u) << *partial_got;
+  ASSERT_TRUE(silent_got.has_value()) << "a silent connection was not closed";
+  EXPECT_EQ(*silent_got, "");  // nothing begun, nothing said
+  EXPECT_GE(took, 0.25);
+  EXPECT_LT(took, 2.0);
+  // A client that finishes in time is served as usual.
+  const RawAnswer ok = raw_exchange(
+      server->port(), "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(ok.bytes.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << ok.bytes;
+}
+
+TEST(HttpServerLimitsTest, AtTheConnectionLimitTheLongestWaitingIsClosed) {
+  HttpOptions options;
+  options.port = 0;
+  options.max_connections = 16;
+  auto server = start_with(options);
+  ASSERT_TRUE(server);
+  std::vector<int> idle;
+  for (int i = 0; i < 40; ++i) {
+    const int fd = open_raw(server->port(), "GET / HTTP/1.1\r\n");
+    ASSERT_GE(fd, 0);
+    idle.push_back(fd);
+  }
+  // A new client is still served: room is made by closing those that waited longest.
+  const RawAnswer health = raw_exchange(
+      server->port(), "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(health.bytes.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << health.bytes;
+  EXPECT_LT(health.seconds, 1.0);
+  std::size_t closed = 0;
+  for (int fd : idle) {
+    if (wait_closed(fd, std::chrono::milliseconds(50)).has_value()) ++closed;
+    ::close(fd);
+  }
+  EXPECT_GE(closed, 40u - 16u) << "of 40 waiting connections over a limit of 16";
+  EXPECT_LT(closed, 40u);  // the newest ones are kept
 }
 
 TEST(HttpServerStartTest, NeedsASource) {

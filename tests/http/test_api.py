@@ -75,3 +75,39 @@ def test_dashboard_page_and_assets(server):
     for asset in ("/assets/dashboard.js", "/assets/dashboard.css"):
         status, _, body = server.request(asset)
         assert status == 200 and body
+
+
+def serve_http(cli, tmp_path, address, limit_s=20):
+    """Runs `gpumgr serve --http ADDRESS` on simulated devices; (returncode, stderr), or
+    (None, stderr) when it was still serving after limit_s (then it is stopped)."""
+    env = {k: v for k, v in os.environ.items() if k != "GPUMGR_SOCKET"}
+    proc = subprocess.Popen(
+        [cli, "serve", "--simulate", "1x24GiB", "--socket", str(tmp_path / "s.sock"),
+         "--state-dir", str(tmp_path / "state"), "--http", address],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=limit_s)
+        return proc.returncode, err
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+        return None, err
+
+
+def test_serve_says_why_it_cannot_serve_http(server, tmp_path):
+    """The cause, not "in use or not local": the port is in use, or the name does not resolve."""
+    cli = os.environ.get("GPUMGR_CLI")
+    if not cli:
+        pytest.skip("GPUMGR_CLI is not set (run through ctest)")
+    code, err = serve_http(cli, tmp_path / "a", f"127.0.0.1:{server.port}")
+    assert code == 1, err
+    assert f"port {server.port} is in use" in err, err
+    assert "not local" not in err, err
+
+    name = "gpumgr-no-such-name.localhost"
+    code, err = serve_http(cli, tmp_path / "b", f"{name}:0", limit_s=10)
+    if code is None:
+        pytest.skip(f"{name} resolves to loopback on this host")
+    assert code == 1, err
+    assert f"cannot resolve '{name}'" in err, err
+    assert "in use" not in err, err
