@@ -737,6 +737,35 @@ Status LocalLedger::release_as(std::string_view job_id, JobOutcome outcome,
   return s;
 }
 
+StatusOr<LeaseInfo> LocalLedger::adopt_as(const AdoptedLease& lease, Holder holder) {
+  MutexLock lock(mutex_);
+  const TimeNs now = now_ns();
+  // Wall-clock times back to this process's steady clock; never in the future.
+  const TimeNs offset = wall_offset_now();
+  const auto steady = [&](std::chrono::system_clock::time_point t) {
+    const TimeNs wall =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+    return std::min(now, wall - offset);
+  };
+  const TimeNs granted_at = steady(lease.granted_at);
+  const TimeNs requested_at = std::min(granted_at, steady(lease.requested_at));
+  auto adopted = scheduler_.adopt(lease.request, lease.devices, holder, requested_at, granted_at);
+  if (!adopted.ok()) return adopted.status();
+  const ActiveEntry& entry = *adopted.value();
+  if (!lease.estimate.empty()) {
+    tracks_[entry.first] = LeaseTrack{entry.second.lease_id, lease.estimate, {}, {}};
+  }
+  // As a grant, but its wait was counted by the daemon that granted it.
+  change_holder_locked(entry.second.devices, holder.pid, +1, entry.second.bytes);
+  if (housekeeper_idle_) {
+    housekeeper_idle_ = false;
+    housekeeper_cv_.notify_all();
+  }
+  stats_.active_jobs = scheduler_.active_count();
+  stats_.peak_active_jobs = std::max(stats_.peak_active_jobs, stats_.active_jobs);
+  return lease_info_locked(entry);
+}
+
 Status LocalLedger::cancel(std::string_view job_id) { return cancel_as(job_id, 0); }
 
 Status LocalLedger::cancel_as(std::string_view job_id, std::uint32_t requester_uid) {

@@ -117,6 +117,20 @@ class LocalLedger final : public Ledger {
                     std::uint64_t lease_id = 0);
   Status cancel_as(std::string_view job_id, std::uint32_t requester_uid);
 
+  // A lease that an earlier daemon granted, to be taken back after a restart.
+  struct AdoptedLease {
+    LeaseRequest request;  // as granted: bytes per device, priority, command, kind
+    std::vector<int> devices;
+    std::string estimate;  // LeaseInfo::estimate
+    // Wall-clock times, so that its wait and hold times count from its first request.
+    std::chrono::system_clock::time_point requested_at;
+    std::chrono::system_clock::time_point granted_at;
+  };
+  // Takes back such a lease for `holder` on the same devices, whether or not it fits now
+  // (Scheduler::adopt): its memory is in use either way. kNotFound for a device that no
+  // longer exists, kAlreadyExists for a job id in use, kInvalidArgument for a bad record.
+  StatusOr<LeaseInfo> adopt_as(const AdoptedLease& lease, Holder holder);
+
   // Queries the backend now and schedules whatever that lets start.
   Status refresh();
   // Attributes this process's own device memory (e.g. torch's reserved bytes) to its

@@ -89,7 +89,9 @@ Status Scheduler::check(const LeaseRequest& request) const {
   return duplicate_or(request.job_id, Status::Ok());
 }
 
-Status Scheduler::check_fields(const LeaseRequest& request) const {
+namespace {
+// The job id and the kind, checked as every request's are.
+Status check_names(const LeaseRequest& request) {
   if (request.job_id.empty()) return InvalidArgument("job id must not be empty");
   if (request.job_id.size() > kMaxJobIdLength) {
     return InvalidArgument("job id is " + std::to_string(request.job_id.size()) +
@@ -101,6 +103,12 @@ Status Scheduler::check_fields(const LeaseRequest& request) const {
   if (!request.kind.empty()) {
     if (Status s = check_kind(request.kind); !s.ok()) return s;
   }
+  return Status::Ok();
+}
+}  // namespace
+
+Status Scheduler::check_fields(const LeaseRequest& request) const {
+  if (Status s = check_names(request); !s.ok()) return s;
   return check_shape(request.bytes, request.gpus, request.device);
 }
 
@@ -607,6 +615,34 @@ std::vector<const Scheduler::Waiter*> Scheduler::waiters() const {
 bool Scheduler::is_waiting(std::string_view job_id) const {
   // An empty table is the common case; its find() would still hash the id.
   return !waiting_index_.empty() && waiting_index_.find(job_id) != waiting_index_.end();
+}
+
+StatusOr<const ActiveEntry*> Scheduler::adopt(const LeaseRequest& request,
+                                              std::span<const int> devices, Holder holder,
+                                              TimeNs requested_at, TimeNs granted_at) {
+  if (Status s = check_names(request); !s.ok()) return s;
+  if (request.bytes == 0) return InvalidArgument("an adopted lease must hold some bytes, got 0");
+  if (devices.empty()) return InvalidArgument("an adopted lease must name its devices");
+  std::vector<bool> seen(devices_.size(), false);
+  for (const int d : devices) {
+    if (d < 0 || static_cast<std::size_t>(d) >= devices_.size()) {
+      return NotFound("device " + std::to_string(d) + " of job '" + request.job_id +
+                      "' does not exist; devices are 0.." + std::to_string(devices_.size() - 1));
+    }
+    if (seen[static_cast<std::size_t>(d)]) {
+      return InvalidArgument("job '" + request.job_id + "' names device " + std::to_string(d) +
+                             " twice");
+    }
+    seen[static_cast<std::size_t>(d)] = true;
+  }
+  if (is_waiting(request.job_id)) return duplicate_error(request.job_id);
+  ActiveEntry* entry = insert_active(request.job_id);
+  if (entry == nullptr) return duplicate_error(request.job_id);
+  entry->second.devices.assign(devices.begin(), devices.end());
+  ActiveEntry& granted = grant(*entry, request, holder, requested_at, granted_at);
+  // The room it takes may end the head's reservation: choose it again at the next pass.
+  reserved_for_.clear();
+  return &granted;
 }
 
 }  // namespace gpumgr::core

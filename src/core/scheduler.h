@@ -166,6 +166,15 @@ class Scheduler {
   // Grants every waiter that may start now, in order, and returns those grants.
   std::vector<Grant> schedule(TimeNs now);
 
+  // Takes back a lease that an earlier daemon granted (a restart, docs/daemon.md): the job
+  // holds `request.bytes` on each of `devices` again, as it did, whether or not it would fit
+  // now and beyond the concurrency limit, since the holder is using that memory either way.
+  // kInvalidArgument for no devices, a repeated or unknown device, or 0 bytes;
+  // kAlreadyExists when the job id is active or waiting. `requested_at` and `granted_at`
+  // keep the lease's wait and hold times. Adopting only takes room: no pass is needed.
+  StatusOr<const ActiveEntry*> adopt(const LeaseRequest& request, std::span<const int> devices,
+                                     Holder holder, TimeNs requested_at, TimeNs granted_at);
+
   // Read access for snapshots and tests.
   struct DeviceState {
     std::uint64_t capacity = 0;
