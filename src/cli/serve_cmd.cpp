@@ -17,6 +17,7 @@
 #include "gpumgr/backends.h"
 #include "gpumgr/units.h"
 #include "http/http_server.h"
+#include "state/lease_journal.h"
 #include "state/state_dir.h"
 
 namespace gpumgr::cli {
@@ -41,6 +42,7 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
     long long max_connections_per_uid = 256;
     bool kill_orphans = false;
     double kill_orphans_grace_s = 5;
+    double reattach_grace_s = 30;
     bool quiet = false;
   };
   auto opts = std::make_shared<Options>();
@@ -67,8 +69,13 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
   sub->add_option("--simulate", opts->simulate,
                   "Simulated devices instead of hardware, e.g. 2x24GiB (as GPUMGR_SIMULATE)");
   sub->add_option("--state-dir", opts->state_dir,
-                  "Folder for what survives a restart: the history of job kinds (default: " +
+                  "Folder for what survives a restart: the lease journal (leases and waiters) "
+                  "and the history of job kinds (default: " +
                       state::default_state_dir() + ")");
+  sub->add_option("--reattach-grace", opts->reattach_grace_s,
+                  "Seconds that leases and waiters restored after a restart wait for their "
+                  "clients to reattach before they are released or cancelled")
+      ->capture_default_str();
   sub->add_option("--on-overuse", opts->on_overuse,
                   "When a holder uses more than its lease: report (log, count, flag) or "
                   "terminate (also SIGTERM its processes after the grace, SIGKILL after another)")
@@ -98,7 +105,8 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
                 "Print only errors, warnings (clients dropped, refused or signalled) and overuse "
                 "events");
   sub->footer(
-      "Stops on SIGINT/SIGTERM: waiting clients get an error, exit code 0.\n"
+      "Stops on SIGINT/SIGTERM, exit code 0: leases and waiters stay in the lease journal for\n"
+      "the next start, whose clients reattach within --reattach-grace.\n"
       "Exit codes: 0 stopped by a signal; 1 runtime failure (socket, HTTP port, backend);\n"
       "2 bad arguments; 3 no driver where one was required. See docs/daemon.md.");
   return {
@@ -150,6 +158,11 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
                        "gpumgr serve: --kill-orphans-grace must be between 0 and 3600 seconds\n");
           return kExitUsage;
         }
+        if (!(opts->reattach_grace_s >= 0 && opts->reattach_grace_s <= 3600)) {
+          std::fprintf(stderr,
+                       "gpumgr serve: --reattach-grace must be between 0 and 3600 seconds\n");
+          return kExitUsage;
+        }
         config.poll_interval = std::chrono::milliseconds(
             static_cast<std::int64_t>(std::llround(opts->poll_interval_s * 1000)));
         if (Status s = validate_config(config); !s.ok()) {
@@ -168,6 +181,14 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
           return kExitUsage;
         }
         config.history_path = state_dir + "/history.db";
+        std::string journal_note;
+        auto journal =
+            state::LeaseJournal::open(state::journal_path(state_dir, socket), &journal_note);
+        if (!journal.ok()) {
+          std::fprintf(stderr, "gpumgr serve: %s\n", journal.status().message().c_str());
+          return kExitError;
+        }
+        if (!journal_note.empty()) std::fprintf(stderr, "gpumgr serve: %s\n", journal_note.c_str());
         auto selection = open_backend(opts->device, simulate);
         if (!selection.ok()) {
           std::fprintf(stderr, "gpumgr serve: %s\n", selection.status().message().c_str());
@@ -197,6 +218,8 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
         so.max_connections_per_uid = static_cast<std::size_t>(opts->max_connections_per_uid);
         so.kill_orphans = opts->kill_orphans;
         so.kill_orphans_grace_s = opts->kill_orphans_grace_s;
+        so.journal = std::move(journal).value();
+        so.reattach_grace_s = opts->reattach_grace_s;
         // --quiet: the ordinary course (who left, shutting down) is not printed; what the
         // daemon did to a client, and what failed, is.
         so.log = [quiet = opts->quiet](daemon::LogLevel level, const std::string& line) {

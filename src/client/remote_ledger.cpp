@@ -5,20 +5,27 @@
 // Every method may be called from any thread, concurrently. Calls share one connection; each
 // request carries an id and whichever caller is reading hands every reply to the call waiting
 // for that id, so a waiting acquire never holds up other calls. When the connection drops, the
-// calls in flight fail with kUnavailable and the next call connects again (the old connection's
-// leases are gone by then: the daemon released them).
+// calls in flight fail with kUnavailable and the next call connects again.
+//
+// A dropped connection usually means the daemon restarted (docs/daemon.md, "Restarts"): the
+// next daemon restores the leases and waiters it had and keeps them for a grace period. This
+// ledger then reconnects and reattaches on its own: a keeper thread watches the connections
+// that leases were granted on and takes each lease back by its token; a waiting acquire takes
+// its place in the queue back. What cannot be taken back is reported as "lease lost".
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 #include <unordered_map>
 
 #include "core/snapshot_json.h"
@@ -52,6 +59,16 @@ double quick_call_seconds() {
   char* end = nullptr;
   const double v = std::strtod(env, &end);
   return end != env && *end == '\0' && std::isfinite(v) && v > 0 && v <= 86400 ? v : 5.0;
+}
+
+// How long a client keeps trying to reach a restarted daemon to take its leases and waiting
+// requests back: 30 s, or GPUMGR_REATTACH_TIMEOUT seconds (0: it does not try).
+double reattach_seconds() {
+  const char* env = std::getenv("GPUMGR_REATTACH_TIMEOUT");
+  if (env == nullptr) return 30.0;
+  char* end = nullptr;
+  const double v = std::strtod(env, &end);
+  return end != env && *end == '\0' && std::isfinite(v) && v >= 0 && v <= 86400 ? v : 30.0;
 }
 
 Clock::time_point after_seconds(double seconds) {
@@ -147,6 +164,27 @@ class Connection {
   ~Connection() { ::close(fd_); }
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
+
+  // Events the daemon sends unasked (lease_ended) go here, on the reading thread, without
+  // the connection's locks. Set before the first call.
+  using EventHandler = std::function<void(const nlohmann::json& event)>;
+  void set_event_handler(EventHandler handler) { on_event_ = std::move(handler); }
+
+  // Reads what has arrived when nobody else is reading (the keeper's turn while no call
+  // waits), so that events and late replies are handled with no call in flight.
+  void read_available() {
+    {
+      MutexLock lock(mutex_);
+      if (reading_ || dead_) return;
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 0) <= 0) return;
+      reading_ = true;
+    }
+    read_some(std::nullopt);  // readable: one recv, then every complete line handled
+    MutexLock lock(mutex_);
+    reading_ = false;
+    cv_.notify_all();
+  }
 
   // Whether the connection is known to be gone, or the daemon has closed its end.
   bool dead() {
@@ -321,7 +359,11 @@ class Connection {
             Unavailable("bad reply from the daemon at " + path_ + ": " + reply.status().message()));
         return;
       }
-      if (!reply->id) continue;  // about a request we could not have sent; nobody waits
+      if (!reply->id) {
+        // An event, or an error about a request we could not have sent (nobody waits).
+        if (on_event_ && reply->body.contains("event")) on_event_(reply->body);
+        continue;
+      }
       std::string release_job;
       {
         MutexLock lock(mutex_);
@@ -361,6 +403,7 @@ class Connection {
 
   const int fd_;
   const std::string path_;
+  EventHandler on_event_;                                  // set before the first call
   daemon::LineSplitter splitter_{daemon::kMaxReplyBytes};  // the reader's alone
   Mutex write_mutex_;                                      // one request's bytes at a time
   Mutex mutex_;
@@ -377,7 +420,20 @@ class Connection {
 class RemoteLedger final : public Ledger {
  public:
   RemoteLedger(std::string path, std::shared_ptr<Connection> conn)
-      : path_(std::move(path)), conn_(std::move(conn)) {}
+      : path_(std::move(path)), conn_(std::move(conn)) {
+    conn_->set_event_handler(event_handler());
+  }
+
+  ~RemoteLedger() override {
+    {
+      MutexLock lock(mutex_);
+      stopping_ = true;
+    }
+    keeper_cv_.notify_all();
+    if (keeper_.joinable()) keeper_.join();
+  }
+  RemoteLedger(const RemoteLedger&) = delete;
+  RemoteLedger& operator=(const RemoteLedger&) = delete;
 
   StatusOr<LeaseInfo> try_acquire(const LeaseRequest& request) override {
     auto conn = connection();
@@ -400,24 +456,29 @@ class RemoteLedger final : public Ledger {
     r.wait = true;
     if (wait.deadline) {
       const auto left = *wait.deadline - std::chrono::steady_clock::now();
-      r.timeout_s = std::max(0.0, std::chrono::duration<double>(left).count());
+      // The protocol carries at most 1e9 s (31 years): a farther deadline is sent as that.
+      r.timeout_s = std::clamp(std::chrono::duration<double>(left).count(), 0.0, 1e9);
     }
+    std::optional<Clock::time_point> until;  // the whole wait's end, for a reattach
     auto pending = std::make_shared<Connection::Pending>();
     pending->acquire_job = request.job_id;
     if (r.timeout_s) {
       // The daemon answers `timed_out` at the timeout; the margin is for one that cannot.
       pending->allowed_s = *r.timeout_s + quick_call_seconds();
       pending->deadline = after_seconds(pending->allowed_s);
+      until = pending->deadline;
     }
+    // The connection a cancellation goes to: the one the request waits on now.
+    auto waiting_on = std::make_shared<WaitingOn>();
+    waiting_on->set(*conn);
     if (Status s = (*conn)->send(r, pending); !s.ok()) return s;
     std::optional<std::uint64_t> subscription;
     if (wait.cancel) {
       CancelToken token = *wait.cancel;
       // The daemon answers the waiting acquire with kCancelled; the cancel's own reply is
       // not awaited (nobody registers for it).
-      std::weak_ptr<Connection> weak = *conn;
-      subscription = token.subscribe([weak, job = request.job_id] {
-        if (auto c = weak.lock()) {
+      subscription = token.subscribe([waiting_on, job = request.job_id] {
+        if (auto c = waiting_on->get()) {
           Request cancel;
           cancel.op = Op::kCancel;
           cancel.job_id = job;
@@ -425,12 +486,24 @@ class RemoteLedger final : public Ledger {
         }
       });
     }
-    auto reply = (*conn)->wait(pending);
+    std::shared_ptr<Connection> on = *conn;
+    auto reply = on->wait(pending);
+    // The connection dropped while the request waited: the daemon restarted (or stopped).
+    // Take the place in the queue back from the next daemon, as long as the wait may last.
+    if (!reply.ok() && on->dead() && !(wait.cancel && wait.cancel->cancelled())) {
+      auto again = reattach_waiter(request.job_id, until, waiting_on, reply.status());
+      if (again.ok()) {
+        on = again->first;
+        reply = std::move(again->second);
+      } else {
+        reply = again.status();
+      }
+    }
     if (subscription) {
       CancelToken token = *wait.cancel;
       token.unsubscribe(*subscription);
     }
-    return lease_reply(std::move(reply), *conn);
+    return lease_reply(std::move(reply), on);
   }
 
   // A lease granted here is released on the connection it was granted on, naming its token.
@@ -442,6 +515,8 @@ class RemoteLedger final : public Ledger {
     r.op = Op::kRelease;
     r.job_id = std::string(job_id);
     r.outcome = outcome;
+    // A lease whose connection dropped is taken back first (the keeper may be doing it).
+    reattach_dropped();
     std::shared_ptr<Connection> granted_on;
     {
       MutexLock lock(mutex_);
@@ -449,7 +524,9 @@ class RemoteLedger final : public Ledger {
       if (it != held_.end()) {
         granted_on = it->second.connection.lock();
         r.token = it->second.token;
+        const Status lost = it->second.lost;
         held_.erase(it);
+        if (!lost.ok()) return lost;
         if (granted_on == nullptr || granted_on->dead()) {
           return NotFound("lease lost: the connection to the daemon at " + path_ + " that job '" +
                           r.job_id +
@@ -533,6 +610,7 @@ class RemoteLedger final : public Ledger {
     auto fresh = Connection::open(path_);
     if (!fresh.ok()) return fresh.status();
     conn_ = fresh.value();
+    conn_->set_event_handler(event_handler());
     return conn_;
   }
 
@@ -555,20 +633,202 @@ class RemoteLedger final : public Ledger {
     std::string token;
     if (const auto t = it->find("token"); t != it->end() && t->is_string()) token = *t;
     MutexLock lock(mutex_);
-    held_[lease->job_id] = Held{conn, std::move(token)};
+    held_[lease->job_id] = Held{conn, std::move(token), Status::Ok()};
+    if (!keeper_.joinable() && !stopping_) keeper_ = std::thread([this] { keep_leases(); });
+    keeper_cv_.notify_all();
     return lease;
   }
 
   struct Held {
     std::weak_ptr<Connection> connection;
     std::string token;  // empty from a daemon that issues none
+    Status lost;        // not OK once it could not be taken back: what release() reports
   };
 
+  // Which connection a waiting acquire waits on (it changes when it reattaches).
+  class WaitingOn {
+   public:
+    void set(const std::shared_ptr<Connection>& c) {
+      MutexLock lock(mutex_);
+      conn_ = c;
+    }
+    std::shared_ptr<Connection> get() {
+      MutexLock lock(mutex_);
+      return conn_.lock();
+    }
+
+   private:
+    Mutex mutex_;
+    std::weak_ptr<Connection> conn_ GUARDED_BY(mutex_);
+  };
+
+  // A fresh connection to the (restarted) daemon, trying every 100 ms until `until`.
+  StatusOr<std::shared_ptr<Connection>> reconnect(Clock::time_point until) {
+    Status last = Unavailable("no daemon at " + path_);
+    while (true) {
+      {
+        MutexLock lock(mutex_);
+        if (stopping_) return last;
+        if (conn_ && !conn_->dead()) return conn_;
+      }
+      auto fresh = Connection::open(path_);
+      if (fresh.ok()) {
+        MutexLock lock(mutex_);
+        conn_ = fresh.value();
+        conn_->set_event_handler(event_handler());
+        return conn_;
+      }
+      last = fresh.status();
+      // A daemon that refuses us (permissions, an unsafe folder) will not change its mind.
+      if (last.code() != ErrorCode::kUnavailable || Clock::now() >= until) return last;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+
+  // A waiting acquire whose connection dropped: reconnect and take its place in the queue
+  // back; the reply is the acquire's (the lease, or why not), on the new connection.
+  StatusOr<std::pair<std::shared_ptr<Connection>, StatusOr<Reply>>> reattach_waiter(
+      const std::string& job, std::optional<Clock::time_point> until,
+      const std::shared_ptr<WaitingOn>& waiting_on, const Status& dropped) {
+    const double window = reattach_seconds();
+    Clock::time_point give_up = after_seconds(window);
+    if (until) give_up = std::min(give_up, *until);
+    auto conn = reconnect(give_up);
+    if (!conn.ok()) {
+      return Unavailable(dropped.message() + "; job '" + job +
+                         "' waited, and no daemon came back within " + seconds_text(window) +
+                         " s to take its place back: " + conn.status().message());
+    }
+    Request r;
+    r.op = Op::kReattach;
+    r.job_id = job;
+    auto pending = std::make_shared<Connection::Pending>();
+    pending->acquire_job = job;
+    if (until) {
+      pending->deadline = until;
+      pending->allowed_s =
+          std::max(0.0, std::chrono::duration<double>(*until - Clock::now()).count());
+    }
+    waiting_on->set(*conn);
+    if (Status s = (*conn)->send(r, pending); !s.ok()) return s;
+    auto reply = (*conn)->wait(pending);
+    if (reply.ok() && !reply->status.ok() && reply->status.code() == ErrorCode::kNotFound) {
+      reply = Status(ErrorCode::kUnavailable,
+                     "the daemon at " + path_ + " restarted and did not keep job '" + job +
+                         "''s place in the queue: " + reply->status.message());
+    }
+    return std::make_pair(conn.value(), std::move(reply));
+  }
+
+  // Takes back every held lease whose connection dropped, by its token, on a fresh
+  // connection; those that cannot be are marked lost. One caller at a time (the keeper, or a
+  // release that found its connection dropped).
+  void reattach_dropped() {
+    MutexLock serial(reattach_mutex_);
+    std::vector<std::pair<std::string, std::string>> dropped;  // job id, token
+    {
+      MutexLock lock(mutex_);
+      for (const auto& [job, held] : held_) {
+        if (!held.lost.ok()) continue;
+        const auto c = held.connection.lock();
+        if (c == nullptr || c->dead()) dropped.emplace_back(job, held.token);
+      }
+    }
+    if (dropped.empty()) return;
+    const double window = reattach_seconds();
+    auto conn = reconnect(after_seconds(window));
+    MutexLock lock(mutex_);
+    for (const auto& [job, token] : dropped) {
+      const auto it = held_.find(job);
+      if (it == held_.end()) continue;
+      if (!conn.ok()) {
+        it->second.lost =
+            NotFound("lease lost: the connection to the daemon at " + path_ + " that job '" + job +
+                     "' was granted on closed, and no daemon "
+                     "came back within " +
+                     seconds_text(window) + " s to take it back: " + conn.status().message());
+        continue;
+      }
+      if (token.empty()) {
+        it->second.lost =
+            NotFound("lease lost: the daemon at " + path_ + " restarted, and job '" + job +
+                     "' was granted by a daemon that issued no token to take it "
+                     "back with");
+        continue;
+      }
+      Request r;
+      r.op = Op::kReattach;
+      r.job_id = job;
+      r.token = token;
+      lock.native().unlock();
+      auto reply = (*conn)->call(std::move(r));
+      lock.native().lock();
+      const auto again = held_.find(job);
+      if (again == held_.end()) continue;
+      if (reply.ok() && reply->status.ok()) {
+        again->second.connection = *conn;
+      } else {
+        again->second.lost = NotFound(
+            "lease lost: the daemon at " + path_ + " restarted and did not give job '" + job +
+            "' back: " + (reply.ok() ? reply->status.message() : reply.status().message()));
+      }
+    }
+  }
+
+  // What the daemon says unasked: a lease of ours that someone else (root, another
+  // process of our uid) released is lost, and release() will say who ended it.
+  Connection::EventHandler event_handler() {
+    return [this](const nlohmann::json& event) {
+      if (event.value("event", "") != "lease_ended") return;
+      const std::string job = event.value("job_id", "");
+      const std::string reason = event.value("reason", "it was ended");
+      MutexLock lock(mutex_);
+      const auto it = held_.find(job);
+      if (it == held_.end() || !it->second.lost.ok()) return;
+      it->second.lost =
+          NotFound("lease lost: job '" + job + "' was " + reason + " while this process held it");
+    };
+  }
+
+  // The keeper thread: while leases are held, reads what the daemon says unasked (events)
+  // when no call is reading, and notices within a quarter second that a lease's connection
+  // dropped, to take the lease back before the restarted daemon's grace ends.
+  void keep_leases() {
+    MutexLock lock(mutex_);
+    while (!stopping_) {
+      keeper_cv_.wait_for(lock.native(), std::chrono::milliseconds(250));
+      if (stopping_) break;
+      std::vector<std::shared_ptr<Connection>> watched;
+      bool any_dropped = false;
+      for (const auto& [job, held] : held_) {
+        if (!held.lost.ok()) continue;
+        const auto c = held.connection.lock();
+        if (c == nullptr) {
+          any_dropped = true;
+        } else if (std::find(watched.begin(), watched.end(), c) == watched.end()) {
+          watched.push_back(c);
+        }
+      }
+      lock.native().unlock();
+      for (const auto& c : watched) {
+        c->read_available();
+        any_dropped = any_dropped || c->dead();
+      }
+      watched.clear();
+      if (any_dropped) reattach_dropped();
+      lock.native().lock();
+    }
+  }
+
   const std::string path_;
+  Mutex reattach_mutex_;  // one reattach at a time; taken before mutex_
   Mutex mutex_;
+  std::condition_variable keeper_cv_;
   std::shared_ptr<Connection> conn_ GUARDED_BY(mutex_);
   // Leases granted through this ledger, by job id.
   std::unordered_map<std::string, Held> held_ GUARDED_BY(mutex_);
+  bool stopping_ GUARDED_BY(mutex_) = false;
+  std::thread keeper_;  // started at the first grant
 };
 
 }  // namespace

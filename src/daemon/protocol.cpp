@@ -28,6 +28,7 @@ constexpr std::pair<Op, std::string_view> kOps[] = {
     {Op::kPing, "ping"},
     {Op::kEstimates, "estimates"},
     {Op::kForgetKind, "forget_kind"},
+    {Op::kReattach, "reattach"},
 };
 
 // Never throws: invalid UTF-8 (which the parser already refuses) is replaced, not fatal.
@@ -192,11 +193,17 @@ Status decode_fields(const json& j, Request& r) {
       return Status::Ok();
     }
     case Op::kRelease:
-    case Op::kCancel: {
+    case Op::kCancel:
+    case Op::kReattach: {
       auto job = get_string(j, "job_id", true, kMaxJobIdBytes);
       if (!job.ok()) return job.status();
       if (job->empty()) return InvalidArgument("field 'job_id' must not be empty");
       r.job_id = std::move(job).value();
+      if (r.op == Op::kReattach) {
+        auto token = get_string(j, "token", false, kMaxTokenBytes);
+        if (!token.ok()) return token.status();
+        r.token = std::move(token).value();
+      }
       if (r.op == Op::kRelease) {
         auto token = get_string(j, "token", false, kMaxTokenBytes);
         if (!token.ok()) return token.status();
@@ -322,6 +329,10 @@ std::string encode_request(const Request& r) {
     case Op::kCancel:
       j["job_id"] = r.job_id;
       break;
+    case Op::kReattach:
+      j["job_id"] = r.job_id;
+      if (!r.token.empty()) j["token"] = r.token;
+      break;
     case Op::kCanAdmit:
       j["bytes"] = r.lease.bytes;
       j["gpus"] = r.lease.gpus;
@@ -352,6 +363,13 @@ std::string encode_error(std::optional<std::uint64_t> id, const Status& status) 
       {"error",
        {{"code", std::string(error_code_name(status.code()))}, {"message", status.message()}}}};
   return dump_line(j);
+}
+
+std::string encode_event(std::string_view name, json body) {
+  body["id"] = nullptr;
+  body["ok"] = true;
+  body["event"] = std::string(name);
+  return dump_line(body);
 }
 
 StatusOr<Reply> decode_reply(std::string_view line) {

@@ -45,6 +45,7 @@ enum class Op {
   kPing,
   kEstimates,   // the history of job kinds
   kForgetKind,  // forget one kind's history
+  kReattach,    // after a daemon restart: take back a lease (by its token) or a queue place
 };
 std::string_view op_name(Op op);
 
@@ -60,11 +61,12 @@ struct Request {
   LeaseRequest lease;
   bool wait = true;                 // acquire: false makes it a try_acquire
   std::optional<double> timeout_s;  // acquire: none waits until granted or cancelled
-  // release, cancel
+  // release, cancel, reattach
   std::string job_id;
   JobOutcome outcome = JobOutcome::kSucceeded;
   // release: the token the grant carried; when given, only the lease it names is released
   // (a lease of the same job id granted later, or by a restarted daemon, is not).
+  // reattach: the token of the lease taken back; empty to take back a waiting request.
   std::string token;
 };
 
@@ -82,6 +84,10 @@ std::string encode_request(const Request& request);
 // "ok" are added. An error reply's id is null when the request's id could not be read.
 std::string encode_ok(std::uint64_t id, nlohmann::json body = nlohmann::json::object());
 std::string encode_error(std::optional<std::uint64_t> id, const Status& status);
+// An event the daemon sends unasked (docs/protocol.md, "Events"): a reply-shaped line with a
+// null id, {"id": null, "ok": true, "event": NAME, ...body}, which clients that do not know
+// it skip as they skip every reply with a null id.
+std::string encode_event(std::string_view name, nlohmann::json body);
 
 // A decoded reply (the client side).
 struct Reply {

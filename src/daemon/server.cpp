@@ -27,8 +27,10 @@
 #include <vector>
 
 #include "core/snapshot_json.h"
+#include "daemon/process_identity.h"
 #include "daemon/protocol.h"
 #include "util/small_file.h"
+#include "util/terminal_text.h"
 #include "util/thread_annotations.h"
 
 namespace gpumgr::daemon {
@@ -52,45 +54,6 @@ std::chrono::steady_clock::duration seconds(double s) {
 }
 
 // ---- processes, for --kill-orphans ----
-
-// A process as of one reading: its pid and its start time (clock ticks since boot), so that a
-// pid reused by a new process is never mistaken for it.
-struct ProcessId {
-  std::uint32_t pid = 0;
-  std::uint64_t start = 0;
-};
-
-struct ProcessStat {
-  std::uint32_t ppid = 0;
-  std::uint64_t start = 0;
-  bool running = false;  // neither a zombie nor dead
-};
-
-std::optional<ProcessStat> read_process_stat(std::uint32_t pid) {
-  const auto text = read_small_file("/proc/" + std::to_string(pid) + "/stat", 4096);
-  if (!text) return std::nullopt;
-  // "pid (comm) state ppid ... starttime ...": comm may hold spaces and parentheses.
-  const auto paren = text->rfind(')');
-  if (paren == std::string::npos) return std::nullopt;
-  std::vector<std::string_view> fields;
-  std::string_view rest(*text);
-  rest.remove_prefix(paren + 1);
-  while (!rest.empty() && fields.size() < 20) {
-    while (!rest.empty() && rest.front() == ' ') rest.remove_prefix(1);
-    const auto end = rest.find(' ');
-    fields.push_back(rest.substr(0, end));
-    if (end == std::string_view::npos) break;
-    rest.remove_prefix(end);
-  }
-  if (fields.size() < 20) return std::nullopt;  // [0] state (field 3) ... [19] starttime (22)
-  ProcessStat st;
-  const auto number = [](std::string_view f, auto& out) {
-    return std::from_chars(f.data(), f.data() + f.size(), out).ec == std::errc();
-  };
-  if (!number(fields[1], st.ppid) || !number(fields[19], st.start)) return std::nullopt;
-  st.running = fields[0] != "Z" && fields[0] != "X" && fields[0] != "x";
-  return st;
-}
 
 // Whether every uid of the process (real, effective, saved, filesystem) is `uid`: a setuid
 // program that a holder started is not the holder's to have killed.
@@ -243,7 +206,20 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     std::unordered_map<std::string, std::uint64_t> waiting;  // job id -> request id
     std::unordered_set<std::string> held;
     std::vector<ProcessId> tree;  // --kill-orphans: the holder's processes at the last scan
+    // The peer as the journal records it (read at its first request that needs it).
+    std::optional<state::ProcessIdentity> identity;
   };
+
+  // A lease or waiter restored from the journal whose client has not reattached yet. Its
+  // owner entry names kNoConnection.
+  struct Detached {
+    state::ProcessIdentity holder;
+    std::string token;
+    bool leased = false;            // a lease (adopted, or restored waiter granted since)
+    LeaseInfo lease;                // when leased
+    state::JournaledWaiter waiter;  // when restored as a waiter: its record
+  };
+  static constexpr std::uint64_t kNoConnection = 0;
   using ConnPtr = std::shared_ptr<Connection>;
 
   ServerOptions options;
@@ -254,6 +230,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   asio::steady_timer retry_accept{io};
   asio::steady_timer grace{io};
   asio::steady_timer orphan_scan{io};
+  asio::steady_timer reattach_tick{io};  // while restored jobs wait for their clients
   std::shared_ptr<Mailbox> mailbox = std::make_shared<Mailbox>();
   dev_t socket_dev = 0;
   ino_t socket_ino = 0;
@@ -265,6 +242,10 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   // a token releases only that grant.
   std::unordered_map<std::string, std::string> tokens;
   std::random_device random_;  // the kernel's entropy, for tokens
+  // Restored from the journal, not reattached yet (see Detached).
+  std::unordered_map<std::string, Detached> detached;
+  std::chrono::steady_clock::time_point reattach_deadline;
+  bool journal_failed_logged = false;  // a failing journal is said once, not per request
   std::unordered_map<std::uint32_t, std::size_t> connections_of_uid;
   std::unordered_set<std::uint32_t> uids_at_limit;  // said so in the log once per episode
   std::uint64_t next_cid = 1;
@@ -476,7 +457,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       terminate_orphans(conn);
     }
     // Waiting requests: cancelled. A grant already on its way here finds the connection gone
-    // and releases the lease (on_acquire_done).
+    // and releases the lease (on_waited).
     std::vector<std::string> waiting;
     for (const auto& [job, id] : conn->waiting) waiting.push_back(job);
     for (const auto& job : waiting) (void)ledger->cancel_as(job, 0);
@@ -576,26 +557,82 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     if (it != owner.end() && it->second == cid) {
       owner.erase(it);
       tokens.erase(job);
+      forget_in_journal(job);
     }
   }
 
-  // A new lease's token: 128 random bits, in hex. Unguessable, so that only the connection
-  // that was granted a lease (and whoever it tells) can name that grant.
-  std::string grant_token(const std::string& job) {
+  // A new request's token: 128 random bits, in hex. Unguessable, so that only the connection
+  // that was granted a lease (and whoever it tells) can name that grant. Issued when the
+  // request arrives, so that a waiter's record in the journal holds the token its lease will
+  // carry.
+  std::string new_token() {
     std::string token;
     static constexpr char kHex[] = "0123456789abcdef";
     for (int i = 0; i < 4; ++i) {
       const std::uint32_t word = random_();
       for (int k = 0; k < 8; ++k) token.push_back(kHex[(word >> (4 * k)) & 0xf]);
     }
-    tokens[job] = token;
     return token;
   }
 
   nlohmann::json lease_json(const LeaseInfo& lease) {
     nlohmann::json j = to_json(lease);
-    j["token"] = grant_token(lease.job_id);
+    const auto t = tokens.find(lease.job_id);
+    if (t != tokens.end()) j["token"] = t->second;
     return j;
+  }
+
+  // ---- the journal: what survives a restart ----
+
+  const state::ProcessIdentity& identity(const ConnPtr& conn) {
+    if (!conn->identity) conn->identity = identity_of(conn->peer.pid, conn->peer.uid);
+    return *conn->identity;
+  }
+
+  static std::int64_t unix_ns(std::chrono::system_clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+  }
+
+  // A failing journal (disk full, I/O error) does not stop the daemon: the lease still
+  // works, it only would not survive a restart. Said once, and again after it recovers.
+  void journal_result(const Status& s) {
+    if (s.ok()) {
+      journal_failed_logged = false;
+      return;
+    }
+    if (!journal_failed_logged) {
+      log(LogLevel::kError,
+          "cannot write the lease journal (leases granted now would not survive a restart of "
+          "the daemon): " +
+              s.message());
+      journal_failed_logged = true;
+    }
+  }
+
+  void journal_lease(const LeaseInfo& lease, const state::ProcessIdentity& holder) {
+    if (!options.journal) return;
+    state::JournaledLease record;
+    record.request.job_id = lease.job_id;
+    record.request.bytes = lease.bytes;
+    record.request.gpus = static_cast<int>(lease.devices.size());
+    record.request.priority = lease.priority;
+    record.request.command = lease.command;
+    record.request.kind = lease.kind;
+    record.devices = lease.devices;
+    record.estimate = lease.estimate;
+    record.holder = holder;
+    const auto t = tokens.find(lease.job_id);
+    if (t != tokens.end()) record.token = t->second;
+    record.granted_at_unix_ns = unix_ns(lease.granted_at);
+    record.requested_at_unix_ns =
+        record.granted_at_unix_ns - static_cast<std::int64_t>(lease.waited_s * 1e9);
+    journal_result(options.journal->put_lease(record));
+  }
+
+  // A job that ended (released, cancelled, expired, its client gone) leaves the journal,
+  // except while the daemon stops: what it held or waited for then is for the next daemon.
+  void forget_in_journal(const std::string& job) {
+    if (options.journal && !stopping) journal_result(options.journal->remove(job));
   }
 
   // ---- requests ----
@@ -636,7 +673,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
           }
         }
         Status s = ledger->release_as(r.job_id, r.outcome, conn->peer.uid);
-        if (s.ok()) forget_held(r.job_id);
+        if (s.ok()) forget_held(r.job_id, conn);
         send(conn, s.ok() ? encode_ok(r.id) : encode_error(r.id, s));
         return;
       }
@@ -689,8 +726,202 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
         send(conn, s.ok() ? encode_ok(r.id) : encode_error(r.id, s));
         return;
       }
+      case Op::kReattach:
+        handle_reattach(conn, r);
+        return;
       case Op::kHello:
         return;
+    }
+  }
+
+  // ---- restarts: restoring the journal, reattaching, the grace period ----
+
+  // A client takes back what a restored job was: a lease (naming its token; the holder's
+  // uid or root), or a place in the queue (the holder process itself, by pid and start
+  // time, since a waiter's token was never told). Answered at once for a lease; for a
+  // waiter, like the acquire it was: when it is granted or fails.
+  void handle_reattach(const ConnPtr& conn, const Request& r) {
+    const auto d = detached.find(r.job_id);
+    if (d == detached.end()) {
+      const bool ours = owner.count(r.job_id) != 0 && tokens.count(r.job_id) != 0 &&
+                        !r.token.empty() && tokens[r.job_id] == r.token;
+      send(conn,
+           encode_error(r.id,
+                        NotFound(ours ? "job '" + r.job_id + "' is already attached to a connection"
+                                      : "job '" + r.job_id +
+                                            "' has no lease or waiting request here to take "
+                                            "back: it ended, or it was not restored after a "
+                                            "restart (no lease journal, or the grace period "
+                                            "for reattaching had passed)")));
+      return;
+    }
+    const Detached& job = d->second;
+    const state::ProcessIdentity& me = identity(conn);
+    const bool same_process = me.pid == job.holder.pid && me.start_ticks == job.holder.start_ticks;
+    // The process that made the request may always take it back (a restored waiter may
+    // have been granted before it reconnected, and it never learnt that lease's token);
+    // anyone else needs the token and the holder's uid (or root's).
+    const bool token_ok = !r.token.empty() && r.token == job.token;
+    const bool uid_ok = conn->peer.uid == job.holder.uid || conn->peer.uid == 0;
+    const bool allowed =
+        (same_process && (r.token.empty() || token_ok)) || (job.leased && token_ok && uid_ok);
+    std::string why;
+    if (!job.leased) {
+      why = "a waiting request is taken back only by the process that made it (pid " +
+            std::to_string(job.holder.pid) + ")";
+    } else if (r.token.empty()) {
+      why = "a lease is taken back by its holder process (pid " + std::to_string(job.holder.pid) +
+            ") or by naming its token";
+    } else if (!token_ok) {
+      why = "that is not its lease's token";
+    } else {
+      why = "it belongs to uid " + std::to_string(job.holder.uid);
+    }
+    if (!allowed) {
+      send(conn, encode_error(r.id, Status(ErrorCode::kPermissionDenied,
+                                           "cannot reattach job '" + r.job_id + "': " + why)));
+      return;
+    }
+    owner[r.job_id] = conn->cid;
+    if (job.leased) {
+      conn->held.insert(r.job_id);
+      const nlohmann::json lease = lease_json(job.lease);
+      detached.erase(d);
+      send(conn, encode_ok(r.id, {{"lease", lease}}));
+    } else {
+      conn->waiting[r.job_id] = r.id;
+      detached.erase(d);
+    }
+    log(LogLevel::kInfo, "client pid " + std::to_string(conn->peer.pid) + " reattached job '" +
+                             terminal_safe(r.job_id) + "'" +
+                             (detached.empty() ? "; every restored job is taken back" : ""));
+  }
+
+  // Before the first connection is served: what the last daemon left in the journal. Leases
+  // whose holders still run are adopted on their devices; waiters whose holders still run
+  // queue again in their old order, ahead of every new request. Both wait for their clients
+  // for the grace period.
+  void restore() {
+    if (!options.journal) return;
+    auto contents = options.journal->load();
+    if (!contents.ok()) {
+      log(LogLevel::kError,
+          "cannot read the lease journal; starting without the leases it "
+          "holds: " +
+              contents.status().message());
+      return;
+    }
+    std::size_t adopted = 0, queued = 0, gone = 0;
+    const auto to_time = [](std::int64_t ns) {
+      return std::chrono::system_clock::time_point(
+          std::chrono::duration_cast<std::chrono::system_clock::duration>(
+              std::chrono::nanoseconds(ns)));
+    };
+    for (state::JournaledLease& l : contents->leases) {
+      const std::string job = l.request.job_id;
+      if (!still_runs(l.holder)) {
+        ++gone;
+        log(LogLevel::kInfo, "restart: job '" + terminal_safe(job) + "' of pid " +
+                                 std::to_string(l.holder.pid) +
+                                 ": its holder is gone; its lease is not restored");
+        journal_result(options.journal->remove(job));
+        continue;
+      }
+      core::LocalLedger::AdoptedLease a;
+      a.request = l.request;
+      a.devices = l.devices;
+      a.estimate = l.estimate;
+      a.requested_at = to_time(l.requested_at_unix_ns);
+      a.granted_at = to_time(l.granted_at_unix_ns);
+      auto info = ledger->adopt_as(a, core::Holder{l.holder.pid, l.holder.uid});
+      if (!info.ok()) {
+        log(LogLevel::kWarning, "restart: cannot restore the lease of job '" + terminal_safe(job) +
+                                    "': " + info.status().message());
+        journal_result(options.journal->remove(job));
+        continue;
+      }
+      ++adopted;
+      owner[job] = kNoConnection;
+      tokens[job] = l.token;
+      Detached& d = detached[job];
+      d.holder = l.holder;
+      d.token = l.token;
+      d.leased = true;
+      d.lease = std::move(info).value();
+    }
+    const auto steady_now = std::chrono::steady_clock::now();
+    const std::int64_t wall_now = unix_ns(std::chrono::system_clock::now());
+    for (state::JournaledWaiter& w : contents->waiters) {
+      const std::string job = w.request.job_id;
+      if (!still_runs(w.holder) || owner.count(job) != 0) {
+        ++gone;
+        journal_result(options.journal->remove(job));
+        continue;
+      }
+      std::optional<core::LocalLedger::SteadyTime> deadline;
+      if (w.deadline_unix_ns) {
+        deadline = steady_now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                    std::chrono::nanoseconds(
+                                        std::max<std::int64_t>(0, *w.deadline_unix_ns - wall_now)));
+      }
+      ++queued;
+      owner[job] = kNoConnection;
+      tokens[job] = w.token;
+      Detached& d = detached[job];
+      d.holder = w.holder;
+      d.token = w.token;
+      d.waiter = w;
+      start_waiting(w.request, core::Holder{w.holder.pid, w.holder.uid}, deadline);
+    }
+    if (adopted + queued + gone == 0) return;
+    log(LogLevel::kInfo, "restart: restored " + std::to_string(adopted) + " lease(s) and " +
+                             std::to_string(queued) + " waiting request(s) from " +
+                             options.journal->path() + " (" + std::to_string(gone) +
+                             " whose holders are gone were dropped); their clients have " +
+                             seconds_text(options.reattach_grace_s) + " s to reattach");
+    if (detached.empty()) return;
+    reattach_deadline = steady_now + seconds(options.reattach_grace_s);
+    schedule_reattach_tick();
+  }
+
+  // While restored jobs wait for their clients: every quarter second, those whose holder
+  // died are let go at once; at the deadline, every one still not taken back.
+  void schedule_reattach_tick() {
+    reattach_tick.expires_after(std::chrono::milliseconds(250));
+    reattach_tick.async_wait([self = shared_from_this()](std::error_code ec) {
+      if (ec || self->stopping) return;
+      self->check_detached();
+      if (!self->detached.empty()) self->schedule_reattach_tick();
+    });
+  }
+
+  void check_detached() {
+    const bool at_deadline = std::chrono::steady_clock::now() >= reattach_deadline;
+    std::vector<std::string> ending;
+    for (const auto& [job, d] : detached) {
+      if (at_deadline || !still_runs(d.holder)) ending.push_back(job);
+    }
+    for (const std::string& job : ending) {
+      const auto d = detached.find(job);
+      if (d == detached.end()) continue;  // a cancellation's answer already came
+      const bool leased = d->second.leased;
+      const std::uint64_t lease_id = d->second.lease.lease_id;
+      const bool alive = still_runs(d->second.holder);
+      log(LogLevel::kWarning,
+          "restart: job '" + terminal_safe(job) + "' of pid " +
+              std::to_string(d->second.holder.pid) + (leased ? ": lease" : ": waiting request") +
+              (alive ? " not reattached within " + seconds_text(options.reattach_grace_s) + " s"
+                     : ": its holder is gone") +
+              (leased ? "; released (failed)" : "; cancelled"));
+      if (leased) {
+        detached.erase(d);
+        (void)ledger->release_as(job, JobOutcome::kFailed, std::nullopt, nullptr, lease_id);
+        erase_owner(job, kNoConnection);
+      } else {
+        // Its answer (kCancelled) comes back through on_waited, which forgets it.
+        detached.erase(d);
+        (void)ledger->cancel_as(job, 0);
+      }
     }
   }
 
@@ -717,15 +948,27 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
                                 {"max_request_bytes", kMaxRequestBytes}}));
   }
 
-  // A release by another connection of the same uid (or root) also ends this ownership.
-  void forget_held(const std::string& job) {
+  // A release by another connection of the same uid (or root) also ends this ownership,
+  // and the holder's connection is told at once (a lease_ended event), so that its client
+  // knows its command now runs without a lease and says who ended it.
+  void forget_held(const std::string& job, const ConnPtr& by) {
     const auto it = owner.find(job);
     if (it == owner.end()) return;
     if (const auto c = connections.find(it->second); c != connections.end()) {
       c->second->held.erase(job);
+      if (c->second != by) {
+        const std::string who = by->peer.uid == 0
+                                    ? "root (uid 0, pid " + std::to_string(by->peer.pid) + ")"
+                                    : "uid " + std::to_string(by->peer.uid) + " (pid " +
+                                          std::to_string(by->peer.pid) + ")";
+        send(c->second,
+             encode_event("lease_ended", {{"job_id", job}, {"reason", "released by " + who}}));
+      }
     }
     owner.erase(it);
     tokens.erase(job);
+    detached.erase(job);
+    forget_in_journal(job);
   }
 
   void handle_acquire(const ConnPtr& conn, Request& r) {
@@ -756,7 +999,9 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
         return;
       }
       owner[r.lease.job_id] = conn->cid;
+      tokens[r.lease.job_id] = new_token();
       conn->held.insert(r.lease.job_id);
+      journal_lease(lease.value(), identity(conn));  // before the grant is answered
       send(conn, encode_ok(r.id, {{"lease", lease_json(lease.value())}}));
       return;
     }
@@ -767,46 +1012,99 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
                      std::chrono::duration<double>(*r.timeout_s));
     }
     owner[r.lease.job_id] = conn->cid;
+    tokens[r.lease.job_id] = new_token();
     conn->waiting[r.lease.job_id] = r.id;
-    std::weak_ptr<Impl> weak = shared_from_this();
-    std::weak_ptr<core::LocalLedger> weak_ledger = ledger;
-    ledger->acquire_async(r.lease, conn->peer, deadline,
-                          [weak, weak_ledger, mailbox = mailbox, cid = conn->cid, id = r.id,
-                           job = r.lease.job_id](StatusOr<LeaseInfo> result) {
-                            {
-                              MutexLock lock(mailbox->mutex);
-                              if (mailbox->io != nullptr) {
-                                asio::post(*mailbox->io,
-                                           [weak, cid, id, job, result = std::move(result)] {
-                                             if (auto self = weak.lock())
-                                               self->on_acquire_done(cid, id, job, result);
-                                           });
-                                return;
-                              }
-                            }
-                            // The loop is gone: nobody is left to hand the lease to.
-                            if (result.ok()) {
-                              if (auto l = weak_ledger.lock())
-                                (void)l->release_as(job, JobOutcome::kFailed, std::nullopt, nullptr,
-                                                    result->lease_id);
-                            }
-                          });
+    if (options.journal) {
+      state::JournaledWaiter record;
+      record.request = r.lease;
+      record.token = tokens[r.lease.job_id];
+      record.holder = identity(conn);
+      const auto now = std::chrono::system_clock::now();
+      record.requested_at_unix_ns = unix_ns(now);
+      if (r.timeout_s) {
+        record.deadline_unix_ns = record.requested_at_unix_ns +
+                                  static_cast<std::int64_t>(std::min(*r.timeout_s, 1e9) * 1e9);
+      }
+      journal_result(options.journal->put_waiter(record));
+    }
+    start_waiting(r.lease, conn->peer, deadline);
   }
 
-  void on_acquire_done(std::uint64_t cid, std::uint64_t id, const std::string& job,
-                       const StatusOr<LeaseInfo>& result) {
+  // Queues a request in the ledger; its answer comes back on the loop (on_waited).
+  void start_waiting(const LeaseRequest& request, core::Holder holder,
+                     std::optional<core::LocalLedger::SteadyTime> deadline) {
+    std::weak_ptr<Impl> weak = shared_from_this();
+    std::weak_ptr<core::LocalLedger> weak_ledger = ledger;
+    ledger->acquire_async(
+        request, holder, deadline,
+        [weak, weak_ledger, mailbox = mailbox, job = request.job_id](StatusOr<LeaseInfo> result) {
+          {
+            MutexLock lock(mailbox->mutex);
+            if (mailbox->io != nullptr) {
+              asio::post(*mailbox->io, [weak, job, result = std::move(result)] {
+                if (auto self = weak.lock()) self->on_waited(job, result);
+              });
+              return;
+            }
+          }
+          // The loop is gone: nobody is left to hand the lease to.
+          if (result.ok()) {
+            if (auto l = weak_ledger.lock())
+              (void)l->release_as(job, JobOutcome::kFailed, std::nullopt, nullptr,
+                                  result->lease_id);
+          }
+        });
+  }
+
+  // A waiter's answer from the ledger, on the loop: to its connection, or, for a restored
+  // waiter whose client has not reattached yet, kept for it.
+  void on_waited(const std::string& job, const StatusOr<LeaseInfo>& result) {
+    const auto o = owner.find(job);
+    const std::uint64_t cid = o == owner.end() ? kNoConnection : o->second;
+    if (cid == kNoConnection) {
+      const auto d = detached.find(job);
+      if (d != detached.end() && !d->second.leased && !stopping) {
+        if (result.ok()) {
+          d->second.leased = true;
+          d->second.lease = result.value();
+          journal_lease(d->second.lease, d->second.holder);
+        } else {
+          detached.erase(d);
+          erase_owner(job, kNoConnection);
+        }
+        return;
+      }
+      // Nobody waits for it any more (cancelled at the grace's end, or the daemon stops).
+      if (result.ok()) {
+        (void)ledger->release_as(job, JobOutcome::kFailed, std::nullopt, nullptr, result->lease_id);
+      }
+      if (d != detached.end()) detached.erase(d);
+      erase_owner(job, kNoConnection);
+      maybe_finish_shutdown();
+      return;
+    }
     const auto it = connections.find(cid);
     ConnPtr conn = it == connections.end() ? nullptr : it->second;
-    const bool answered = conn == nullptr || conn->waiting.erase(job) == 0;
+    std::uint64_t id = 0;
+    bool answered = true;
+    if (conn != nullptr) {
+      if (const auto w = conn->waiting.find(job); w != conn->waiting.end()) {
+        id = w->second;
+        answered = false;
+        conn->waiting.erase(w);
+      }
+    }
     if (result.ok()) {
       if (answered || conn->closing) {
         // Its holder left (or shutdown already answered it): give it straight back.
         // This grant, not a later lease of the same id.
         (void)ledger->release_as(job, JobOutcome::kFailed, std::nullopt, nullptr, result->lease_id);
         erase_owner(job, cid);
+        maybe_finish_shutdown();
         return;
       }
       conn->held.insert(job);
+      journal_lease(result.value(), identity(conn));  // before the grant is answered
       send(conn, encode_ok(id, {{"lease", lease_json(result.value())}}));
       return;
     }
@@ -829,11 +1127,14 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     const Status bye(ErrorCode::kUnavailable, stop_reason);
     std::vector<ConnPtr> all;
     for (const auto& [cid, conn] : connections) all.push_back(conn);
+    reattach_tick.cancel();
     for (const auto& conn : all) {
-      // Answer every waiter now; the ledger's cancellation then finds them answered.
+      // Answer every waiter now; the ledger's cancellation then finds them answered. With a
+      // journal they are not answered: their connections close, and their clients reattach
+      // to the next daemon, which restores them in their places.
       std::vector<std::string> jobs;
       for (const auto& [job, id] : conn->waiting) {
-        send(conn, encode_error(id, bye));
+        if (!options.journal) send(conn, encode_error(id, bye));
         jobs.push_back(job);
       }
       conn->waiting.clear();
@@ -860,6 +1161,12 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       MutexLock lock(mailbox->mutex);
       mailbox->io = &io;
     }
+    // The journal is restored before the first connection is accepted, so that restored
+    // waiters queue ahead of every new request.
+    asio::post(io, [this] {
+      restore();
+      start_accept();
+    });
     if (stop_requested.load()) {
       asio::post(io, [this] { begin_shutdown(); });
     }
@@ -1003,7 +1310,6 @@ StatusOr<std::unique_ptr<Server>> Server::create(ServerOptions options,
       self->begin_shutdown();
     });
   }
-  impl->start_accept();
   if (impl->options.kill_orphans) impl->schedule_orphan_scan();
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }

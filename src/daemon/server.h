@@ -4,6 +4,12 @@
 // released (counted as failed) and its waiting requests cancelled at once. Who a client is
 // comes from the kernel (SO_PEERCRED), never from the client.
 //
+// With a lease journal (ServerOptions::journal), a restart of the daemon loses nothing: every
+// grant and every waiter is written to the journal before it is answered; a daemon that stops
+// leaves them there, and the next one re-adopts the leases whose holders still run and
+// restores the waiters in their order, for a grace period in which their clients reconnect
+// and reattach (docs/daemon.md, "Restarts").
+//
 // Threads: one Asio event-loop thread does all the socket work (run(), or the thread of
 // start_background()). Grants decided on other threads (a releasing client, the ledger's
 // housekeeper) are posted onto that loop. create(), stop(), socket_path() and
@@ -17,6 +23,7 @@
 
 #include "core/local_ledger.h"
 #include "gpumgr/status.h"
+#include "state/lease_journal.h"
 
 namespace gpumgr::daemon {
 
@@ -54,6 +61,12 @@ struct ServerOptions {
   // How often the process trees of the holders are read (--kill-orphans needs them from
   // before the holder died: its children are then no longer its children).
   double orphan_scan_interval_s = 0.5;
+  // Where grants and waiters are kept across restarts; null: a restart ends every lease.
+  // The server is its only user while it runs.
+  std::shared_ptr<state::LeaseJournal> journal;
+  // How long leases and waiters restored from the journal are kept for their clients to
+  // reattach; then those not taken back are released (as failed) or cancelled.
+  double reattach_grace_s = 30.0;
   // Diagnostics (one line each, no newline); empty: none.
   std::function<void(LogLevel, const std::string&)> log;
 };

@@ -150,12 +150,14 @@ def test_serve_refuses_a_live_socket_and_stops_cleanly_on_sigterm():
         holder = subprocess.Popen([GPUMGR, "run", "--socket", d.socket, "--vram", "10GiB",
                                    "--", "sh", "-c", f"touch {ready}; sleep 30"])
         assert eventually(lambda: os.path.exists(ready))
+        # The waiter keeps its place for the next daemon; none comes within its 1 s.
         waiter = subprocess.Popen([GPUMGR, "run", "--socket", d.socket, "--vram", "1GiB",
-                                   "--", "true"], stderr=subprocess.PIPE, text=True)
+                                   "--", "true"], stderr=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, GPUMGR_REATTACH_TIMEOUT="1"))
         assert eventually(lambda: len(d.status()["queue"]) == 1)
         assert d.stop() == 0
         assert waiter.wait(timeout=10) == 3
-        assert "shutting down" in waiter.stderr.read()
+        assert "no daemon came back within 1 s" in waiter.stderr.read()
         assert not os.path.exists(d.socket)
         holder.kill()
         holder.wait()

@@ -13,6 +13,7 @@ import json
 import os
 import pty
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -299,3 +300,50 @@ def test_client_chosen_text_reaches_the_terminal_escaped(daemon):
     assert r.returncode == 127
     assert "\x1b" not in r.stderr
     assert "cannot run '/nonexistent/\\x1b[2Jcmd'" in r.stderr
+
+
+# --- 6. A holder is told when someone else ends its lease ---------------------------------
+
+def protocol_session(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(20)
+    s.connect(path)
+    r, w = s.makefile("r"), s.makefile("w")
+
+    def call(**req):
+        w.write(json.dumps(req) + "\n")
+        w.flush()
+        return json.loads(r.readline())
+
+    assert call(id=0, op="hello", version=1)["ok"]
+    return s, r, w, call
+
+
+def test_the_holder_is_told_at_once_when_root_releases_its_lease(daemon):
+    s, r, w, call = protocol_session(daemon.socket)
+    assert call(id=1, op="try_acquire", job_id="victim", bytes=GIB)["ok"]
+    other, _, ow, ocall = protocol_session(daemon.socket)
+    assert ocall(id=1, op="release", job_id="victim")["ok"]  # no token: root may
+    event = json.loads(r.readline())  # unasked: nothing was sent on the holder's connection
+    assert event == {"id": None, "ok": True, "event": "lease_ended", "job_id": "victim",
+                     "reason": "released by root (uid 0, pid %d)" % os.getpid()}
+    for f in (r, w, ow):
+        f.close()
+    s.close()
+    other.close()
+
+
+def test_run_says_who_ended_its_lease_and_exits_non_zero(daemon, tmp):
+    ready = os.path.join(tmp, "ready")
+    holder = start_run(daemon, "sh", "-c", f"touch {ready}; sleep 2", extra=("--job-id", "mine"))
+    assert eventually(lambda: os.path.exists(ready))
+    s, r, w, call = protocol_session(daemon.socket)
+    assert call(id=1, op="release", job_id="mine")["ok"]
+    code = holder.wait(timeout=30)
+    err = holder.stderr.read()
+    assert code != 0
+    assert "lease lost: job 'mine' was released by root (uid 0, pid %d) while this process " \
+           "held it" % os.getpid() in err, err
+    r.close()
+    w.close()
+    s.close()

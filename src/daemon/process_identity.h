@@ -1,0 +1,42 @@
+// Who a process is, as /proc says: its parent, its start time (clock ticks after boot) and
+// whether it still runs, so that the daemon recognises a lease's holder after a restart of
+// its own, and never mistakes a new process that reused a pid for it. Linux only.
+//
+// Every function may be called from any thread; each reads /proc afresh.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "state/lease_journal.h"
+
+namespace gpumgr::daemon {
+
+// A process as of one reading: its pid and its start time.
+struct ProcessId {
+  std::uint32_t pid = 0;
+  std::uint64_t start = 0;
+};
+
+struct ProcessStat {
+  std::uint32_t ppid = 0;
+  std::uint64_t start = 0;
+  bool running = false;  // neither a zombie nor dead
+};
+
+// /proc/PID/stat, read now; empty when the process is gone or unreadable.
+std::optional<ProcessStat> read_process_stat(std::uint32_t pid);
+
+// This boot's id (/proc/sys/kernel/random/boot_id); empty where unreadable.
+const std::string& current_boot_id();
+
+// The identity of process `pid` of uid `uid` now (start time, this boot); start_ticks is 0
+// when the process cannot be read (it has gone).
+state::ProcessIdentity identity_of(std::uint32_t pid, std::uint32_t uid);
+
+// Whether the process `who` names still runs: this boot, same pid, same start time, neither
+// a zombie nor gone. False for an identity whose start time is unknown (0).
+bool still_runs(const state::ProcessIdentity& who);
+
+}  // namespace gpumgr::daemon
