@@ -234,6 +234,9 @@ struct WaitOptions {
   std::optional<std::chrono::steady_clock::time_point> deadline;
   std::optional<CancelToken> cancel;
 
+  // A deadline `seconds` from now: negative counts as 0, more than 1e9 (31 years) as 1e9
+  // (the daemon protocol's limit, and beyond the clock's range near 9.2e9); NaN and
+  // infinity give no deadline.
   static WaitOptions for_seconds(double seconds);
 };
 

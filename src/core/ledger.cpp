@@ -2,6 +2,7 @@
 // CancelToken and WaitOptions.
 #include "gpumgr/ledger.h"
 
+#include <algorithm>
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
@@ -122,7 +123,8 @@ void CancelToken::unsubscribe(std::uint64_t id) {
 WaitOptions WaitOptions::for_seconds(double seconds) {
   WaitOptions wait;
   if (std::isfinite(seconds)) {
-    const double clamped = seconds < 0 ? 0 : seconds;
+    // A larger duration would overflow the clock's nanoseconds (undefined behaviour).
+    const double clamped = seconds < 0 ? 0 : std::min(seconds, 1e9);
     wait.deadline = std::chrono::steady_clock::now() +
                     std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                         std::chrono::duration<double>(clamped));
