@@ -7,7 +7,7 @@ command) and that the daemon still serves, and prints one line of figures.
     tests/reliability/reliability.py [--gpumgr PATH] [--long] [--only NAME ...]
 
 CTest runs it (label `reliability`) at a scale that fits CI; `--long` is the soak: 10,000
-kill -9 rounds, 20,000 idle connections. Exit 0 when every experiment passes.
+kill -9 rounds, 20,000 idle connections, 100 daemon restarts. Exit 0 when every experiment passes.
 Only loopback and Unix sockets in the test's own folder are used; every loop is bounded.
 """
 import argparse
@@ -45,16 +45,29 @@ class Daemon:
     def __init__(self, gpumgr, tmp, spec="2x24GiB", extra=()):
         self.gpumgr = gpumgr
         self.socket = os.path.join(tmp, "gpumgr.sock")
-        self.log = open(os.path.join(tmp, "serve.log"), "w")
-        self.proc = subprocess.Popen(
-            [gpumgr, "serve", "--socket", self.socket, "--no-http", "--simulate", spec,
-             "--state-dir", os.path.join(tmp, "state"), "--poll-interval", "0.05",
-             "--max-concurrent-jobs", "64", "--quiet", *extra],
-            stderr=self.log)
+        self.log = open(os.path.join(tmp, "serve.log"), "a")
+        self.args = [gpumgr, "serve", "--socket", self.socket, "--no-http", "--simulate", spec,
+                     "--state-dir", os.path.join(tmp, "state"), "--poll-interval", "0.05",
+                     "--max-concurrent-jobs", "64", "--quiet", *extra]
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(self.args, stderr=self.log)
         if not eventually(lambda: os.path.exists(self.socket) or self.proc.poll() is not None):
             raise RuntimeError("gpumgr serve did not start")
         if self.proc.poll() is not None:
             raise RuntimeError("gpumgr serve exited at once")
+
+    def restart(self, sig):
+        """Stops the daemon with `sig` and starts the next one on the same socket and state
+        directory; returns the milliseconds from the signal to the new one answering."""
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+        self.start()
+        if not eventually(lambda: answers(self.socket), timeout=20, step=0.001):
+            raise RuntimeError("the restarted daemon does not answer")
+        return (time.monotonic() - t0) * 1000
 
     def status(self):
         out = subprocess.run([self.gpumgr, "status", "--json", "--socket", self.socket],
@@ -85,6 +98,17 @@ class Daemon:
         code = self.proc.wait(timeout=30)
         self.log.close()
         return code
+
+
+def answers(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 def processes_with(marker):
@@ -150,6 +174,43 @@ def killed_batches(gpumgr, tmp, batches, size, rng):
     print(f"batches: {batches} batches of {size} killed runs (10 GiB each on 2x24GiB): "
           f"leaked {0 if ok else 'SOME'}; daemon exit {code}")
     return ok and code == 0
+
+
+def restarts(gpumgr, tmp, rounds, rng):
+    """The daemon restarted (SIGKILL or SIGTERM, at random moments) under holders and waiters:
+    every `gpumgr run` reattaches by itself, its command runs exactly once and to the end, and
+    it exits 0; nothing is leaked."""
+    d = Daemon(gpumgr, tmp)
+    total = succeeded = once = 0
+    restart_ms = []
+    kills = {"SIGKILL": 0, "SIGTERM": 0}
+    for i in range(rounds):
+        runs = []
+        # 6 runs of 8 GiB on 2 x 19.2 GiB: 4 hold, 2 wait for them.
+        for k in range(6):
+            mark = os.path.join(tmp, f"ran-{i}-{k}")
+            runs.append((mark, d.run("sh", "-c", f"echo x >> {mark}; sleep {rng.uniform(0.2, 1.5):.2f}",
+                                     vram="8GiB", extra=("--job-id", f"r{i}-{k}"))))
+        time.sleep(rng.uniform(0, 1.0))
+        sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
+        kills[sig.name] += 1
+        restart_ms.append(d.restart(sig))
+        for mark, r in runs:
+            total += 1
+            succeeded += r.wait(timeout=120) == 0
+            try:
+                with open(mark) as f:
+                    once += f.read() == "x\n"
+            except OSError:
+                pass
+    ok = eventually(d.idle, timeout=20)
+    code = d.stop()
+    print(f"restarts: {rounds} daemon restarts (SIGKILL {kills['SIGKILL']}, SIGTERM "
+          f"{kills['SIGTERM']}) under 4 holders and 2 waiters each: runs exited 0 {succeeded} "
+          f"of {total}, commands ran exactly once {once} of {total}, leaked "
+          f"{0 if ok else 'SOME'}; signal to new daemon answering p50 "
+          f"{percentile(restart_ms, 0.5):.0f} ms, max {max(restart_ms):.0f} ms; daemon exit {code}")
+    return ok and code == 0 and succeeded == total and once == total
 
 
 def idle_connections(gpumgr, tmp, count):
@@ -231,12 +292,14 @@ def main():
     args = parser.parse_args()
     rng = random.Random(args.seed)
     scale = {"kill9": 10000 if args.long else 200, "batches": 20 if args.long else 4,
-             "idle": 20000 if args.long else 2000, "malformed": 5000 if args.long else 300}
+             "idle": 20000 if args.long else 2000, "malformed": 5000 if args.long else 300,
+             "restarts": 100 if args.long else 6}
     experiments = {
         "kill9": lambda tmp: kill9_rounds(args.gpumgr, tmp, scale["kill9"], rng),
         "batches": lambda tmp: killed_batches(args.gpumgr, tmp, scale["batches"], 50, rng),
         "idle": lambda tmp: idle_connections(args.gpumgr, tmp, scale["idle"]),
         "malformed": lambda tmp: malformed_messages(args.gpumgr, tmp, scale["malformed"], rng),
+        "restarts": lambda tmp: restarts(args.gpumgr, tmp, scale["restarts"], rng),
     }
     passed = failed = 0
     for name, experiment in experiments.items():
