@@ -1,7 +1,9 @@
 """The same Python code over the gpumgr daemon (GPUMGR_SOCKET): one budget for every process.
 
 Runs only where the gpumgr binary is built next to the module (<build>/src/cli/gpumgr, or
-GPUMGR_TEST_GPUMGR_BIN); skips with a reason otherwise. Every other test runs in-process.
+GPUMGR_TEST_GPUMGR_BIN); skips with a reason otherwise. These are what only a daemon does
+(one budget across processes, a holder's death, a stopped daemon); every API test of the
+other files also runs through a daemon (conftest.py's `mode` fixture).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 
 import gpu_manager
 from gpu_manager import GPUCapacityError, GPUManager, QueueTimeoutError
+from conftest import wait_until
 
 
 @pytest.fixture
@@ -58,10 +61,8 @@ def test_a_lease_dies_with_its_process(daemon):
     finally:
         child.kill()
         child.wait()
-    deadline = time.monotonic() + 5
-    while m.get_gpu_stats()["leased_memory"] != 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert m.get_gpu_stats()["leased_memory"] == 0
+    wait_until(lambda: m.get_gpu_stats()["leased_memory"] == 0,
+               "the killed holder's lease to end", timeout=5)
 
 
 def test_job_kinds_through_the_daemon(daemon, tmp_path):
@@ -106,9 +107,4 @@ def test_calls_end_at_their_deadline_when_the_daemon_stops(start_serve, monkeypa
         daemon.send_signal(signal.SIGCONT)
     # The daemon, resumed, may grant a given-up acquire; the client gives it back at its next
     # call instead of holding it unknown, and the manager works again.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if not mgr.snapshot()["leases"]:
-            break
-        time.sleep(0.05)
-    assert mgr.snapshot()["leases"] == []
+    wait_until(lambda: mgr.snapshot()["leases"] == [], "the given-up lease to be given back")

@@ -16,19 +16,9 @@ from gpu_manager import (
     QueueTimeoutError,
     get_gpu_manager,
 )
-from conftest import GiB, MiB, reload_fake_nvml
+from conftest import GiB, MiB, poll_until, reload_fake_nvml, wait_until
 
 CAPACITY_24G = int(0.8 * 24 * GiB)  # floor(0.8 x 24 GiB) = 20615843020 bytes = 19660.8 MiB
-
-
-def wait_until(predicate, what: str, timeout: float = 10.0) -> None:
-    """Polls `predicate` until it holds; fails naming `what` after `timeout` seconds (generous:
-    only something broken waits that long). Stands in for no fixed sleep."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout} s for {what}")
-        time.sleep(0.005)
 
 
 def when_queued(manager: GPUManager, job_id: str, action) -> threading.Thread:
@@ -36,11 +26,7 @@ def when_queued(manager: GPUManager, job_id: str, action) -> threading.Thread:
     after 10 s, when it never did: the waiter's own assertions then say so)."""
 
     def run():
-        deadline = time.monotonic() + 10
-        while job_id not in [w["job_id"] for w in manager.snapshot()["queue"]]:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.005)
+        poll_until(lambda: job_id in [w["job_id"] for w in manager.snapshot()["queue"]])
         action()
 
     thread = threading.Thread(target=run)
@@ -112,7 +98,7 @@ def test_device_selection_auto_with_gpus(simulate):
     assert len(m.get_gpu_stats()["devices"]) == 2
 
 
-def test_device_selection_auto_without_gpu():
+def test_device_selection_auto_without_gpu(mode):
     m = GPUManager(device="auto", memory_limit=1.0)
     assert m.device == "cpu"
     assert "no usable GPU" in m.selection_note
@@ -207,7 +193,7 @@ def test_memory_figures_from_the_driver(fake_nvml):
     assert (info["allocated"], info["max_allocated"]) == (250 * MiB, 600 * MiB)
 
 
-def test_memory_figures_zero_on_cpu():
+def test_memory_figures_zero_on_cpu(mode):
     info = GPUManager(device="cpu", memory_limit=1.0).get_memory_info()
     assert (info["allocated"], info["reserved"], info["max_allocated"], info["source"]) == (
         0, 0, 0, "none")
@@ -459,7 +445,7 @@ def test_device_synchronization_without_torch(two_gpus):
 
 # ---- no GPU ----
 
-def test_error_handling_with_no_gpu():
+def test_error_handling_with_no_gpu(mode):
     with pytest.raises(gpu_manager.DeviceUnavailableError, match="none is usable") as err:
         GPUManager(device="cuda")
     assert err.value.code == "unavailable"
@@ -467,7 +453,7 @@ def test_error_handling_with_no_gpu():
         GPUManager(device="cuda:0")
 
 
-def test_fallback_to_cpu_runs_jobs():
+def test_fallback_to_cpu_runs_jobs(mode):
     m = GPUManager(memory_limit=1.0)
     assert m.device == "cpu" and not m.cuda_available
     with m.managed_generation("cpu-job", 64) as lease:

@@ -9,19 +9,9 @@ import time
 import pytest
 
 from gpu_manager import GPUManager
-from conftest import GiB, MiB
+from conftest import GiB, MiB, wait_until
 
 CAPACITY_24G = int(0.8 * 24 * GiB)
-
-
-def wait_until(predicate, what: str, timeout: float = 10.0) -> None:
-    """Polls `predicate` until it holds; fails naming `what` after `timeout` seconds (generous:
-    only something broken waits that long). Stands in for no fixed sleep."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout} s for {what}")
-        time.sleep(0.005)
 
 
 def queued(manager: GPUManager) -> list[str]:
@@ -140,6 +130,8 @@ def test_waiting_releases_the_gil(simulate):
     assert m.get_gpu_stats()["jobs_processed"] == 5
 
 
+@pytest.mark.in_process_only("two in-process managers have budgets of their own; through "
+                             "a daemon they share one")
 def test_waiters_do_not_block_each_other(simulate):
     """A thread waiting without a deadline holds back neither a job on another manager nor
     another waiter's timeout."""
