@@ -144,6 +144,23 @@ def _does_not_exist(device: str, count: int) -> str:
     return f"device '{device}' does not exist: there {there} (cuda:0..cuda:{count - 1})"
 
 
+def _warn_unused_settings(snap: dict[str, Any], max_concurrent_jobs: int, memory_limit: float,
+                          placement: str, queue: str) -> None:
+    """With the daemon its own settings apply host-wide: says so of each argument that asked
+    for something else (a default that differs is no request, and says nothing)."""
+    config = snap["config"]
+    asked = [("max_concurrent_jobs", max_concurrent_jobs, 3, "--max-concurrent-jobs"),
+             ("memory_limit", memory_limit, 0.8, "--memory-limit"),
+             ("placement", placement, "best-fit", None), ("queue", queue, "backfill", None)]
+    for name, value, default, flag in asked:
+        applied = config[name]
+        if value == default or value == applied:
+            continue
+        how = f" (gpumgr serve {flag})" if flag else ""
+        warnings.warn(f"{name}={value!r} is not used: the {snap['source']} applies "
+                      f"{applied!r} host-wide{how}", RuntimeWarning, stacklevel=3)
+
+
 _order_left = _torch.set_device_order()
 # The torch memory cap: the core reports lease changes to _torch; GPUMGR_LEASE_BYTES (from
 # `gpumgr run`) caps this process's visible devices from now on.
@@ -255,6 +272,7 @@ class GPUManager:
             if simulate:
                 warnings.warn(f"simulate={simulate!r} is not used: the daemon's devices are its "
                               "own (gpumgr serve --simulate)", RuntimeWarning, stacklevel=2)
+            _warn_unused_settings(snap, max_concurrent_jobs, memory_limit, placement, queue)
         self._backend = snap["backend"]["name"]
         self._device_ids = [{"index": d["index"], "uuid": d["uuid"]} for d in snap["devices"]]
         self._pinned = -1
@@ -293,8 +311,9 @@ class GPUManager:
         # allocate_job()'s leases call this on release; through a weak reference, so that a
         # dropped manager releases the leases it kept (rather than a cycle keeping both).
         self._on_release = forget
-        self._max_concurrent_jobs = max_concurrent_jobs
-        self._memory_limit = memory_limit
+        # The limits that apply: these arguments in-process, the daemon's with one.
+        self._max_concurrent_jobs = int(snap["config"]["max_concurrent_jobs"])
+        self._memory_limit = float(snap["config"]["memory_limit"])
         self._hook_torch()
 
     def _check_daemon_selector(self, device: str, kind: str, index: int,
@@ -347,12 +366,14 @@ class GPUManager:
 
     @property
     def max_concurrent_jobs(self) -> int:
-        """How many leases may be held at once (fixed at creation)."""
+        """How many leases may be held at once (fixed at creation): the argument in-process,
+        the daemon's setting (host-wide) with the daemon."""
         return self._max_concurrent_jobs
 
     @property
     def memory_limit(self) -> float:
-        """The share of each device's memory leases may hold (fixed at creation)."""
+        """The share of each device's memory leases may hold (fixed at creation): the
+        argument in-process, the daemon's setting with the daemon."""
         return self._memory_limit
 
     @property

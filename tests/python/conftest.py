@@ -9,7 +9,8 @@ daemon run is skipped with that reason.
 
 In daemon mode every GPUManager created without ``socket=`` is given a daemon configured as its
 arguments ask (the simulated devices of GPUMGR_SIMULATE or ``simulate=``, max_concurrent_jobs,
-memory_limit, placement, queue, GPUMGR_SIMULATE_PROCESSES): what a host whose daemon runs with
+memory_limit, GPUMGR_SIMULATE_PROCESSES; the daemon has no placement or queue setting of its
+own: best-fit and backfill): what a host whose daemon runs with
 those flags gives it. Daemons are kept for the session and reused by later tests while they are
 as new (no lease, no waiter, no job counted, no kind learned); a test that used one gets a
 fresh one next time, so tests stay independent.
@@ -83,12 +84,9 @@ def pytest_configure(config: pytest.Config) -> None:
 # ---- the two modes ----
 
 MODES = ["in-process", "daemon"]
-_PLACEMENTS = ("best-fit", "spread", "first-fit")
-_QUEUES = ("backfill", "fifo")
 
 
-def _daemon_config(max_concurrent_jobs: Any, memory_limit: Any, simulate: Any, placement: Any,
-                   queue: Any) -> tuple:
+def _daemon_config(max_concurrent_jobs: Any, memory_limit: Any, simulate: Any) -> tuple:
     """The daemon a GPUManager with these arguments is given in daemon mode: its arguments
     where they are valid (a bad one is refused by the client, which is what such a test
     checks), the defaults where not."""
@@ -104,17 +102,14 @@ def _daemon_config(max_concurrent_jobs: Any, memory_limit: Any, simulate: Any, p
     limit = memory_limit
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit <= 1:
         limit = 0.8
-    placement = placement if placement in _PLACEMENTS else "best-fit"
-    queue = queue if queue in _QUEUES else "backfill"
-    return (spec, jobs, float(limit), placement, queue,
-            os.environ.get("GPUMGR_SIMULATE_PROCESSES"))
+    return (spec, jobs, float(limit), os.environ.get("GPUMGR_SIMULATE_PROCESSES"))
 
 
 class _Daemon:
     """One `gpumgr serve` of the pool."""
 
     def __init__(self, binary: Path, folder: Path, config: tuple) -> None:
-        spec, jobs, limit, placement, queue, processes = config
+        spec, jobs, limit, processes = config
         folder.mkdir(parents=True)
         self.config = config
         self.socket = folder / "gpumgr.sock"
@@ -128,7 +123,6 @@ class _Daemon:
         env["GPUMGR_NVML_LIBRARY"] = "/nonexistent/libnvidia-ml.so.1"
         if processes is not None:
             env["GPUMGR_SIMULATE_PROCESSES"] = processes
-        self.placement, self.queue = placement, queue
         self.log = folder / "serve.log"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(args, env=env, stdout=log, stderr=log)
@@ -204,7 +198,7 @@ class DaemonPool:
 
     def end_test(self) -> None:
         # A daemon that reads a test's own files is of no use to another test.
-        for config in [c for c in self.daemons if c[5] is not None]:
+        for config in [c for c in self.daemons if c[3] is not None]:
             self.daemons.pop(config).stop()
         self.test += 1
 
@@ -245,9 +239,7 @@ def mode(request: pytest.FixtureRequest, isolated_environment: None,
     def routed(self: Any, device: Any = "auto", max_concurrent_jobs: Any = 3,
                memory_limit: Any = 0.8, **kwargs: Any) -> None:
         if kwargs.get("socket") is None:
-            config = _daemon_config(max_concurrent_jobs, memory_limit, kwargs.get("simulate"),
-                                    kwargs.get("placement", "best-fit"),
-                                    kwargs.get("queue", "backfill"))
+            config = _daemon_config(max_concurrent_jobs, memory_limit, kwargs.get("simulate"))
             kwargs["socket"] = pool.socket_for(config)
         original(self, device, max_concurrent_jobs, memory_limit, **kwargs)
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,33 @@ def test_calls_end_at_their_deadline_when_the_daemon_stops(start_serve, monkeypa
     # The daemon, resumed, may grant a given-up acquire; the client gives it back at its next
     # call instead of holding it unknown, and the manager works again.
     wait_until(lambda: mgr.snapshot()["leases"] == [], "the given-up lease to be given back")
+
+
+def test_the_daemons_limits_are_the_ones_reported(start_serve, monkeypatch):
+    """With the daemon its settings apply host-wide: the manager reports them (not its own
+    arguments) and says when an argument asked for something else."""
+    socket = start_serve("--simulate", "2x24GiB", "--max-concurrent-jobs", "5",
+                         "--memory-limit", "0.7")
+    monkeypatch.setenv("GPUMGR_SOCKET", str(socket))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the defaults ask for nothing: no warning
+        plain = GPUManager()
+    assert (plain.max_concurrent_jobs, plain.memory_limit) == (5, 0.7)
+    stats = plain.get_gpu_stats()
+    assert (stats["max_concurrent_jobs"], stats["memory_limit"]) == (5, 0.7)
+    with pytest.warns(RuntimeWarning) as caught:
+        asked = GPUManager(max_concurrent_jobs=7, memory_limit=0.5, placement="spread")
+    assert sorted(str(w.message) for w in caught) == [
+        f"max_concurrent_jobs=7 is not used: the daemon at {socket} applies 5 host-wide "
+        "(gpumgr serve --max-concurrent-jobs)",
+        f"memory_limit=0.5 is not used: the daemon at {socket} applies 0.7 host-wide "
+        "(gpumgr serve --memory-limit)",
+        f"placement='spread' is not used: the daemon at {socket} applies 'best-fit' host-wide",
+    ]
+    assert (asked.max_concurrent_jobs, asked.memory_limit) == (5, 0.7)
+    assert asked.get_gpu_stats()["max_concurrent_jobs"] == 5
+    # What applies is what the reports say: five leases, not seven.
+    leases = [asked.allocate_job(f"j{i}", 100) for i in range(5)]
+    assert asked.can_process_job(100) is False
+    for lease in leases:
+        lease.release()
