@@ -9,7 +9,7 @@ daemon run is skipped with that reason.
 
 In daemon mode every GPUManager created without ``socket=`` is given a daemon configured as its
 arguments ask (the simulated devices of GPUMGR_SIMULATE or ``simulate=``, max_concurrent_jobs,
-memory_limit, GPUMGR_SIMULATE_PROCESSES; the daemon has no placement or queue setting of its
+memory_limit, GPUMGR_SIMULATE_PROCESSES, the fake NVML's scenario; the daemon has no placement or queue setting of its
 own: best-fit and backfill): what a host whose daemon runs with
 those flags gives it. Daemons are kept for the session and reused by later tests while they are
 as new (no lease, no waiter, no job counted, no kind learned); a test that used one gets a
@@ -102,14 +102,16 @@ def _daemon_config(max_concurrent_jobs: Any, memory_limit: Any, simulate: Any) -
     limit = memory_limit
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit <= 1:
         limit = 0.8
-    return (spec, jobs, float(limit), os.environ.get("GPUMGR_SIMULATE_PROCESSES"))
+    scenario = os.environ.get("GPUMGR_FAKE_NVML_SCENARIO")
+    fake = (os.environ["GPUMGR_NVML_LIBRARY"], scenario) if scenario else None
+    return (spec, jobs, float(limit), os.environ.get("GPUMGR_SIMULATE_PROCESSES"), fake)
 
 
 class _Daemon:
     """One `gpumgr serve` of the pool."""
 
     def __init__(self, binary: Path, folder: Path, config: tuple) -> None:
-        spec, jobs, limit, processes = config
+        spec, jobs, limit, processes, fake_nvml = config
         folder.mkdir(parents=True)
         self.config = config
         self.socket = folder / "gpumgr.sock"
@@ -123,6 +125,8 @@ class _Daemon:
         env["GPUMGR_NVML_LIBRARY"] = "/nonexistent/libnvidia-ml.so.1"
         if processes is not None:
             env["GPUMGR_SIMULATE_PROCESSES"] = processes
+        if fake_nvml is not None:
+            env["GPUMGR_NVML_LIBRARY"], env["GPUMGR_FAKE_NVML_SCENARIO"] = fake_nvml
         self.log = folder / "serve.log"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(args, env=env, stdout=log, stderr=log)
@@ -198,7 +202,7 @@ class DaemonPool:
 
     def end_test(self) -> None:
         # A daemon that reads a test's own files is of no use to another test.
-        for config in [c for c in self.daemons if c[3] is not None]:
+        for config in [c for c in self.daemons if c[3] is not None or c[4] is not None]:
             self.daemons.pop(config).stop()
         self.test += 1
 

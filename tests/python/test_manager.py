@@ -173,7 +173,8 @@ def test_memory_allocation_reserved_and_max_tracking_from_torch(two_gpus, fake_t
     assert two_gpus._core.framework_memory(index) == (200 * MiB, 702 * MiB, 700 * MiB)
 
 
-def test_memory_figures_from_the_driver(fake_nvml):
+@pytest.mark.in_process_only("the fake NVML re-reads its scenario in this process only")
+def test_memory_figures_from_the_driver(fake_nvml, mode):
     import os
 
     pid = os.getpid()
@@ -212,7 +213,7 @@ def test_utilization_tracking_simulated_and_cpu(two_gpus):
     assert GPUManager(device="cpu", memory_limit=1.0).get_utilization() is None
 
 
-def test_utilization_and_multiple_devices_from_the_driver(fake_nvml):
+def test_utilization_and_multiple_devices_from_the_driver(fake_nvml, mode):
     fake_nvml("device\nname NVIDIA A100-SXM4-40GB\nmemory_total_mib 40960\nutilization 30 10\n"
               "device\nname NVIDIA A100-SXM4-40GB\nmemory_total_mib 40960\nutilization 50 20\n")
     both = GPUManager(device="cuda")
@@ -221,7 +222,7 @@ def test_utilization_and_multiple_devices_from_the_driver(fake_nvml):
     assert GPUManager(device="cuda:1").get_utilization() == 50.0
 
 
-def test_gpu_name_detection_and_device_properties(fake_nvml):
+def test_gpu_name_detection_and_device_properties(fake_nvml, mode):
     fake_nvml("device\nuuid GPU-1111\nname NVIDIA H100 80GB HBM3\nbus_id 00000000:3B:00.0\n"
               "memory_total_mib 81559\ncompute_capability 9 0\ntemperature 41\n")
     m = GPUManager()

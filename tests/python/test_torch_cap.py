@@ -147,7 +147,7 @@ def test_cpu_leases_cap_nothing(fake_torch):
     assert fake_torch.fraction_calls == []
 
 
-def test_devices_hidden_from_cuda_are_not_capped(fake_nvml, fake_torch, monkeypatch):
+def test_devices_hidden_from_cuda_are_not_capped(fake_nvml, fake_torch, mode, monkeypatch):
     fake_nvml("".join(f"device\nuuid GPU-{i}{i}{i}{i}\nname NVIDIA A10\nmemory_total_mib 24576\n"
                       for i in range(3)))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
