@@ -9,9 +9,9 @@ daemon run is skipped with that reason.
 
 In daemon mode every GPUManager created without ``socket=`` is given a daemon configured as its
 arguments ask (the simulated devices of GPUMGR_SIMULATE or ``simulate=``, max_concurrent_jobs,
-memory_limit, GPUMGR_SIMULATE_PROCESSES, the fake NVML's scenario; the daemon has no placement or queue setting of its
-own: best-fit and backfill): what a host whose daemon runs with
-those flags gives it. Daemons are kept for the session and reused by later tests while they are
+memory_limit, GPUMGR_SIMULATE_PROCESSES, the fake NVML's scenario; the daemon has no placement
+or queue setting of its own: best-fit and backfill): what a host whose daemon runs with those
+flags gives it. Daemons are kept for the session and reused by later tests while they are
 as new (no lease, no waiter, no job counted, no kind learned); a test that used one gets a
 fresh one next time, so tests stay independent.
 
@@ -26,6 +26,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket as sockets
 import subprocess
 import sys
 import tempfile
@@ -141,8 +142,6 @@ class _Daemon:
             raise AssertionError(f"gpumgr serve exited: {self.log.read_text()[-500:]!r}")
         if not self.socket.exists():
             return False
-        import socket as sockets
-
         with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as probe:
             try:
                 probe.connect(str(self.socket))
@@ -213,7 +212,7 @@ class DaemonPool:
 
 
 @pytest.fixture(scope="session")
-def daemon_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonPool]:
+def daemon_pool() -> Iterator[DaemonPool]:
     binary = gpumgr_binary()
     if binary is None or not binary.exists():
         pytest.skip("the gpumgr binary (target gpumgr_cli) is not built next to the module: "
