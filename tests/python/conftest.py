@@ -76,6 +76,19 @@ def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -
         pytest.fail(f"waited {timeout} s for {what}")
 
 
+def accepts_connections(socket: Path) -> bool:
+    """Whether a daemon listens at `socket`: its file appears at bind(), before listen(), so
+    that a client connecting then is refused."""
+    if not socket.exists():
+        return False
+    with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(socket))
+        except OSError:
+            return False
+    return True
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "in_process_only(reason): the test means one mode only; its daemon run is "
@@ -140,14 +153,7 @@ class _Daemon:
     def _listening(self) -> bool:
         if self.process.poll() is not None:
             raise AssertionError(f"gpumgr serve exited: {self.log.read_text()[-500:]!r}")
-        if not self.socket.exists():
-            return False
-        with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as probe:
-            try:
-                probe.connect(str(self.socket))
-            except OSError:
-                return False
-        return True
+        return accepts_connections(self.socket)
 
     def as_new(self) -> bool:
         """No lease, no waiter, no job counted, no peak, no kind learned."""
@@ -470,8 +476,8 @@ def start_serve(tmp_path: Path):
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         started.append(proc)
         start.process = proc  # type: ignore[attr-defined]
-        if not poll_until(lambda: socket.exists() or proc.poll() is not None, 10) or \
-                not socket.exists():
+        if not poll_until(lambda: accepts_connections(socket) or proc.poll() is not None, 10) \
+                or proc.poll() is not None:
             proc.kill()
             pytest.fail(f"gpumgr serve did not start: {proc.communicate()[1][-500:]!r}")
         return socket
