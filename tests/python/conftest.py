@@ -33,7 +33,7 @@ import tempfile
 import time
 import types
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
@@ -257,6 +257,21 @@ def mode(request: pytest.FixtureRequest, isolated_environment: None,
         yield request.param
     finally:
         pool.end_test()
+
+
+@pytest.fixture
+def daemon_for(mode: str, request: pytest.FixtureRequest) -> Callable[..., Optional[str]]:
+    """daemon_for(spec, max_concurrent_jobs=3, memory_limit=0.8): for managers in child
+    processes, the socket (GPUMGR_SOCKET) of the pool's daemon so configured in daemon mode;
+    None in-process."""
+    if mode == "in-process":
+        return lambda *args, **kwargs: None
+    pool: DaemonPool = request.getfixturevalue("daemon_pool")
+
+    def socket(spec: str, max_concurrent_jobs: int = 3, memory_limit: float = 0.8) -> str:
+        return pool.socket_for((spec, max_concurrent_jobs, float(memory_limit), None, None))
+
+    return socket
 
 
 @pytest.fixture

@@ -141,7 +141,7 @@ def test_device_string_works_with_torch_device(two_gpus):
     assert torch.device(GPUManager(device="cuda:1").device).index == 1
 
 
-def test_cpu_fallback_with_torch_present():
+def test_cpu_fallback_with_torch_present(mode):
     torch = _real_torch()
     m = GPUManager(memory_limit=1.0)  # no GPU on this machine as far as gpumgr is told
     assert m.device == "cpu"

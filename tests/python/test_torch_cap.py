@@ -139,7 +139,7 @@ def test_enforce_must_be_a_bool(two_gpus, value):
         GPUManager(enforce=value)
 
 
-def test_cpu_leases_cap_nothing(fake_torch):
+def test_cpu_leases_cap_nothing(fake_torch, mode):
     m = GPUManager(device="cpu", memory_limit=1.0)
     with m.managed_generation("cpu-job", 100) as lease:
         assert lease.device == "cpu" and not lease.capped
