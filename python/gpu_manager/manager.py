@@ -18,6 +18,7 @@ import weakref
 from typing import Any, ContextManager, Optional
 
 from . import _core, _torch
+from .errors import DeviceUnavailableError
 
 __all__ = ["GPUManager", "Lease", "get_gpu_manager", "DEFAULT_ESTIMATED_VRAM_MB"]
 
@@ -92,21 +93,72 @@ def _check_bool(value: Any, name: str) -> bool:
     return value
 
 
+# The ranges every argument is checked against here, before either mode sees it: the same in
+# both, so that a value the in-process core would take and the daemon's protocol would refuse
+# (or that pybind11 cannot convert) gets one answer that names the argument and the range.
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1  # the core's int (priority, max_concurrent_jobs)
+#: The longest finite wait, in seconds (about 31 years): what the daemon's protocol carries.
+MAX_TIMEOUT_S = 1e9
+
+
 def _check_timeout(timeout: Any, name: str = "timeout") -> Optional[float]:
+    """Seconds in [0, 1e9] -> float; None or inf -> None (no deadline)."""
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"{name} must be a number of seconds or None, got {timeout!r}")
-    timeout = float(timeout)
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"{name} must be a non-negative number of seconds or None, got {timeout}")
-    return None if math.isinf(timeout) else timeout
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an int beyond any float
+        seconds = math.inf if timeout > 0 else -math.inf
+    if seconds == math.inf:
+        return None
+    if not 0 <= seconds <= MAX_TIMEOUT_S:  # also NaN and -inf
+        raise ValueError(f"{name} must be None, inf or a number of seconds in [0, 1e9], "
+                         f"got {timeout!r}")
+    return seconds
 
 
 def _check_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     return value
+
+
+def _check_int_range(value: Any, name: str, low: int = _INT_MIN, high: int = _INT_MAX) -> int:
+    value = _check_int(value, name)
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be an int in [{low}, {high}], got {value}")
+    return value
+
+
+def _check_policy(value: Any, name: str, choices: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str ({choices}), got {value!r}")
+    return value
+
+
+def _does_not_exist(device: str, count: int) -> str:
+    """The in-process core's words for 'cuda:N' beyond the devices, for both modes."""
+    there = "is 1 GPU" if count == 1 else f"are {count} GPUs"
+    return f"device '{device}' does not exist: there {there} (cuda:0..cuda:{count - 1})"
+
+
+def _warn_unused_settings(snap: dict[str, Any], max_concurrent_jobs: int, memory_limit: float,
+                          placement: str, queue: str) -> None:
+    """With the daemon its own settings apply host-wide: says so of each argument that asked
+    for something else (a default that differs is no request, and says nothing)."""
+    config = snap["config"]
+    asked = [("max_concurrent_jobs", max_concurrent_jobs, 3, "--max-concurrent-jobs"),
+             ("memory_limit", memory_limit, 0.8, "--memory-limit"),
+             ("placement", placement, "best-fit", None), ("queue", queue, "backfill", None)]
+    for name, value, default, flag in asked:
+        applied = config[name]
+        if value == default or value == applied:
+            continue
+        how = f" (gpumgr serve {flag})" if flag else ""
+        warnings.warn(f"{name}={value!r} is not used: the {snap['source']} applies "
+                      f"{applied!r} host-wide{how}", RuntimeWarning, stacklevel=3)
 
 
 _order_left = _torch.set_device_order()
@@ -121,11 +173,13 @@ class GPUManager:
 
     Args:
         device: ``'auto'`` (GPUs if an NVIDIA driver is usable, else the CPU), ``'cuda'`` (any
-            GPU), ``'cuda:N'`` (GPU N only) or ``'cpu'``.
-        max_concurrent_jobs: how many leases may be held at once (>= 1).
+            GPU), ``'cuda:N'`` (GPU N only) or ``'cpu'`` (host memory as one device, never a
+            GPU: with a daemon that shares GPUs, host memory is this process's own). The same
+            in-process and with the daemon (whose devices are then the ones that count).
+        max_concurrent_jobs: how many leases may be held at once (1 to 2**31 - 1).
         memory_limit: the share of each device's memory leases may hold, in (0, 1].
-        default_timeout: seconds managed_generation() waits when its timeout is None; None
-            (the default) waits until the lease is granted.
+        default_timeout: seconds managed_generation() waits when its timeout is None, in
+            [0, 1e9]; None or inf (the default None) waits until the lease is granted.
         simulate: a GPUMGR_SIMULATE spec (``'2x24GiB'``) to use simulated devices; None reads
             the GPUMGR_SIMULATE variable.
         socket: the gpumgr daemon's socket, so that every process on the host shares one
@@ -139,10 +193,14 @@ class GPUManager:
             ``GPUMGR_ENFORCE=0``. allocate_job / managed_generation may override it per job.
 
     Raises:
-        ValueError: a bad device string, max_concurrent_jobs < 1, memory_limit outside (0, 1],
-            a bad simulate spec; ``cuda:N`` for a device that does not exist.
+        ValueError: a bad device string, max_concurrent_jobs outside [1, 2**31 - 1],
+            memory_limit outside (0, 1], a bad simulate spec, default_timeout outside [0, 1e9];
+            ``cuda:N`` for a device that does not exist (here, or the daemon's).
         TypeError: an argument of the wrong type.
-        DeviceUnavailableError: ``'cuda'`` without a usable GPU; no daemon at the socket.
+        DeviceUnavailableError: ``'cuda'`` without a usable GPU (here, or the daemon's); no
+            daemon at the socket.
+        RuntimeWarning (a warning, not raised): state_path or simulate given where the daemon
+            decides them.
     """
 
     def __init__(self, device: str = "auto", max_concurrent_jobs: int = 3,
@@ -155,6 +213,19 @@ class GPUManager:
             raise TypeError(f"device must be a str such as 'auto', 'cuda', 'cuda:0' or 'cpu', "
                             f"got {device!r}")
         _check_int(max_concurrent_jobs, "max_concurrent_jobs")
+        if max_concurrent_jobs > _INT_MAX:
+            raise ValueError(f"max_concurrent_jobs must be at most {_INT_MAX}, got "
+                             f"{max_concurrent_jobs}")
+        _check_policy(placement, "placement", "'best-fit', 'spread' or 'first-fit'")
+        _check_policy(queue, "queue", "'backfill' or 'fifo'")
+        if simulate is not None and not isinstance(simulate, str):
+            raise TypeError(f"simulate must be a str such as '2x24GiB' or None, got {simulate!r}")
+        if socket is not None and not isinstance(socket, str):
+            raise TypeError(f"socket must be a str or None, got {socket!r}")
+        if simulate:
+            _core.parse_simulate_spec(simulate)  # ValueError naming the bad spec, in both modes
+        # A bad selector is refused before anything is opened or connected.
+        selector_kind, selector_index = _core.parse_device_selector(device)
         if isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, float)):
             raise TypeError(f"memory_limit must be a number in (0, 1], got {memory_limit!r}")
         memory_limit = float(memory_limit)
@@ -180,21 +251,31 @@ class GPUManager:
         self._driver_peak: dict[int, int] = {}  # guarded by _lock
         self._torch_hooked = False
 
-        def create(selector: str) -> Any:
+        def create(selector: str, in_process_only: bool = False) -> Any:
             return _core.Manager(selector, max_concurrent_jobs, memory_limit,
                                  simulate=simulate or "", socket=socket or "",
-                                 placement=placement, queue=queue, history_path=history_path)
+                                 in_process_only=in_process_only, placement=placement,
+                                 queue=queue, history_path=history_path)
 
         self._core = create(device)
+        self._note: Optional[str] = None
         snap = self._core.snapshot()
-        if history_path and str(snap["source"]).startswith("daemon"):
-            warnings.warn(f"state_path={history_path!r} is not used: the daemon keeps the job "
-                          "kinds' history in its own state directory (gpumgr serve --state-dir)",
-                          RuntimeWarning, stacklevel=2)
+        source = str(snap["source"])
+        if source.startswith("daemon"):
+            snap = self._check_daemon_selector(device, selector_kind, selector_index, snap,
+                                               lambda: create("cpu", in_process_only=True))
+        if str(snap["source"]).startswith("daemon"):
+            if history_path:
+                warnings.warn(f"state_path={history_path!r} is not used: the daemon keeps the "
+                              "job kinds' history in its own state directory (gpumgr serve "
+                              "--state-dir)", RuntimeWarning, stacklevel=2)
+            if simulate:
+                warnings.warn(f"simulate={simulate!r} is not used: the daemon's devices are its "
+                              "own (gpumgr serve --simulate)", RuntimeWarning, stacklevel=2)
+            _warn_unused_settings(snap, max_concurrent_jobs, memory_limit, placement, queue)
         self._backend = snap["backend"]["name"]
         self._device_ids = [{"index": d["index"], "uuid": d["uuid"]} for d in snap["devices"]]
         self._pinned = -1
-        selector_kind, selector_index = _core.parse_device_selector(device)
         self._device = self._core.device
         if selector_kind == "cuda" and selector_index >= 0:
             self._pinned = selector_index
@@ -230,9 +311,36 @@ class GPUManager:
         # allocate_job()'s leases call this on release; through a weak reference, so that a
         # dropped manager releases the leases it kept (rather than a cycle keeping both).
         self._on_release = forget
-        self._max_concurrent_jobs = max_concurrent_jobs
-        self._memory_limit = memory_limit
+        # The limits that apply: these arguments in-process, the daemon's with one.
+        self._max_concurrent_jobs = int(snap["config"]["max_concurrent_jobs"])
+        self._memory_limit = float(snap["config"]["memory_limit"])
         self._hook_torch()
+
+    def _check_daemon_selector(self, device: str, kind: str, index: int,
+                               snap: dict[str, Any], host_memory: Any) -> dict[str, Any]:
+        """Makes the selector mean with the daemon what it means in-process; returns the
+        snapshot of the core kept. 'cuda:N' must name one of the daemon's devices and 'cuda'
+        needs GPUs (the in-process errors); 'cpu' is host memory as one device, never a GPU:
+        the daemon's own where it shares host memory, else this process's (``host_memory``
+        makes that core)."""
+        source = str(snap["source"])
+        daemon_cpu = snap["backend"]["name"] == "cpu"
+        if kind == "cuda" and daemon_cpu:
+            err = DeviceUnavailableError(
+                f"device {device!r} asked for a GPU but none is usable: the {source} has no "
+                "GPU (it shares host memory)")
+            err.code = "unavailable"
+            raise err
+        if kind == "cuda" and index >= len(snap["devices"]):
+            raise ValueError(_does_not_exist(device, len(snap["devices"])))
+        if kind == "auto" and daemon_cpu:
+            self._note = f"auto: the {source} has no usable GPU; using its host memory"
+        if kind == "cpu" and not daemon_cpu:
+            self._core = host_memory()
+            self._note = (f"{self._core.selection_note}, in this process: the {source} "
+                          "shares GPUs, not host memory")
+            return dict(self._core.snapshot())
+        return snap
 
     def _setup_real_gpus(self, index_map: list[int]) -> None:
         """Device order and visibility for real GPUs (simulated devices have no CUDA identity)."""
@@ -258,12 +366,14 @@ class GPUManager:
 
     @property
     def max_concurrent_jobs(self) -> int:
-        """How many leases may be held at once (fixed at creation)."""
+        """How many leases may be held at once (fixed at creation): the argument in-process,
+        the daemon's setting (host-wide) with the daemon."""
         return self._max_concurrent_jobs
 
     @property
     def memory_limit(self) -> float:
-        """The share of each device's memory leases may hold (fixed at creation)."""
+        """The share of each device's memory leases may hold (fixed at creation): the
+        argument in-process, the daemon's setting with the daemon."""
         return self._memory_limit
 
     @property
@@ -284,7 +394,7 @@ class GPUManager:
     @property
     def selection_note(self) -> str:
         """How the device was chosen ("auto: no NVIDIA driver (...); using the CPU")."""
-        return str(self._core.selection_note)
+        return self._note if self._note is not None else str(self._core.selection_note)
 
     # ---- torch ----
 
@@ -333,6 +443,8 @@ class GPUManager:
                 ``default_memory_mb``.
             enforce: cap torch's memory on the leased devices at the lease (None: the
                 manager's ``enforce``).
+            gpus: how many devices, 1 to the number of devices. priority: an int in
+                [-2**31, 2**31 - 1], higher first.
 
         Raises:
             GPUCapacityError: it does not fit now (``code='resource_exhausted'``) or never
@@ -345,8 +457,8 @@ class GPUManager:
         kind = _check_job_kind(job_kind)
         nbytes, default_bytes = _request_bytes(estimated_vram, "estimated_vram", kind,
                                                default_memory_mb)
-        _check_int(gpus, "gpus")
-        _check_int(priority, "priority")
+        self._check_gpus(gpus)
+        _check_int_range(priority, "priority")
         cap = self._enforce if enforce is None else _check_bool(enforce, "enforce")
         self._hook_torch()
         lease = self._core.try_acquire(job_id, nbytes, gpus, priority, -1, "", kind,
@@ -355,6 +467,15 @@ class GPUManager:
             self._allocated[job_id] = lease
         lease._set_on_release(self._on_release)
         return lease
+
+    def _check_gpus(self, gpus: Any) -> None:
+        """1..the number of devices, in the core's words (the daemon's protocol would say
+        [1, 1024] and pybind11 could not convert a huge int)."""
+        _check_int(gpus, "gpus")
+        count = len(self._device_ids)
+        if not 1 <= gpus <= count:
+            raise ValueError(f"gpus must be between 1 and {count} (the number of devices), "
+                             f"got {gpus}")
 
     def _forget(self, job_id: str, exc: Optional[BaseException]) -> None:
         """Runs once when an allocate_job() lease is released (exc: what ended its block)."""
@@ -412,8 +533,9 @@ class GPUManager:
         the lease (summed over this process's leases there), unless enforce is off.
 
         Args:
-            timeout: seconds to wait; None: the manager's default_timeout; 0: do not wait.
-            priority: higher is served first.
+            timeout: seconds to wait, in [0, 1e9]; None: the manager's default_timeout; inf:
+                no deadline; 0: do not wait.
+            priority: higher is served first; an int in [-2**31, 2**31 - 1].
             job_kind: the job's kind (``'sdxl-1024'``): its peaks are recorded under it, and
                 ``required_memory_mb=None`` asks for its learned estimate (``lease.estimate``
                 says where the size came from), else ``default_memory_mb``.
@@ -436,7 +558,7 @@ class GPUManager:
             nbytes, default_bytes = _request_bytes(required_memory_mb, "required_memory_mb",
                                                    kind, default_memory_mb)
         wait = self._default_timeout if timeout is None else _check_timeout(timeout)
-        _check_int(priority, "priority")
+        _check_int_range(priority, "priority")
         cap = self._enforce if enforce is None else _check_bool(enforce, "enforce")
         if not self._torch_hooked:
             self._hook_torch()
@@ -663,6 +785,9 @@ class GPUManager:
         _check_int(device, "device")
         if not self._core.uses_gpu:
             return
+        if not 0 <= device < len(self._device_ids):
+            raise ValueError(f"device {device} does not exist; devices are "
+                             f"0..{len(self._device_ids) - 1}")
         if _torch.synchronize(self._core.torch_device(device)):
             return
         self._core.synchronize(device)

@@ -1,7 +1,9 @@
 """The same Python code over the gpumgr daemon (GPUMGR_SOCKET): one budget for every process.
 
 Runs only where the gpumgr binary is built next to the module (<build>/src/cli/gpumgr, or
-GPUMGR_TEST_GPUMGR_BIN); skips with a reason otherwise. Every other test runs in-process.
+GPUMGR_TEST_GPUMGR_BIN); skips with a reason otherwise. These are what only a daemon does
+(one budget across processes, a holder's death, a stopped daemon); every API test of the
+other files also runs through a daemon (conftest.py's `mode` fixture).
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 
 import gpu_manager
 from gpu_manager import GPUCapacityError, GPUManager, QueueTimeoutError
+from conftest import wait_until
 
 
 @pytest.fixture
@@ -58,10 +62,8 @@ def test_a_lease_dies_with_its_process(daemon):
     finally:
         child.kill()
         child.wait()
-    deadline = time.monotonic() + 5
-    while m.get_gpu_stats()["leased_memory"] != 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert m.get_gpu_stats()["leased_memory"] == 0
+    wait_until(lambda: m.get_gpu_stats()["leased_memory"] == 0,
+               "the killed holder's lease to end", timeout=5)
 
 
 def test_job_kinds_through_the_daemon(daemon, tmp_path):
@@ -106,9 +108,34 @@ def test_calls_end_at_their_deadline_when_the_daemon_stops(start_serve, monkeypa
         daemon.send_signal(signal.SIGCONT)
     # The daemon, resumed, may grant a given-up acquire; the client gives it back at its next
     # call instead of holding it unknown, and the manager works again.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if not mgr.snapshot()["leases"]:
-            break
-        time.sleep(0.05)
-    assert mgr.snapshot()["leases"] == []
+    wait_until(lambda: mgr.snapshot()["leases"] == [], "the given-up lease to be given back")
+
+
+def test_the_daemons_limits_are_the_ones_reported(start_serve, monkeypatch):
+    """With the daemon its settings apply host-wide: the manager reports them (not its own
+    arguments) and says when an argument asked for something else."""
+    socket = start_serve("--simulate", "2x24GiB", "--max-concurrent-jobs", "5",
+                         "--memory-limit", "0.7")
+    monkeypatch.setenv("GPUMGR_SOCKET", str(socket))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the defaults ask for nothing: no warning
+        plain = GPUManager()
+    assert (plain.max_concurrent_jobs, plain.memory_limit) == (5, 0.7)
+    stats = plain.get_gpu_stats()
+    assert (stats["max_concurrent_jobs"], stats["memory_limit"]) == (5, 0.7)
+    with pytest.warns(RuntimeWarning) as caught:
+        asked = GPUManager(max_concurrent_jobs=7, memory_limit=0.5, placement="spread")
+    assert sorted(str(w.message) for w in caught) == [
+        f"max_concurrent_jobs=7 is not used: the daemon at {socket} applies 5 host-wide "
+        "(gpumgr serve --max-concurrent-jobs)",
+        f"memory_limit=0.5 is not used: the daemon at {socket} applies 0.7 host-wide "
+        "(gpumgr serve --memory-limit)",
+        f"placement='spread' is not used: the daemon at {socket} applies 'best-fit' host-wide",
+    ]
+    assert (asked.max_concurrent_jobs, asked.memory_limit) == (5, 0.7)
+    assert asked.get_gpu_stats()["max_concurrent_jobs"] == 5
+    # What applies is what the reports say: five leases, not seven.
+    leases = [asked.allocate_job(f"j{i}", 100) for i in range(5)]
+    assert asked.can_process_job(100) is False
+    for lease in leases:
+        lease.release()

@@ -15,16 +15,7 @@ import time
 import pytest
 
 from gpu_manager import GPUManager, GPUManagerError
-from conftest import GiB, MiB, state
-
-
-def wait_for(predicate, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
+from conftest import GiB, MiB, state, wait_until
 
 
 @pytest.fixture
@@ -177,8 +168,8 @@ def test_measured_use_and_overuse_per_lease(simulate, processes):
     processes({0: 3 * GiB})
     m = GPUManager(device="cuda:0")
     with m.managed_generation("hungry", 2048, job_kind="k") as lease:
-        usage = wait_for(lambda: lease.usage[0]["used_bytes"] and lease.usage)
-        assert usage == [{"device": 0, "used_bytes": 3 * GiB, "peak_used_bytes": 3 * GiB}]
+        wait_until(lambda: lease.usage[0]["used_bytes"], "a reading of the holder's use")
+        assert lease.usage == [{"device": 0, "used_bytes": 3 * GiB, "peak_used_bytes": 3 * GiB}]
         assert lease.overused is True
         stats = m.get_gpu_stats()
         (entry,) = stats["leases"]
@@ -187,7 +178,7 @@ def test_measured_use_and_overuse_per_lease(simulate, processes):
         assert entry["overused"] is True and entry["leased_memory"] == 2 * GiB
         assert stats["devices"][0]["overuse_memory"] == 1 * GiB
         processes({0: 1 * GiB})
-        wait_for(lambda: lease.usage[0]["used_bytes"] == 1 * GiB)
+        wait_until(lambda: lease.usage[0]["used_bytes"] == 1 * GiB, "the new reading of 1 GiB")
         (entry,) = m.get_gpu_stats()["leases"]
         # Use now, and the peak of this lease.
         assert entry["usage"][0]["used_memory"] == 1 * GiB
@@ -195,16 +186,19 @@ def test_measured_use_and_overuse_per_lease(simulate, processes):
         assert entry["overused"] is False
 
 
-def test_unknown_use_is_none_never_zero():
+def test_unknown_use_is_none_never_zero(mode):
     m = GPUManager(device="cpu", memory_limit=1.0)  # the CPU device lists no processes
     with m.managed_generation("cpu", 100) as lease:
-        time.sleep(0.3)
+        # Held past a poll of the devices (every 0.25 s), so that a reading had its chance.
+        wait_until(lambda: m.get_gpu_stats()["leases"][0]["held_s"] >= 0.3,
+                   "the lease to be held for 0.3 s")
         (entry,) = m.get_gpu_stats()["leases"]
         assert entry["usage"] == [{"index": 0, "device": "cpu", "used_memory": None,
                                    "peak_used_memory": None}]
         assert lease.usage == [{"device": 0, "used_bytes": None, "peak_used_bytes": None}]
 
 
+@pytest.mark.filterwarnings("ignore:state_path=.* is not used")
 def test_default_memory_while_the_kind_has_no_estimate(simulate, tmp_path):
     simulate("2x24GiB")
     m = GPUManager(state_path=tmp_path / "history.db")
@@ -216,6 +210,7 @@ def test_default_memory_while_the_kind_has_no_estimate(simulate, tmp_path):
     assert lease.memory_mb == 3000 and lease.estimate.startswith("default")
 
 
+@pytest.mark.filterwarnings("ignore:state_path=.* is not used")
 def test_no_estimate_and_no_default_fails_naming_the_kind(simulate, processes, tmp_path):
     simulate("2x24GiB")
     m = GPUManager(state_path=tmp_path / "history.db")
@@ -232,11 +227,12 @@ def test_no_estimate_and_no_default_fails_naming_the_kind(simulate, processes, t
     # One measured run of an explicit size later, the error counts it.
     processes({0: 500 * MiB, 1: 500 * MiB})
     with m.managed_generation("sized", 1000, job_kind="sdxl") as lease:
-        assert wait_for(lambda: lease.usage[0]["peak_used_bytes"] == 500 * MiB)
+        wait_until(lambda: lease.usage[0]["peak_used_bytes"] == 500 * MiB, "a peak of 500 MiB")
     with pytest.raises(GPUManagerError, match=r"'sdxl' has 1 measured run; 5"):
         m.allocate_job("nothing", None, job_kind="sdxl")
 
 
+@pytest.mark.filterwarnings("ignore:state_path=.* is not used")
 def test_learned_estimate_from_measured_runs(simulate, processes, tmp_path):
     simulate("2x24GiB")
     history = tmp_path / "history.db"
@@ -245,7 +241,8 @@ def test_learned_estimate_from_measured_runs(simulate, processes, tmp_path):
     for i, peak in enumerate(peaks):
         processes({0: peak * MiB})
         with m.managed_generation(f"run-{i}", 2000, job_kind="sdxl") as lease:
-            assert wait_for(lambda: lease.usage[0]["peak_used_bytes"] == peak * MiB)
+            wait_until(lambda: lease.usage[0]["peak_used_bytes"] == peak * MiB,
+                       f"a peak of {peak} MiB")
         processes({})
     (estimate,) = m.get_estimates()
     assert {k: estimate[k] for k in ("kind", "runs", "measured_runs", "peak_p50_bytes",

@@ -16,19 +16,9 @@ from gpu_manager import (
     QueueTimeoutError,
     get_gpu_manager,
 )
-from conftest import GiB, MiB, reload_fake_nvml
+from conftest import GiB, MiB, poll_until, reload_fake_nvml, wait_until
 
 CAPACITY_24G = int(0.8 * 24 * GiB)  # floor(0.8 x 24 GiB) = 20615843020 bytes = 19660.8 MiB
-
-
-def wait_until(predicate, what: str, timeout: float = 10.0) -> None:
-    """Polls `predicate` until it holds; fails naming `what` after `timeout` seconds (generous:
-    only something broken waits that long). Stands in for no fixed sleep."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout} s for {what}")
-        time.sleep(0.005)
 
 
 def when_queued(manager: GPUManager, job_id: str, action) -> threading.Thread:
@@ -36,11 +26,7 @@ def when_queued(manager: GPUManager, job_id: str, action) -> threading.Thread:
     after 10 s, when it never did: the waiter's own assertions then say so)."""
 
     def run():
-        deadline = time.monotonic() + 10
-        while job_id not in [w["job_id"] for w in manager.snapshot()["queue"]]:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.005)
+        poll_until(lambda: job_id in [w["job_id"] for w in manager.snapshot()["queue"]])
         action()
 
     thread = threading.Thread(target=run)
@@ -112,7 +98,7 @@ def test_device_selection_auto_with_gpus(simulate):
     assert len(m.get_gpu_stats()["devices"]) == 2
 
 
-def test_device_selection_auto_without_gpu():
+def test_device_selection_auto_without_gpu(mode):
     m = GPUManager(device="auto", memory_limit=1.0)
     assert m.device == "cpu"
     assert "no usable GPU" in m.selection_note
@@ -187,7 +173,8 @@ def test_memory_allocation_reserved_and_max_tracking_from_torch(two_gpus, fake_t
     assert two_gpus._core.framework_memory(index) == (200 * MiB, 702 * MiB, 700 * MiB)
 
 
-def test_memory_figures_from_the_driver(fake_nvml):
+@pytest.mark.in_process_only("the fake NVML re-reads its scenario in this process only")
+def test_memory_figures_from_the_driver(fake_nvml, mode):
     import os
 
     pid = os.getpid()
@@ -207,7 +194,7 @@ def test_memory_figures_from_the_driver(fake_nvml):
     assert (info["allocated"], info["max_allocated"]) == (250 * MiB, 600 * MiB)
 
 
-def test_memory_figures_zero_on_cpu():
+def test_memory_figures_zero_on_cpu(mode):
     info = GPUManager(device="cpu", memory_limit=1.0).get_memory_info()
     assert (info["allocated"], info["reserved"], info["max_allocated"], info["source"]) == (
         0, 0, 0, "none")
@@ -226,7 +213,7 @@ def test_utilization_tracking_simulated_and_cpu(two_gpus):
     assert GPUManager(device="cpu", memory_limit=1.0).get_utilization() is None
 
 
-def test_utilization_and_multiple_devices_from_the_driver(fake_nvml):
+def test_utilization_and_multiple_devices_from_the_driver(fake_nvml, mode):
     fake_nvml("device\nname NVIDIA A100-SXM4-40GB\nmemory_total_mib 40960\nutilization 30 10\n"
               "device\nname NVIDIA A100-SXM4-40GB\nmemory_total_mib 40960\nutilization 50 20\n")
     both = GPUManager(device="cuda")
@@ -235,7 +222,7 @@ def test_utilization_and_multiple_devices_from_the_driver(fake_nvml):
     assert GPUManager(device="cuda:1").get_utilization() == 50.0
 
 
-def test_gpu_name_detection_and_device_properties(fake_nvml):
+def test_gpu_name_detection_and_device_properties(fake_nvml, mode):
     fake_nvml("device\nuuid GPU-1111\nname NVIDIA H100 80GB HBM3\nbus_id 00000000:3B:00.0\n"
               "memory_total_mib 81559\ncompute_capability 9 0\ntemperature 41\n")
     m = GPUManager()
@@ -459,7 +446,7 @@ def test_device_synchronization_without_torch(two_gpus):
 
 # ---- no GPU ----
 
-def test_error_handling_with_no_gpu():
+def test_error_handling_with_no_gpu(mode):
     with pytest.raises(gpu_manager.DeviceUnavailableError, match="none is usable") as err:
         GPUManager(device="cuda")
     assert err.value.code == "unavailable"
@@ -467,7 +454,7 @@ def test_error_handling_with_no_gpu():
         GPUManager(device="cuda:0")
 
 
-def test_fallback_to_cpu_runs_jobs():
+def test_fallback_to_cpu_runs_jobs(mode):
     m = GPUManager(memory_limit=1.0)
     assert m.device == "cpu" and not m.cuda_available
     with m.managed_generation("cpu-job", 64) as lease:

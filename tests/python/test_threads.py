@@ -9,19 +9,9 @@ import time
 import pytest
 
 from gpu_manager import GPUManager
-from conftest import GiB, MiB
+from conftest import GiB, MiB, wait_until
 
 CAPACITY_24G = int(0.8 * 24 * GiB)
-
-
-def wait_until(predicate, what: str, timeout: float = 10.0) -> None:
-    """Polls `predicate` until it holds; fails naming `what` after `timeout` seconds (generous:
-    only something broken waits that long). Stands in for no fixed sleep."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout} s for {what}")
-        time.sleep(0.005)
 
 
 def queued(manager: GPUManager) -> list[str]:
@@ -140,6 +130,8 @@ def test_waiting_releases_the_gil(simulate):
     assert m.get_gpu_stats()["jobs_processed"] == 5
 
 
+@pytest.mark.in_process_only("two in-process managers have budgets of their own; through "
+                             "a daemon they share one")
 def test_waiters_do_not_block_each_other(simulate):
     """A thread waiting without a deadline holds back neither a job on another manager nor
     another waiter's timeout."""
@@ -193,7 +185,7 @@ def test_garbage_collected_lease_is_released(two_gpus, n):
     assert two_gpus.get_gpu_stats()["jobs_processed"] == n
 
 
-def test_ctrl_c_interrupts_a_wait_in_the_main_thread(tmp_path):
+def test_ctrl_c_interrupts_a_wait_in_the_main_thread(tmp_path, daemon_for):
     """Python delivers signals to the main thread only: a wait there still answers Ctrl-C."""
     import os
     import signal
@@ -225,11 +217,14 @@ def test_ctrl_c_interrupts_a_wait_in_the_main_thread(tmp_path):
         "except KeyboardInterrupt:\n"
         "    s = m.get_gpu_stats()\n"
         "    print('interrupted', len(m.snapshot()['queue']), s['jobs_cancelled'],\n"
-        "          s['active_jobs'], flush=True)\n")
+        "          s['active_jobs'], s['source'].split()[0], flush=True)\n")
     env = dict(os.environ, PYTHONPATH=str(Path(gpu_manager.__file__).resolve().parents[1]))
     env.pop("GPUMGR_SOCKET", None)
-    child = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
-                             text=True)
+    socket = daemon_for("24GiB", max_concurrent_jobs=1)
+    if socket is not None:
+        env["GPUMGR_SOCKET"] = socket
+    child = subprocess.Popen([sys.executable, "-W", "ignore::RuntimeWarning", str(script)],
+                             env=env, stdout=subprocess.PIPE, text=True)
     watchdog = threading.Timer(20, child.kill)  # a child that never answers ends the reads
     watchdog.start()
     try:
@@ -248,4 +243,5 @@ def test_ctrl_c_interrupts_a_wait_in_the_main_thread(tmp_path):
     words = line.split()
     assert words and words[0] == "interrupted", line + out
     assert answered < 1.5
-    assert words[1:] == ["0", "1", "1"]  # no longer queued, counted as cancelled, hog still held
+    # No longer queued, counted as cancelled, hog still held; in the mode asked for.
+    assert words[1:] == ["0", "1", "1", "in-process" if socket is None else "daemon"]

@@ -105,7 +105,7 @@ def test_device_order_is_set_at_import():
     assert _torch.set_device_order(env) == "FASTEST_FIRST"
 
 
-def test_cuda_visible_devices_maps_real_gpus(fake_nvml, monkeypatch):
+def test_cuda_visible_devices_maps_real_gpus(fake_nvml, mode, monkeypatch):
     fake_nvml("".join(f"device\nuuid GPU-{i}{i}{i}{i}\nname NVIDIA A10\nmemory_total_mib 24576\n"
                       for i in range(3)))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")
@@ -141,7 +141,7 @@ def test_device_string_works_with_torch_device(two_gpus):
     assert torch.device(GPUManager(device="cuda:1").device).index == 1
 
 
-def test_cpu_fallback_with_torch_present():
+def test_cpu_fallback_with_torch_present(mode):
     torch = _real_torch()
     m = GPUManager(memory_limit=1.0)  # no GPU on this machine as far as gpumgr is told
     assert m.device == "cpu"

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -140,14 +139,14 @@ def test_enforce_must_be_a_bool(two_gpus, value):
         GPUManager(enforce=value)
 
 
-def test_cpu_leases_cap_nothing(fake_torch):
+def test_cpu_leases_cap_nothing(fake_torch, mode):
     m = GPUManager(device="cpu", memory_limit=1.0)
     with m.managed_generation("cpu-job", 100) as lease:
         assert lease.device == "cpu" and not lease.capped
     assert fake_torch.fraction_calls == []
 
 
-def test_devices_hidden_from_cuda_are_not_capped(fake_nvml, fake_torch, monkeypatch):
+def test_devices_hidden_from_cuda_are_not_capped(fake_nvml, fake_torch, mode, monkeypatch):
     fake_nvml("".join(f"device\nuuid GPU-{i}{i}{i}{i}\nname NVIDIA A10\nmemory_total_mib 24576\n"
                       for i in range(3)))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
