@@ -273,6 +273,8 @@ void serve_task_once(TaskSlot* slot) {
   reply["env_GPUMGR_LEASE_BYTES"] = std::to_string(granted->bytes);
   // What Slurm gave (its node-local indices), since CUDA_VISIBLE_DEVICES no longer says it.
   reply["env_GPUMGR_SLURM_GPUS"] = (*request)["devices"];
+  // For the steps a batch script starts under its lease (they get Slurm's indices again).
+  reply["env_GPUMGR_SLURM_VISIBLE_DEVICES"] = cpu ? "" : uuid;
   // A task that died since is released by task_exit; nothing more to do here.
   (void)write_all(slot->reply_fds[1], gpumgr::slurm::encode_message(reply));
 }
@@ -373,14 +375,30 @@ int task_request(spank_t sp) {
     return 0;  // not a step this plugin prepared (no user_init): nothing to do
   }
   TaskSlot* slot = g_slots[static_cast<std::size_t>(local)].get();
-  std::uint32_t local_tasks = 1;
-  (void)spank_get_item(sp, S_JOB_LOCAL_TASK_COUNT, &local_tasks);
-  auto bytes = gpumgr::slurm::lease_bytes(g_vram, job_env(sp, "SLURM_SHARDS_ON_NODE"),
-                                          g_config.unit_bytes, local_tasks);
   Message request;
   const auto send = [&]() {
     return write_all(slot->request_fds[1], gpumgr::slurm::encode_message(request));
   };
+  std::uint32_t job_id = 0, step_id = 0, task_id = 0;
+  (void)spank_get_item(sp, S_JOB_ID, &job_id);
+  (void)spank_get_item(sp, S_JOB_STEPID, &step_id);
+  (void)spank_get_item(sp, S_TASK_GLOBAL_ID, &task_id);
+  // A step started inside a task that holds a lease of this same job (srun in an
+  // `sbatch --vram` script, which passes --vram on to it): it runs under that lease. A second
+  // lease on the same GPU could wait forever for the first, which waits for this step.
+  if (const auto held = job_env(sp, "GPUMGR_LEASE_JOB_ID");
+      held && held->rfind("slurm-" + std::to_string(job_id) + ".", 0) == 0) {
+    if (const auto visible = job_env(sp, "GPUMGR_SLURM_VISIBLE_DEVICES"); visible) {
+      (void)spank_setenv(sp, "CUDA_VISIBLE_DEVICES", visible->c_str(), 1);
+    }
+    request["want"] = "none";
+    (void)send();
+    return 0;
+  }
+  std::uint32_t local_tasks = 1;
+  (void)spank_get_item(sp, S_JOB_LOCAL_TASK_COUNT, &local_tasks);
+  auto bytes = gpumgr::slurm::lease_bytes(g_vram, job_env(sp, "SLURM_SHARDS_ON_NODE"),
+                                          g_config.unit_bytes, local_tasks);
   if (!bytes.ok()) {
     std::fprintf(stderr, "gpumgr: %s\n", bytes.status().message().c_str());
     request["want"] = "none";
@@ -401,10 +419,6 @@ int task_request(spank_t sp) {
     (void)send();
     return -1;
   }
-  std::uint32_t job_id = 0, step_id = 0, task_id = 0;
-  (void)spank_get_item(sp, S_JOB_ID, &job_id);
-  (void)spank_get_item(sp, S_JOB_STEPID, &step_id);
-  (void)spank_get_item(sp, S_TASK_GLOBAL_ID, &task_id);
   int argc = 0;
   char** argv = nullptr;
   std::vector<std::string> args;

@@ -371,13 +371,31 @@ SlurmdTimeout=60
                 p.kill()
                 p.wait()
         # slurmstepd processes of this cluster outlive slurmd only if something went wrong.
-        left = subprocess.run(["pgrep", "-f", self.dir], capture_output=True, text=True).stdout
-        for pid in left.split():
+        left = self.processes_left()
+        for pid in left:
             try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
                 pass
-        return left.split()
+        return left
+
+    def processes_left(self):
+        """Processes whose command line or environment names this cluster's folder: tasks,
+        and slurmstepd (which inherits SLURM_CONF from slurmd)."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            text = b""
+            for what in ("cmdline", "environ"):
+                try:
+                    with open(f"/proc/{entry}/{what}", "rb") as f:
+                        text += f.read()
+                except OSError:
+                    pass
+            if self.dir.encode() in text:
+                found.append(int(entry))
+        return found
 
 
 def check_landing(c):
@@ -525,6 +543,33 @@ def check_memory_wait(c):
     c.script_outside("n1", [])
 
 
+def check_shards_and_nested(c):
+    """Without --vram, shards ask for shards x unit. An srun inside an `sbatch --vram` script
+    runs under the script's lease (it would otherwise wait for its own parent's memory)."""
+    p = c.srun("shards", "-w", "n1", "--gres=shard:3")
+    job = c.job_id("shards")
+    wait_for("the shards-only task to start", lambda: c.seen("shards", "n1"), 20)
+    leases = c.job_leases(job)
+    check(list(leases) == [f"slurm-{job}.0.0"], f"shards-only leases: {list(leases)}")
+    check(leases[f"slurm-{job}.0.0"][1]["bytes"] == 3 * GIB, "3 shards are not 3 GiB")
+    c.go("shards")
+    check(p.wait(timeout=20) == 0, "the shards-only task failed")
+
+    out = c.path("out/nested")
+    jn = c.run("sbatch", "--parsable", "-w", "n2", "--gres=shard:12", "--vram=12GiB",
+               "-o", c.path("log/nested.out"), "--wrap",
+               f"echo $CUDA_VISIBLE_DEVICES > {out}.outer; srun bash -c "
+               f"'echo $CUDA_VISIBLE_DEVICES $GPUMGR_LEASE_JOB_ID > {out}.inner'").stdout
+    jn = int(jn.strip())
+    wait_for("the nested job to finish", lambda: not c.job_state(jn), 30, 0.1)
+    with open(out + ".outer") as f:
+        outer = f.read().split()
+    with open(out + ".inner") as f:
+        inner = f.read().split()
+    check(outer[0].startswith("SIM-"), f"batch script sees {outer}")
+    check(inner == [outer[0], f"slurm-{jn}.batch.0"], f"the inner step sees {inner}")
+
+
 def check_no_daemon(c):
     """No daemon on the node: the task fails with a message naming the socket."""
     c.procs["gpumgr-n2"].send_signal(signal.SIGTERM)
@@ -534,6 +579,18 @@ def check_no_daemon(c):
     text = out.stdout + out.stderr
     check(c.sockets["n2"] in text and "gpumgr serve" in text,
           f"the failure does not name the socket and how to start the daemon:\n{text}")
+    # With the plugin argument `optional`: the task runs unmanaged (Slurm's own index), warned.
+    with open(c.path("etc/plugstack.conf")) as f:
+        line = f.read().strip()
+    with open(c.path("etc/plugstack.conf"), "w") as f:
+        f.write(line + " optional\n")
+    out = c.run("srun", "-w", "n2", "--gres=shard:1", "--vram=1GiB", "bash", "-c",
+                "echo visible=$CUDA_VISIBLE_DEVICES", check_rc=False)
+    check(out.returncode == 0, f"optional: the task failed: {out.stdout}{out.stderr}")
+    check("visible=0" in out.stdout or "visible=1" in out.stdout,
+          f"optional: the task does not see Slurm's GPU: {out.stdout}")
+    check("running without a lease" in out.stderr and c.sockets["n2"] in out.stderr,
+          f"optional: no warning naming the socket: {out.stderr}")
 
 
 def main():
@@ -541,6 +598,7 @@ def main():
         print(__doc__)
         return 2
     gpumgr, plugin = sys.argv[1], sys.argv[2]
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows as it happens
     if os.geteuid() != 0:
         skip("needs root (munged, slurmd, mknod)")
     for tool in ("slurmctld", "slurmd", "srun", "sbatch", "munged", "setpriv"):
@@ -564,6 +622,8 @@ def main():
         check_memory_wait(c)
         print("memory wait: ok")
         figures = check_ends(c, jt)
+        check_shards_and_nested(c)
+        print("shards and nested steps: ok")
         print("lease freed after the task ended: " +
               ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in figures.items()))
         for n in NODES:
