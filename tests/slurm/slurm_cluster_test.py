@@ -401,6 +401,9 @@ SlurmdTimeout=60
 def check_landing(c):
     """srun --gres=shard:12 --vram=12GiB on both nodes; two jobs at once on n1, which Slurm
     must put on different GPUs (12 + 12 shards > 19), and each task sees its own GPU's UUID."""
+    bad = c.run("srun", "--gres=shard:1", "--vram=twelve", "true", check_rc=False)
+    check(bad.returncode != 0 and "--vram" in bad.stderr, f"srun --vram=twelve: {bad.stderr}")
+    print("srun --vram=twelve says: " + bad.stderr.strip().replace("\n", " | "))
     a = c.srun("land", "-N2", "--ntasks-per-node=1", "--gres=shard:12", "--vram=12GiB")
     b = c.srun("land2", "-w", "n1", "-N1", "--gres=shard:12", "--vram=12GiB", user="nobody")
     ja, jb = c.job_id("land"), c.job_id("land2")
@@ -570,6 +573,29 @@ def check_shards_and_nested(c):
     check(inner == [outer[0], f"slurm-{jn}.batch.0"], f"the inner step sees {inner}")
 
 
+def check_stepd_killed(c):
+    """slurmstepd itself killed: the daemon sees the lease's connection close."""
+    p = c.srun("stepd", "-w", "n1", "--gres=shard:2", "--vram=2GiB")
+    job = c.job_id("stepd")
+    lease = wait_lease(c, job, "the lease of the step whose slurmstepd is killed")
+    wait_for("the task to start", lambda: c.seen("stepd", "n1"), 20)
+    holder = next(iter(lease.values()))[1]["pid"]
+    with open(f"/proc/{holder}/comm") as f:
+        comm = f.read().strip()
+    check(comm == "slurmstepd", f"the lease's holder is {comm} (pid {holder}), not slurmstepd")
+    os.kill(holder, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for("the lease of the killed slurmstepd to go", lambda: not c.job_leases(job), 5, 0.01)
+    took = time.monotonic() - killed
+    check(took < 1.0, f"lease released {took:.2f} s after slurmstepd was killed")
+    c.go("stepd")  # its task, orphaned, ends on its own
+    c.run("scancel", str(job), check_rc=False)
+    wait_for("the job of the killed slurmstepd to leave squeue", lambda: not c.job_state(job),
+             30, 0.1)
+    p.wait(timeout=20)
+    return took
+
+
 def check_no_daemon(c):
     """No daemon on the node: the task fails with a message naming the socket."""
     c.procs["gpumgr-n2"].send_signal(signal.SIGTERM)
@@ -579,6 +605,7 @@ def check_no_daemon(c):
     text = out.stdout + out.stderr
     check(c.sockets["n2"] in text and "gpumgr serve" in text,
           f"the failure does not name the socket and how to start the daemon:\n{text}")
+    print("no daemon, the task says: " + out.stderr.strip().replace("\n", " | "))
     # With the plugin argument `optional`: the task runs unmanaged (Slurm's own index), warned.
     with open(c.path("etc/plugstack.conf")) as f:
         line = f.read().strip()
@@ -591,6 +618,7 @@ def check_no_daemon(c):
           f"optional: the task does not see Slurm's GPU: {out.stdout}")
     check("running without a lease" in out.stderr and c.sockets["n2"] in out.stderr,
           f"optional: no warning naming the socket: {out.stderr}")
+    print("no daemon, optional: " + out.stderr.strip().replace("\n", " | "))
 
 
 def main():
@@ -624,6 +652,7 @@ def main():
         figures = check_ends(c, jt)
         check_shards_and_nested(c)
         print("shards and nested steps: ok")
+        figures["slurmstepd SIGKILL"] = check_stepd_killed(c)
         print("lease freed after the task ended: " +
               ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in figures.items()))
         for n in NODES:
