@@ -142,8 +142,23 @@ struct TaskSlot {
   std::mutex mu;
   std::optional<std::string> lease_job;  // guarded by mu: the job id of a granted lease
   bool finished = false;
+  pid_t threads_owner = 0;  // the process that started server and watcher (slurmstepd)
 
   ~TaskSlot() {
+    // Normally finish_task has joined both threads (task_exit, exit). Otherwise: joined here,
+    // in slurmstepd; in a process forked from it after they started (a script whose exec
+    // failed), they do not exist, and destroying a joinable std::thread would abort.
+    if (server.joinable() || watcher.joinable()) {
+      if (::getpid() == threads_owner) {
+        if (stop_fds[1] >= 0) (void)write_all(stop_fds[1], "x");
+        token.cancel();
+        if (server.joinable()) server.join();
+        if (watcher.joinable()) watcher.join();
+      } else {
+        new std::thread(std::move(server));   // never joined, never destroyed: on purpose
+        new std::thread(std::move(watcher));  // (the threads are not in this process)
+      }
+    }
     for (int* fd : {&request_fds[0], &request_fds[1], &reply_fds[0], &reply_fds[1], &stop_fds[0],
                     &stop_fds[1], &pid_fd}) {
       close_fd(*fd);
@@ -572,6 +587,7 @@ int slurm_spank_task_post_fork(spank_t sp, int /*ac*/, char** /*av*/) {
   close_fd(slot->reply_fds[0]);
   slot->pid = pid;
   slot->pid_fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  slot->threads_owner = ::getpid();
   try {
     slot->server = std::thread(serve_task, slot);
     slot->watcher = std::thread(watch_task, slot);

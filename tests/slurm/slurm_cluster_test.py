@@ -558,6 +558,13 @@ def check_shards_and_nested(c):
     c.go("shards")
     check(p.wait(timeout=20) == 0, "the shards-only task failed")
 
+    # A whole GPU (--gres=gpu:1): Slurm names it in SLURM_STEP_GPUS too.
+    got = c.run("srun", "-w", "n1", "--gres=gpu:1", "--vram=4GiB", "bash", "-c",
+                "echo $CUDA_VISIBLE_DEVICES $GPUMGR_SLURM_GPUS $SLURM_STEP_GPUS "
+                "$GPUMGR_LEASE_BYTES").stdout.split()
+    check(len(got) == 4 and got[0] == f"SIM-{got[1]}" and got[1] == got[2]
+          and int(got[3]) == 4 * GIB, f"--gres=gpu:1 --vram=4GiB: the task sees {got}")
+
     out = c.path("out/nested")
     jn = c.run("sbatch", "--parsable", "-w", "n2", "--gres=shard:12", "--vram=12GiB",
                "-o", c.path("log/nested.out"), "--wrap",
