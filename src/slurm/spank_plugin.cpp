@@ -40,6 +40,7 @@
 #include "gpumgr/ledger.h"
 #include "gpumgr/units.h"
 #include "slurm/task_env.h"
+#include "util/terminal_text.h"
 
 // spank.h declares the callbacks (slurm_spank_init, ...) outside its extern "C" block: include
 // it inside one, so that the definitions below have the C names Slurm looks up.
@@ -192,9 +193,8 @@ void serve_task_once(TaskSlot* slot) {
   }
   if (!slot->ledger) {
     if (g_config.optional) {
-      reply["warning"] = slot->connect_error +
-                         "; running without a lease (plugin argument "
-                         "optional)";
+      reply["warning"] =
+          slot->connect_error + "; running without a lease (plugin argument optional)";
       (void)write_all(slot->reply_fds[1], gpumgr::slurm::encode_message(reply));
       return;
     }
@@ -336,7 +336,8 @@ void finish_task(TaskSlot* slot, bool succeeded) {
     const auto s = slot->ledger->release(
         *job, succeeded ? gpumgr::JobOutcome::kSucceeded : gpumgr::JobOutcome::kFailed);
     if (!s.ok()) {
-      slurm_error("gpumgr: releasing the lease of %s: %s", job->c_str(), s.to_string().c_str());
+      slurm_error("gpumgr: releasing the lease of %s: %s", job->c_str(),
+                  gpumgr::terminal_safe(s.to_string()).c_str());
     }
   }
   slot->ledger.reset();  // closes the connection
@@ -354,7 +355,7 @@ int vram_option(int /*val*/, const char* optarg, int /*remote*/) {
   const std::string value = optarg != nullptr ? optarg : "";
   auto bytes = gpumgr::slurm::lease_bytes(value, std::nullopt, 1, 1);
   if (!bytes.ok()) {
-    slurm_error("gpumgr: %s", bytes.status().message().c_str());
+    slurm_error("gpumgr: %s", gpumgr::terminal_safe(bytes.status().message()).c_str());
     return -1;
   }
   g_vram = value;
@@ -364,7 +365,7 @@ int vram_option(int /*val*/, const char* optarg, int /*remote*/) {
 int kind_option(int /*val*/, const char* optarg, int /*remote*/) {
   const std::string value = optarg != nullptr ? optarg : "";
   if (auto s = gpumgr::check_job_kind(value); !s.ok()) {
-    slurm_error("gpumgr: --vram-kind: %s", s.message().c_str());
+    slurm_error("gpumgr: --vram-kind: %s", gpumgr::terminal_safe(s.message()).c_str());
     return -1;
   }
   g_kind = value;
@@ -415,7 +416,7 @@ int task_request(spank_t sp) {
   auto bytes = gpumgr::slurm::lease_bytes(g_vram, job_env(sp, "SLURM_SHARDS_ON_NODE"),
                                           g_config.unit_bytes, local_tasks);
   if (!bytes.ok()) {
-    std::fprintf(stderr, "gpumgr: %s\n", bytes.status().message().c_str());
+    std::fprintf(stderr, "gpumgr: %s\n", gpumgr::terminal_safe(bytes.status().message()).c_str());
     request["want"] = "none";
     (void)send();
     return -1;
@@ -429,7 +430,7 @@ int task_request(spank_t sp) {
                                                   job_env(sp, "SLURM_JOB_GPUS"),
                                                   job_env(sp, "CUDA_VISIBLE_DEVICES"));
   if (!devices.ok()) {
-    std::fprintf(stderr, "gpumgr: %s\n", devices.status().message().c_str());
+    std::fprintf(stderr, "gpumgr: %s\n", gpumgr::terminal_safe(devices.status().message()).c_str());
     request["want"] = "none";
     (void)send();
     return -1;
@@ -470,15 +471,16 @@ int task_request(spank_t sp) {
   auto reply = gpumgr::slurm::decode_message(*text);
   if (!reply.ok()) {
     std::fprintf(stderr, "gpumgr: bad reply from slurmstepd: %s\n",
-                 reply.status().message().c_str());
+                 gpumgr::terminal_safe(reply.status().message()).c_str());
     return -1;
   }
   if (reply->count("error") != 0) {
-    std::fprintf(stderr, "gpumgr: %s\n", (*reply)["error"].c_str());
+    std::fprintf(stderr, "gpumgr: %s\n", gpumgr::terminal_safe((*reply)["error"]).c_str());
     return -1;
   }
   if (reply->count("warning") != 0) {
-    std::fprintf(stderr, "gpumgr: warning: %s\n", (*reply)["warning"].c_str());
+    std::fprintf(stderr, "gpumgr: warning: %s\n",
+                 gpumgr::terminal_safe((*reply)["warning"]).c_str());
     return 0;
   }
   for (const auto& [key, value] : *reply) {
@@ -501,7 +503,7 @@ int slurm_spank_init(spank_t sp, int ac, char** av) {
   std::vector<std::string> args(av, av + ac);
   auto config = gpumgr::slurm::parse_plugin_args(args);
   if (!config.ok()) {
-    slurm_error("%s", config.status().message().c_str());
+    slurm_error("%s", gpumgr::terminal_safe(config.status().message()).c_str());
     return -1;
   }
   g_config = *config;
