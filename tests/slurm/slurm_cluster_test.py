@@ -404,6 +404,7 @@ def check_landing(c):
     bad = c.run("srun", "--gres=shard:1", "--vram=twelve", "true", check_rc=False)
     check(bad.returncode != 0 and "--vram" in bad.stderr, f"srun --vram=twelve: {bad.stderr}")
     print("srun --vram=twelve says: " + bad.stderr.strip().replace("\n", " | "))
+    succeeded_before = {n: c.status(n)["stats"]["jobs_succeeded"] for n in NODES}
     a = c.srun("land", "-N2", "--ntasks-per-node=1", "--gres=shard:12", "--vram=12GiB")
     b = c.srun("land2", "-w", "n1", "-N1", "--gres=shard:12", "--vram=12GiB", user="nobody")
     ja, jb = c.job_id("land"), c.job_id("land2")
@@ -437,6 +438,10 @@ def check_landing(c):
         check(p.wait(timeout=20) == 0, f"srun {name} exited {p.returncode}: "
               + c.read_log(f"log/srun-{name}.log"))
     wait_for("the landing leases to go", lambda: not c.job_leases(ja) and not c.job_leases(jb), 5)
+    # Released by task_exit as succeeded (exit 0), not merely dropped with the connection.
+    for n, jobs in (("n1", 2), ("n2", 1)):
+        got = c.status(n)["stats"]["jobs_succeeded"] - succeeded_before[n]
+        check(got == jobs, f"{n}: {got} leases released as succeeded, expected {jobs}")
 
 
 def wait_lease(c, job, what):
