@@ -9,6 +9,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-dev python3-pytest pybind11-dev python3-prometheus-client
   tmux chromium nodejs
+  # A two-node Slurm cluster on this machine (tests/slurm) and the SPANK plugin's headers.
+  slurmctld slurmd slurm-client munge libslurm-dev
 )
 
 missing=()

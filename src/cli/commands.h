@@ -29,6 +29,7 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global);
 Command setup_run(CLI::App& app, const GlobalOptions& global);
 Command setup_watch(CLI::App& app, const GlobalOptions& global);
 Command setup_estimates(CLI::App& app, const GlobalOptions& global);
+Command setup_slurm(CLI::App& app, const GlobalOptions& global);
 
 // Points `options` at the host's daemon when one answers at the default socket path, unless
 // a socket (option or GPUMGR_SOCKET) or simulated devices were asked for: the views

@@ -10,6 +10,7 @@ namespace {
 constexpr gpumgr::cli::CommandSetup kCommands[] = {
     gpumgr::cli::setup_status, gpumgr::cli::setup_simulate, gpumgr::cli::setup_serve,
     gpumgr::cli::setup_run,    gpumgr::cli::setup_watch,    gpumgr::cli::setup_estimates,
+    gpumgr::cli::setup_slurm,
 };
 
 }  // namespace
