@@ -131,7 +131,7 @@ class GPUManager:
         socket: the gpumgr daemon's socket, so that every process on the host shares one
             budget; None reads GPUMGR_SOCKET (unset: this process only).
         placement: ``'best-fit'`` (packs), ``'spread'`` or ``'first-fit'``.
-        queue: ``'backfill'`` (the default) or ``'fifo'``.
+        queue: ``'backfill'`` (the default), ``'fifo'`` or ``'greedy'`` (docs/scheduling.md).
         state_path: a SQLite file for the in-process history of job kinds (their learned
             estimates); None: none. The daemon keeps its own (``gpumgr serve --state-dir``).
         enforce: whether leases cap torch's caching allocator on their devices at their size
