@@ -4,6 +4,7 @@
 // clock and reports the makespan against a lower bound, waits and utilisation
 // (docs/simulate.md). Runs on the main thread; a replay of thousands of jobs takes
 // milliseconds, so nothing here is asynchronous.
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "core/scheduler.h"
 #include "gpumgr/backends.h"
 #include "gpumgr/units.h"
 #include "sim/replay.h"
@@ -30,9 +32,11 @@ struct PolicyChoice {
   PlacementPolicy placement;
   QueuePolicy queue;
 };
-// FIFO first: it is the baseline the others are compared with.
+// FIFO and greedy first: they are the baselines the others are compared with (FIFO for the
+// worst wait, greedy for makespan and mean wait).
 constexpr PolicyChoice kPolicies[] = {
     {"fifo", PlacementPolicy::kBestFit, QueuePolicy::kFifo},
+    {"greedy", PlacementPolicy::kBestFit, QueuePolicy::kGreedy},
     {"best-fit", PlacementPolicy::kBestFit, QueuePolicy::kBackfill},
     {"spread", PlacementPolicy::kSpread, QueuePolicy::kBackfill},
     {"first-fit", PlacementPolicy::kFirstFit, QueuePolicy::kBackfill},
@@ -98,6 +102,7 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
     std::string policy = "best-fit";
     double memory_limit = 0.8;
     int max_concurrent_jobs = kUnlimitedJobs;
+    double reserve_after_holds = core::SchedulerConfig{}.reserve_after_holds;
     bool json = false;
   };
   auto opts = std::make_shared<Options>();
@@ -110,12 +115,16 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
                   "Simulated devices, e.g. 4x40GiB or 24GiB,80GiB (default: --simulate, then "
                   "GPUMGR_SIMULATE)");
   sub->add_option("--policy", opts->policy,
-                  "fifo (strict FCFS, the baseline), best-fit (default), spread, first-fit "
-                  "(each with backfill), or all (side by side)");
+                  "fifo (strict FCFS), greedy (every waiter that fits starts, no "
+                  "reservation), best-fit (default), spread, first-fit (each with backfill), "
+                  "or all (side by side)");
   sub->add_option("--memory-limit", opts->memory_limit,
                   "Share of each device leases may hold (0 < F <= 1; default 0.8)");
   sub->add_option("--max-concurrent-jobs", opts->max_concurrent_jobs,
                   "Concurrency limit (default: unlimited, 2^30; traces model cluster jobs)");
+  sub->add_option("--reserve-after-holds", opts->reserve_after_holds,
+                  "Backfill: the head reserves devices once it has waited this many mean hold "
+                  "times (default 2; 0: at once)");
   sub->add_flag("--json", opts->json,
                 "Print JSON: an object per policy (an array of them with --policy all)");
   sub->footer(
@@ -123,84 +132,91 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
       "scheduler can beat (docs/simulate.md).\nExit codes: 0 ok; 1 internal failure; 2 bad "
       "arguments, trace or devices.");
 
-  return {
-      sub, [opts, &global]() -> int {
-        std::string spec = opts->devices;
-        if (spec.empty()) spec = global.simulate;
-        if (spec.empty()) {
-          if (const char* env = std::getenv("GPUMGR_SIMULATE"); env != nullptr) spec = env;
-        }
-        if (spec.empty()) {
-          std::fprintf(stderr, "gpumgr simulate: no devices: pass --devices SPEC, e.g. 4x40GiB\n");
-          return kExitUsage;
-        }
-        StatusOr<std::vector<std::uint64_t>> sizes = parse_simulate_spec(spec);
-        if (!sizes.ok()) {
-          std::fprintf(stderr, "gpumgr simulate: --devices: %s\n",
-                       sizes.status().message().c_str());
-          return kExitUsage;
-        }
+  return {sub, [opts, &global]() -> int {
+            std::string spec = opts->devices;
+            if (spec.empty()) spec = global.simulate;
+            if (spec.empty()) {
+              if (const char* env = std::getenv("GPUMGR_SIMULATE"); env != nullptr) spec = env;
+            }
+            if (spec.empty()) {
+              std::fprintf(stderr,
+                           "gpumgr simulate: no devices: pass --devices SPEC, e.g. 4x40GiB\n");
+              return kExitUsage;
+            }
+            StatusOr<std::vector<std::uint64_t>> sizes = parse_simulate_spec(spec);
+            if (!sizes.ok()) {
+              std::fprintf(stderr, "gpumgr simulate: --devices: %s\n",
+                           sizes.status().message().c_str());
+              return kExitUsage;
+            }
 
-        std::vector<PolicyChoice> chosen;
-        for (const PolicyChoice& p : kPolicies) {
-          if (opts->policy == "all" || opts->policy == p.name) chosen.push_back(p);
-        }
-        if (chosen.empty()) {
-          std::fprintf(stderr,
-                       "gpumgr simulate: unknown policy '%s': use fifo, best-fit, spread, "
-                       "first-fit or all\n",
-                       opts->policy.c_str());
-          return kExitUsage;
-        }
+            if (!(opts->reserve_after_holds >= 0) || !std::isfinite(opts->reserve_after_holds)) {
+              std::fprintf(stderr,
+                           "gpumgr simulate: --reserve-after-holds must be a number >= 0, got %g\n",
+                           opts->reserve_after_holds);
+              return kExitUsage;
+            }
+            std::vector<PolicyChoice> chosen;
+            for (const PolicyChoice& p : kPolicies) {
+              if (opts->policy == "all" || opts->policy == p.name) chosen.push_back(p);
+            }
+            if (chosen.empty()) {
+              std::fprintf(stderr,
+                           "gpumgr simulate: unknown policy '%s': use fifo, greedy, best-fit, "
+                           "spread, first-fit or all\n",
+                           opts->policy.c_str());
+              return kExitUsage;
+            }
 
-        StatusOr<std::vector<sim::TraceJob>> jobs = sim::load_trace(opts->trace);
-        if (!jobs.ok()) {
-          std::fprintf(stderr, "gpumgr simulate: %s\n", jobs.status().message().c_str());
-          return exit_code(jobs.status());
-        }
+            StatusOr<std::vector<sim::TraceJob>> jobs = sim::load_trace(opts->trace);
+            if (!jobs.ok()) {
+              std::fprintf(stderr, "gpumgr simulate: %s\n", jobs.status().message().c_str());
+              return exit_code(jobs.status());
+            }
 
-        std::vector<sim::SimReport> reports;
-        for (const PolicyChoice& p : chosen) {
-          StatusOr<sim::SimReport> report = sim::replay(
-              *jobs, *sizes, opts->memory_limit, p.placement, p.queue, opts->max_concurrent_jobs);
-          if (!report.ok()) {
-            std::fprintf(stderr, "gpumgr simulate: %s\n", report.status().message().c_str());
-            return exit_code(report.status());
-          }
-          report->timeline.clear();  // not reported; frees memory between policies
-          reports.push_back(std::move(report).value());
-        }
+            std::vector<sim::SimReport> reports;
+            for (const PolicyChoice& p : chosen) {
+              StatusOr<sim::SimReport> report =
+                  sim::replay(*jobs, *sizes, opts->memory_limit, p.placement, p.queue,
+                              opts->max_concurrent_jobs, opts->reserve_after_holds);
+              if (!report.ok()) {
+                std::fprintf(stderr, "gpumgr simulate: %s\n", report.status().message().c_str());
+                return exit_code(report.status());
+              }
+              report->timeline.clear();  // not reported; frees memory between policies
+              reports.push_back(std::move(report).value());
+            }
 
-        if (opts->json) {
-          if (opts->policy != "all") {
-            std::cout << to_json(reports.front()).dump(2) << "\n";
-          } else {
-            nlohmann::json all = nlohmann::json::array();
-            for (const sim::SimReport& r : reports) all.push_back(to_json(r));
-            std::cout << all.dump(2) << "\n";
-          }
-          return kExitOk;
-        }
-        // "4 x 40 GiB, 80 GiB": runs of equal sizes grouped, as a spec groups them.
-        std::string pool;
-        for (std::size_t i = 0; i < sizes->size();) {
-          std::size_t j = i;
-          while (j < sizes->size() && (*sizes)[j] == (*sizes)[i]) ++j;
-          if (!pool.empty()) pool += ", ";
-          if (j - i > 1) pool += std::to_string(j - i) + " x ";
-          pool += format_bytes((*sizes)[i]);
-          i = j;
-        }
-        std::printf(
-            "%s: %zu jobs on %s, memory limit %g, %s\n", opts->trace.c_str(), jobs->size(),
-            pool.c_str(), opts->memory_limit,
-            opts->max_concurrent_jobs == kUnlimitedJobs
-                ? "no concurrency limit"
-                : ("at most " + std::to_string(opts->max_concurrent_jobs) + " concurrent jobs")
-                      .c_str());
-        print_table(reports);
-        return kExitOk;
-      }};
+            if (opts->json) {
+              if (opts->policy != "all") {
+                std::cout << to_json(reports.front()).dump(2) << "\n";
+              } else {
+                nlohmann::json all = nlohmann::json::array();
+                for (const sim::SimReport& r : reports) all.push_back(to_json(r));
+                std::cout << all.dump(2) << "\n";
+              }
+              return kExitOk;
+            }
+            // "4 x 40 GiB, 80 GiB": runs of equal sizes grouped, as a spec groups them.
+            std::string pool;
+            for (std::size_t i = 0; i < sizes->size();) {
+              std::size_t j = i;
+              while (j < sizes->size() && (*sizes)[j] == (*sizes)[i]) ++j;
+              if (!pool.empty()) pool += ", ";
+              if (j - i > 1) pool += std::to_string(j - i) + " x ";
+              pool += format_bytes((*sizes)[i]);
+              i = j;
+            }
+            std::printf(
+                "%s: %zu jobs on %s, memory limit %g, %s\n", opts->trace.c_str(), jobs->size(),
+                pool.c_str(), opts->memory_limit,
+                opts->max_concurrent_jobs == kUnlimitedJobs
+                    ? "no concurrency limit"
+                    : ("at most " + std::to_string(opts->max_concurrent_jobs) + " concurrent jobs")
+                          .c_str());
+            print_table(reports);
+            return kExitOk;
+          }};
 }
 
 }  // namespace gpumgr::cli
