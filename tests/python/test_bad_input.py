@@ -155,3 +155,12 @@ def test_malformed_simulate_specs(simulate, spec, message):
         GPUManager()
     with pytest.raises(ValueError, match=message):
         GPUManager(simulate=spec)
+
+
+def test_queue_policies(simulate):
+    simulate("2x24GiB")
+    for name in ("backfill", "fifo", "greedy"):
+        assert GPUManager(queue=name).snapshot()["config"]["queue"] == name
+    with pytest.raises(ValueError,
+                       match="unknown queue policy 'lifo': use backfill, fifo or greedy"):
+        GPUManager(queue="lifo")
