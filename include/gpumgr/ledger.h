@@ -38,8 +38,13 @@ enum class QueuePolicy {
   kBackfill,
   // Strict first come, first served: no job starts while an earlier one waits.
   kFifo,
+  // Plain greedy backfill: every waiter that fits anywhere starts at once, in queue order,
+  // with no reservation. Shortest waits on average; a large job may wait without bound
+  // while smaller ones keep filling the devices it needs.
+  kGreedy,
 };
-std::string_view queue_policy_name(QueuePolicy policy);  // "backfill", "fifo"
+std::string_view queue_policy_name(QueuePolicy policy);  // "backfill", "fifo", "greedy"
+StatusOr<QueuePolicy> parse_queue_policy(std::string_view name);
 
 enum class JobOutcome { kSucceeded, kFailed };
 

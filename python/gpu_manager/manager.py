@@ -185,7 +185,7 @@ class GPUManager:
         socket: the gpumgr daemon's socket, so that every process on the host shares one
             budget; None reads GPUMGR_SOCKET (unset: this process only).
         placement: ``'best-fit'`` (packs), ``'spread'`` or ``'first-fit'``.
-        queue: ``'backfill'`` (the default) or ``'fifo'``.
+        queue: ``'backfill'`` (the default), ``'fifo'`` or ``'greedy'`` (docs/scheduling.md).
         state_path: a SQLite file for the in-process history of job kinds (their learned
             estimates); None: none. The daemon keeps its own (``gpumgr serve --state-dir``).
         enforce: whether leases cap torch's caching allocator on their devices at their size
@@ -217,7 +217,7 @@ class GPUManager:
             raise ValueError(f"max_concurrent_jobs must be at most {_INT_MAX}, got "
                              f"{max_concurrent_jobs}")
         _check_policy(placement, "placement", "'best-fit', 'spread' or 'first-fit'")
-        _check_policy(queue, "queue", "'backfill' or 'fifo'")
+        _check_policy(queue, "queue", "'backfill', 'fifo' or 'greedy'")
         if simulate is not None and not isinstance(simulate, str):
             raise TypeError(f"simulate must be a str such as '2x24GiB' or None, got {simulate!r}")
         if socket is not None and not isinstance(socket, str):

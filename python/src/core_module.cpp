@@ -965,12 +965,7 @@ PYBIND11_MODULE(_core, mod) {
              o.poll_interval = std::chrono::milliseconds(
                  std::max<std::int64_t>(1, std::llround(poll_interval_s * 1000)));
              o.placement = take(parse_placement_policy(placement));
-             if (queue == "fifo") {
-               o.queue = QueuePolicy::kFifo;
-             } else if (queue != "backfill") {
-               throw py::value_error("queue policy must be 'backfill' or 'fifo', got '" + queue +
-                                     "'");
-             }
+             o.queue = take(parse_queue_policy(queue));
              return std::make_unique<PyManager>(o);
            }),
            py::arg("device") = "auto", py::arg("max_concurrent_jobs") = 3,

@@ -4,6 +4,7 @@
 // clock and reports the makespan against a lower bound, waits and utilisation
 // (docs/simulate.md). Runs on the main thread; a replay of thousands of jobs takes
 // milliseconds, so nothing here is asynchronous.
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "core/scheduler.h"
 #include "gpumgr/backends.h"
 #include "gpumgr/units.h"
 #include "sim/replay.h"
@@ -30,9 +32,11 @@ struct PolicyChoice {
   PlacementPolicy placement;
   QueuePolicy queue;
 };
-// FIFO first: it is the baseline the others are compared with.
+// FIFO and greedy first: they are the baselines the others are compared with (FIFO for the
+// worst wait, greedy for makespan and mean wait).
 constexpr PolicyChoice kPolicies[] = {
     {"fifo", PlacementPolicy::kBestFit, QueuePolicy::kFifo},
+    {"greedy", PlacementPolicy::kBestFit, QueuePolicy::kGreedy},
     {"best-fit", PlacementPolicy::kBestFit, QueuePolicy::kBackfill},
     {"spread", PlacementPolicy::kSpread, QueuePolicy::kBackfill},
     {"first-fit", PlacementPolicy::kFirstFit, QueuePolicy::kBackfill},
@@ -98,6 +102,7 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
     std::string policy = "best-fit";
     double memory_limit = 0.8;
     int max_concurrent_jobs = kUnlimitedJobs;
+    double reserve_after_holds = core::SchedulerConfig{}.reserve_after_holds;
     bool json = false;
   };
   auto opts = std::make_shared<Options>();
@@ -110,12 +115,16 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
                   "Simulated devices, e.g. 4x40GiB or 24GiB,80GiB (default: --simulate, then "
                   "GPUMGR_SIMULATE)");
   sub->add_option("--policy", opts->policy,
-                  "fifo (strict FCFS, the baseline), best-fit (default), spread, first-fit "
-                  "(each with backfill), or all (side by side)");
+                  "fifo (strict FCFS), greedy (every waiter that fits starts, no "
+                  "reservation), best-fit (default), spread, first-fit (each with backfill), "
+                  "or all (side by side)");
   sub->add_option("--memory-limit", opts->memory_limit,
                   "Share of each device leases may hold (0 < F <= 1; default 0.8)");
   sub->add_option("--max-concurrent-jobs", opts->max_concurrent_jobs,
                   "Concurrency limit (default: unlimited, 2^30; traces model cluster jobs)");
+  sub->add_option("--reserve-after-holds", opts->reserve_after_holds,
+                  "Backfill: the head reserves devices once it has waited this many mean hold "
+                  "times (default 2; 0: at once)");
   sub->add_flag("--json", opts->json,
                 "Print JSON: an object per policy (an array of them with --policy all)");
   sub->footer(
@@ -141,14 +150,20 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
           return kExitUsage;
         }
 
+        if (!(opts->reserve_after_holds >= 0) || !std::isfinite(opts->reserve_after_holds)) {
+          std::fprintf(stderr,
+                       "gpumgr simulate: --reserve-after-holds must be a number >= 0, got %g\n",
+                       opts->reserve_after_holds);
+          return kExitUsage;
+        }
         std::vector<PolicyChoice> chosen;
         for (const PolicyChoice& p : kPolicies) {
           if (opts->policy == "all" || opts->policy == p.name) chosen.push_back(p);
         }
         if (chosen.empty()) {
           std::fprintf(stderr,
-                       "gpumgr simulate: unknown policy '%s': use fifo, best-fit, spread, "
-                       "first-fit or all\n",
+                       "gpumgr simulate: unknown policy '%s': use fifo, greedy, best-fit, "
+                       "spread, first-fit or all\n",
                        opts->policy.c_str());
           return kExitUsage;
         }
@@ -160,9 +175,11 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
         }
 
         std::vector<sim::SimReport> reports;
+        const int limit = opts->max_concurrent_jobs;
+        const double aging = opts->reserve_after_holds;
         for (const PolicyChoice& p : chosen) {
-          StatusOr<sim::SimReport> report = sim::replay(
-              *jobs, *sizes, opts->memory_limit, p.placement, p.queue, opts->max_concurrent_jobs);
+          StatusOr<sim::SimReport> report =
+              sim::replay(*jobs, *sizes, opts->memory_limit, p.placement, p.queue, limit, aging);
           if (!report.ok()) {
             std::fprintf(stderr, "gpumgr simulate: %s\n", report.status().message().c_str());
             return exit_code(report.status());

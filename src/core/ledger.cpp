@@ -34,7 +34,23 @@ StatusOr<PlacementPolicy> parse_placement_policy(std::string_view name) {
 }
 
 std::string_view queue_policy_name(QueuePolicy policy) {
-  return policy == QueuePolicy::kFifo ? "fifo" : "backfill";
+  switch (policy) {
+    case QueuePolicy::kFifo:
+      return "fifo";
+    case QueuePolicy::kGreedy:
+      return "greedy";
+    case QueuePolicy::kBackfill:
+      break;
+  }
+  return "backfill";
+}
+
+StatusOr<QueuePolicy> parse_queue_policy(std::string_view name) {
+  if (name == "backfill") return QueuePolicy::kBackfill;
+  if (name == "fifo") return QueuePolicy::kFifo;
+  if (name == "greedy") return QueuePolicy::kGreedy;
+  return InvalidArgument("unknown queue policy '" + std::string(name) +
+                         "': use backfill, fifo or greedy");
 }
 
 Status check_job_kind(std::string_view kind) { return core::check_kind(kind); }

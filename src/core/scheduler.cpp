@@ -16,6 +16,9 @@ constexpr std::size_t kMaxJobIdLength = 256;
 // How many released table entries are kept for reuse: enough for the leases of a busy
 // host, bounded so that a burst does not pin its memory for good.
 constexpr std::size_t kMaxSpare = 64;
+// The mean hold time weighs the last this many releases most (an exponential average once
+// more have been seen), so that it follows a workload that changes.
+constexpr double kHoldWindow = 256;
 
 // Whether `text` holds an ASCII control character (below 0x20, or 0x7f), eight bytes at a
 // time: job ids are checked on every acquire. (w - 0x20 in every byte) & ~w & 0x80 in every
@@ -57,6 +60,8 @@ Scheduler::Scheduler(SchedulerConfig config, std::size_t device_count)
       devices_(device_count),
       fit_bytes_(device_count, 0),
       allowed_(device_count, true),
+      reserved_mark_(device_count, 0),
+      reserved_extra_(device_count, 0),
       all_devices_(device_count, true),
       capacities_desc_(device_count, 0) {}
 
@@ -283,6 +288,9 @@ ActiveEntry& Scheduler::grant(ActiveEntry& entry, const LeaseRequest& request, H
   ActiveLease& lease = entry.second;
   for (const int d : lease.devices) {
     DeviceState& dev = devices_[static_cast<std::size_t>(d)];
+    if (!allowed_[static_cast<std::size_t>(d)]) {
+      reserved_extra_[static_cast<std::size_t>(d)] += request.bytes;
+    }
     dev.leased += request.bytes;
     dev.peak_leased = std::max(dev.peak_leased, dev.leased);
     ++dev.leases;
@@ -330,6 +338,8 @@ void Scheduler::update_reservation() {
       if (devices_[static_cast<std::size_t>(*worst)].admissible() >= r.bytes) break;
       allowed_[static_cast<std::size_t>(*worst)] = true;
       allowed_[i] = false;
+      reserved_mark_[i] = last_lease_id_;
+      reserved_extra_[i] = 0;
       *worst = u;
       changed = true;
     }
@@ -360,7 +370,11 @@ void Scheduler::update_reservation() {
     std::sort(reserved_.begin(), reserved_.end());
   }
   std::fill(allowed_.begin(), allowed_.end(), true);
-  for (const int d : reserved_) allowed_[static_cast<std::size_t>(d)] = false;
+  for (const int d : reserved_) {
+    allowed_[static_cast<std::size_t>(d)] = false;
+    reserved_mark_[static_cast<std::size_t>(d)] = last_lease_id_;
+    reserved_extra_[static_cast<std::size_t>(d)] = 0;
+  }
 }
 
 StatusOr<const ActiveEntry*> Scheduler::try_start(const LeaseRequest& request, Holder holder,
@@ -385,8 +399,10 @@ StatusOr<const ActiveEntry*> Scheduler::try_start(const LeaseRequest& request, H
                                                  std::to_string(queue_.size()) +
                                                      " earlier job(s) wait and the queue is FIFO"));
     }
-    update_reservation();
-    if (request.priority <= queue_.begin()->second.request.priority) allowed = &allowed_;
+    if (!greedy_now(now)) {
+      update_reservation();
+      if (request.priority <= queue_.begin()->second.request.priority) allowed = &allowed_;
+    }
   }
   // A single-GPU request (the common case) allocates nothing here once table entries are
   // reused: its device goes into the entry's own list.
@@ -394,6 +410,8 @@ StatusOr<const ActiveEntry*> Scheduler::try_start(const LeaseRequest& request, H
   std::vector<int> several;
   if (request.gpus == 1) {
     single = place_one(request, *allowed);
+    // What the head will never need on its reserved devices is open to backfill too.
+    if (single < 0 && allowed == &allowed_) single = place_in_headroom(request);
   } else {
     several = place(request, *allowed);
   }
@@ -473,10 +491,17 @@ StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now,
   }
   for (const int d : lease.devices) {
     DeviceState& dev = devices_[static_cast<std::size_t>(d)];
+    const auto i = static_cast<std::size_t>(d);
+    if (!allowed_[i] && lease.lease_id > reserved_mark_[i]) {
+      reserved_extra_[i] -= std::min(reserved_extra_[i], lease.bytes);
+    }
     dev.leased -= lease.bytes;
     --dev.leases;
     update_fit(static_cast<std::size_t>(d));
   }
+  ++holds_seen_;
+  mean_hold_ns_ += (static_cast<double>(elapsed_ns(lease.granted_at, now)) - mean_hold_ns_) /
+                   std::min(static_cast<double>(holds_seen_), kHoldWindow);
   // The entry is kept, device list and all, for a later grant; once kMaxSpare are kept, it
   // replaces one of them (each in turn).
   ActiveMap::node_type* kept;
@@ -561,15 +586,27 @@ std::vector<Grant> Scheduler::schedule(TimeNs now) {
     auto chosen = head;
     if (devices.empty()) {
       if (config_.queue == QueuePolicy::kFifo) break;
-      update_reservation();
+      // Greedy: no reservations; the earliest waiter that fits anywhere starts.
+      const bool greedy = greedy_now(now);
+      last_pass_greedy_ = greedy;
+      if (!greedy) {
+        update_reservation();
+      } else if (!reserved_for_.empty()) {
+        // A reservation of an earlier head (now overtaken by a higher priority) lapses.
+        reserved_for_.clear();
+        reserved_.clear();
+        std::fill(allowed_.begin(), allowed_.end(), true);
+      }
       // Gang reservations, then backfill on what no one has reserved.
-      std::vector<bool> allowed = allowed_;
+      std::vector<bool> allowed = greedy ? all_devices_ : allowed_;
       std::vector<bool> gang_allowed;
-      std::optional<Key> gang = reserve_for_gangs(head->first, allowed, &gang_allowed);
+      std::optional<Key> gang =
+          greedy ? std::nullopt : reserve_for_gangs(head->first, allowed, &gang_allowed);
       std::optional<Key> found;
       for (const auto& [neg_priority, classes] : fit_) {
         for (const auto& [cls, index] : classes) {
-          const auto seq = index.first_at_most(threshold(cls, allowed));
+          const auto seq = index.first_at_most(
+              std::max(threshold(cls, allowed), greedy ? 0 : headroom_threshold(cls)));
           if (seq && (!found || *seq < found->seq)) found = Key{neg_priority, *seq};
         }
         if (found) break;
@@ -580,6 +617,10 @@ std::vector<Grant> Scheduler::schedule(TimeNs now) {
       } else if (found) {
         chosen = queue_.find(*found);
         devices = place(chosen->second.request, allowed);
+        if (devices.empty() && !greedy) {
+          const int d = place_in_headroom(chosen->second.request);
+          if (d >= 0) devices.push_back(d);
+        }
       } else {
         break;
       }
@@ -597,7 +638,63 @@ std::vector<Grant> Scheduler::schedule(TimeNs now) {
   return grants;
 }
 
+bool Scheduler::greedy_now(TimeNs now) const {
+  if (config_.queue == QueuePolicy::kGreedy) return true;
+  if (config_.queue != QueuePolicy::kBackfill || !(config_.reserve_after_holds > 0)) return false;
+  if (queue_.empty() || holds_seen_ == 0) return false;  // no hold seen yet: reserve at once
+  const Waiter& head = queue_.begin()->second;
+  // Once the head has reserved it keeps its reservation (the mean may grow meanwhile).
+  if (!reserved_.empty() && reserved_for_ == head.request.job_id) return false;
+  const TimeNs waited = elapsed_ns(head.requested_at, now);
+  return static_cast<double>(waited) < config_.reserve_after_holds * mean_hold_ns_;
+}
+
+std::uint64_t Scheduler::headroom(int device) const {
+  const auto i = static_cast<std::size_t>(device);
+  if (allowed_[i] || reserved_for_.empty() || !devices_[i].healthy) return 0;
+  const DeviceState& d = devices_[i];
+  const std::uint64_t need =
+      queue_.find(waiting_index_.find(reserved_for_)->second)->second.request.bytes;
+  // Where the head already fits (a device swapped into its reservation), it must keep
+  // fitting: only what is beyond its request now.
+  const std::uint64_t admissible = d.admissible();
+  if (admissible >= need) return admissible - need;
+  // Elsewhere, what the head will never need once the leases it waits for are gone: the
+  // capacity less outside use, the head's request and what backfill already took here.
+  const std::uint64_t taken = d.overuse + d.foreign + need + reserved_extra_[i];
+  const std::uint64_t room = taken >= d.capacity ? 0 : d.capacity - taken;
+  return std::min(room, admissible);
+}
+
+std::uint64_t Scheduler::headroom_threshold(const ClassKey& cls) const {
+  if (cls.gpus != 1 || reserved_.empty()) return 0;
+  if (cls.device >= 0) return headroom(cls.device);
+  std::uint64_t best = 0;
+  for (const int d : reserved_) best = std::max(best, headroom(d));
+  return best;
+}
+
+int Scheduler::place_in_headroom(const LeaseRequest& request) const {
+  if (request.gpus != 1) return -1;
+  int best = -1;
+  std::uint64_t best_room = 0;
+  for (const int d : reserved_) {
+    if (request.device >= 0 && request.device != d) continue;
+    const std::uint64_t room = headroom(d);
+    // Best fit among the reserved devices: the least headroom that fits.
+    if (room >= request.bytes && (best < 0 || room < best_room)) {
+      best = d;
+      best_room = room;
+    }
+  }
+  return best;
+}
+
 std::vector<bool> Scheduler::backfill_devices(bool* gang_can_start) const {
+  if (config_.queue == QueuePolicy::kGreedy || last_pass_greedy_) {
+    if (gang_can_start != nullptr) *gang_can_start = false;
+    return all_devices_;  // nobody reserves anything
+  }
   std::vector<bool> allowed = allowed_;
   const bool startable =
       !queue_.empty() && reserve_for_gangs(queue_.begin()->first, allowed, nullptr).has_value();

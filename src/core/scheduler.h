@@ -11,13 +11,17 @@
 //   leased_d - overuse_d - foreign_d and fewer than max_concurrent_jobs leases are active
 //   (overuse_d: what holders use beyond their leases, docs/accounting.md).
 // - Order: higher priority first; first come, first served within a priority.
-// - Backfill (the default queue policy): the head of the queue reserves the devices where it
-//   will fit soonest (the smallest shortfall). A later job may start ahead of the head only
-//   on devices the head has not reserved, so that no job placed after the head began waiting
-//   can delay it: the head starts as soon as enough is released on its reserved devices.
-//   Multi-GPU waiters behind the head reserve devices too, in queue order (a gang needs
-//   several devices drained at once, which backfill would otherwise keep refilling).
+// - Backfill (the default queue policy): until the head of the queue has waited
+//   reserve_after_holds mean hold times, every waiter that fits starts (as greedy). Then the
+//   head reserves the devices where it will fit soonest (the smallest shortfall). A later
+//   job may start ahead of it only on devices the head has not reserved, or on a reserved
+//   one within the headroom the head will never need there (capacity - outside use - its
+//   request - earlier such backfills), so that nothing placed after the reservation can
+//   delay it: the head starts once the leases on its reserved devices at that moment end.
+//   Multi-GPU waiters behind a reserving head reserve devices too, in queue order (a gang
+//   needs several devices drained at once, which backfill would otherwise keep refilling).
 // - FIFO: nothing starts while an earlier job waits.
+// - Greedy: no reservation; every waiter that fits anywhere starts, in queue order.
 #pragma once
 
 #include <cstdint>
@@ -58,6 +62,10 @@ struct SchedulerConfig {
   int max_concurrent_jobs = 3;
   PlacementPolicy placement = PlacementPolicy::kBestFit;
   QueuePolicy queue = QueuePolicy::kBackfill;
+  // Backfill only: the head reserves devices once it has waited this many mean hold times
+  // (the running mean over released leases); before that the queue is served greedily. 0:
+  // the head reserves at once.
+  double reserve_after_holds = 2;
 };
 
 // A lease that was granted by a scheduling pass (or at once).
@@ -260,6 +268,18 @@ class Scheduler {
   std::optional<Key> reserve_for_gangs(const Key& head, std::vector<bool>& allowed,
                                        std::vector<bool>* gang_allowed) const;
   bool limit_reached() const { return active_count() >= config_.max_concurrent_jobs; }
+  // Whether this pass serves the queue greedily (no reservations): always under kGreedy;
+  // under kBackfill while the head has waited less than reserve_after_holds mean holds.
+  bool greedy_now(TimeNs now) const;
+  // What a single-GPU backfill may take on a device reserved for the head without delaying
+  // it (0 on other devices): capacity - outside use - the head's request - what earlier
+  // backfills hold there, at most the admissible memory; where the head fits already, what
+  // is admissible beyond its request.
+  std::uint64_t headroom(int device) const;
+  // The largest headroom a waiter of `cls` may use (0 for multi-GPU classes).
+  std::uint64_t headroom_threshold(const ClassKey& cls) const;
+  // The reserved device (best fit by headroom) a single-GPU request may backfill, or -1.
+  int place_in_headroom(const LeaseRequest& request) const;
   std::uint64_t capacity_rank(int gpus) const;  // the gpus-th largest capacity
   // Recomputes fit_bytes_[device] after its state changed.
   void update_fit(std::size_t device) {
@@ -288,10 +308,19 @@ class Scheduler {
 
   std::string reserved_for_;
   std::vector<int> reserved_;
-  std::vector<bool> allowed_;                   // devices not reserved for the head
+  std::vector<bool> allowed_;  // devices not reserved for the head
+  // For each device reserved for the head: the last lease id granted before it was reserved
+  // (later ids are backfills), and the bytes those backfills hold there now.
+  std::vector<std::uint64_t> reserved_mark_;
+  std::vector<std::uint64_t> reserved_extra_;
   const std::vector<bool> all_devices_;         // every device allowed
   std::vector<std::uint64_t> capacities_desc_;  // capacities, largest first
   std::set<Key> gang_waiters_;                  // waiting multi-GPU requests, in queue order
+  // The running mean of hold times over released leases (the last kHoldWindow weigh most).
+  double mean_hold_ns_ = 0;
+  std::uint64_t holds_seen_ = 0;
+
+  bool last_pass_greedy_ = false;  // what backfill_devices() reports
 };
 
 }  // namespace gpumgr::core

@@ -301,8 +301,9 @@ StatusOr<Snapshot> snapshot_from_json(const json& j) {
     auto placement = parse_placement_policy(c.at("placement").get<std::string>());
     if (!placement.ok()) return placement.status();
     s.config.placement = placement.value();
-    s.config.queue =
-        c.at("queue").get<std::string>() == "fifo" ? QueuePolicy::kFifo : QueuePolicy::kBackfill;
+    auto queue = parse_queue_policy(c.at("queue").get<std::string>());
+    if (!queue.ok()) return queue.status();
+    s.config.queue = queue.value();
     s.config.poll_interval =
         std::chrono::milliseconds(c.at("poll_interval_ms").get<std::int64_t>());
     auto overuse = parse_overuse_policy(c.value("on_overuse", std::string("report")));

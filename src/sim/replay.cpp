@@ -34,20 +34,26 @@ double percentile(const std::vector<double>& sorted, double q) {
 }  // namespace
 
 std::string policy_name(PlacementPolicy placement, QueuePolicy queue) {
-  if (queue == QueuePolicy::kFifo) {
+  if (queue != QueuePolicy::kBackfill) {
+    const std::string queue_name(queue_policy_name(queue));
     return placement == PlacementPolicy::kBestFit
-               ? "fifo"
-               : "fifo/" + std::string(placement_policy_name(placement));
+               ? queue_name
+               : queue_name + "/" + std::string(placement_policy_name(placement));
   }
   return std::string(placement_policy_name(placement));
 }
 
 StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
                            const std::vector<std::uint64_t>& device_sizes, double memory_limit,
-                           PlacementPolicy placement, QueuePolicy queue, int max_concurrent_jobs) {
+                           PlacementPolicy placement, QueuePolicy queue, int max_concurrent_jobs,
+                           double reserve_after_holds) {
   if (device_sizes.empty()) return InvalidArgument("a simulation needs at least one device");
   if (!(memory_limit > 0 && memory_limit <= 1)) {
     return InvalidArgument("memory_limit must be in (0, 1], got " + std::to_string(memory_limit));
+  }
+  if (!(reserve_after_holds >= 0) || !std::isfinite(reserve_after_holds)) {
+    return InvalidArgument("reserve_after_holds must be a number >= 0, got " +
+                           std::to_string(reserve_after_holds));
   }
   if (max_concurrent_jobs < 1) {
     return InvalidArgument("max_concurrent_jobs must be at least 1, got " +
@@ -58,6 +64,7 @@ StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
   config.max_concurrent_jobs = max_concurrent_jobs;
   config.placement = placement;
   config.queue = queue;
+  config.reserve_after_holds = reserve_after_holds;
   core::Scheduler scheduler(config, device_sizes.size());
   std::vector<std::uint64_t> capacities;
   for (std::size_t d = 0; d < device_sizes.size(); ++d) {

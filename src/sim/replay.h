@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/scheduler.h"
 #include "gpumgr/ledger.h"
 #include "gpumgr/status.h"
 #include "sim/lower_bound.h"
@@ -32,7 +33,7 @@ struct SimJob {
 };
 
 struct SimReport {
-  std::string policy;  // "fifo", "best-fit", "spread", "first-fit" (see policy_name)
+  std::string policy;  // "fifo", "greedy", "best-fit", ... (see policy_name)
   std::size_t jobs = 0;
   // From time 0 (traces start at 0) to the last release; 0 for an empty trace.
   double makespan_s = 0;
@@ -49,16 +50,20 @@ struct SimReport {
   std::vector<SimJob> timeline;
 };
 
-// The name a report gives a policy pair: "fifo" for the FIFO queue with best-fit placement
-// (what `--policy fifo` means), the placement's name for backfill, else "fifo/<placement>".
+// The name a report gives a policy pair: "fifo" or "greedy" for that queue with best-fit
+// placement (what `--policy fifo` and `--policy greedy` mean), the placement's name for
+// backfill, else "<queue>/<placement>".
 std::string policy_name(PlacementPolicy placement, QueuePolicy queue);
 
 // Replays `jobs` on devices of `device_sizes` bytes each (their capacity is
 // floor(memory_limit x size), as in the library). Errors: no devices, memory_limit outside
-// (0, 1], max_concurrent_jobs < 1, times beyond 290 years, and any job the scheduler refuses
-// (e.g. kNeverFits: larger than every device's capacity), named by its job id.
-StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
-                           const std::vector<std::uint64_t>& device_sizes, double memory_limit,
-                           PlacementPolicy placement, QueuePolicy queue, int max_concurrent_jobs);
+// (0, 1], max_concurrent_jobs < 1, reserve_after_holds negative or not finite, times beyond
+// 290 years, and any job the scheduler refuses (e.g. kNeverFits: larger than every device's
+// capacity), named by its job id. `reserve_after_holds` is SchedulerConfig's (the backfill
+// queue's aging; the library's default unless given).
+StatusOr<SimReport> replay(
+    const std::vector<TraceJob>& jobs, const std::vector<std::uint64_t>& device_sizes,
+    double memory_limit, PlacementPolicy placement, QueuePolicy queue, int max_concurrent_jobs,
+    double reserve_after_holds = core::SchedulerConfig{}.reserve_after_holds);
 
 }  // namespace gpumgr::sim

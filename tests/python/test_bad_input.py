@@ -156,3 +156,13 @@ def test_malformed_simulate_specs(simulate, mode, spec, message):
         simulate(spec)
         with pytest.raises(ValueError, match=message):
             GPUManager()
+
+
+@pytest.mark.in_process_only("through the daemon its own queue policy applies (gpumgr serve)")
+def test_queue_policies(simulate):
+    simulate("2x24GiB")
+    for name in ("backfill", "fifo", "greedy"):
+        assert GPUManager(queue=name).snapshot()["config"]["queue"] == name
+    with pytest.raises(ValueError,
+                       match="unknown queue policy 'lifo': use backfill, fifo or greedy"):
+        GPUManager(queue="lifo")

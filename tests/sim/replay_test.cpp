@@ -158,6 +158,28 @@ TEST(ReplayTest, ZeroDurationAndEmptyTraces) {
   EXPECT_DOUBLE_EQ(empty->makespan_over_lb, 1);
 }
 
+// kBackfillTrace with D holding 15 s. Greedy puts D on device 0 (both devices have 2 GiB
+// left: the lowest index), so when A leaves at 10, device 0 has 8 GiB and C (9) waits until
+// D ends at 17. Backfill reserves device 0 for C at 1 (no hold seen yet: at once) and D,
+// which does not fit in the 1 GiB that C will never need there, starts on device 1.
+TEST(ReplayTest, GreedyLetsALaterJobDelayTheHead) {
+  std::vector<TraceJob> trace = kBackfillTrace;
+  trace[3].duration_s = 15;
+  StatusOr<SimReport> greedy =
+      replay(trace, kTwoDevices, 1.0, PlacementPolicy::kBestFit, QueuePolicy::kGreedy, 1 << 30);
+  ASSERT_TRUE(greedy.ok()) << greedy.status().to_string();
+  EXPECT_EQ(greedy->policy, "greedy");
+  EXPECT_EQ(find(*greedy, "D").devices, std::vector<int>{0});
+  EXPECT_DOUBLE_EQ(find(*greedy, "C").start_s, 17);
+  EXPECT_DOUBLE_EQ(greedy->max_wait_s, 16);
+  StatusOr<SimReport> backfill =
+      replay(trace, kTwoDevices, 1.0, PlacementPolicy::kBestFit, QueuePolicy::kBackfill, 1 << 30);
+  ASSERT_TRUE(backfill.ok()) << backfill.status().to_string();
+  EXPECT_EQ(find(*backfill, "D").devices, std::vector<int>{1});
+  EXPECT_DOUBLE_EQ(find(*backfill, "C").start_s, 10);
+  EXPECT_EQ(policy_name(PlacementPolicy::kSpread, QueuePolicy::kGreedy), "greedy/spread");
+}
+
 TEST(ReplayTest, ErrorsNameTheJob) {
   // 22 GiB on 24 GiB devices at the default limit 0.8 (19.2 GiB of capacity) never fits.
   StatusOr<SimReport> r =
@@ -175,6 +197,10 @@ TEST(ReplayTest, ErrorsNameTheJob) {
                 .code(),
             ErrorCode::kInvalidArgument);
   EXPECT_EQ(replay({}, kTwoDevices, 0.8, PlacementPolicy::kBestFit, QueuePolicy::kBackfill, 0)
+                .status()
+                .code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(replay({}, kTwoDevices, 0.8, PlacementPolicy::kBestFit, QueuePolicy::kBackfill, 1, -1)
                 .status()
                 .code(),
             ErrorCode::kInvalidArgument);

@@ -1,6 +1,7 @@
 // The scheduler's rules on a virtual clock: admission, queue order, backfill that never
-// delays the head, FIFO, multi-GPU all-or-nothing, placement policies, pinning, health,
-// deadlines and cancellation. No threads and no sleeps: every time is passed explicitly.
+// delays the head (aging and greedy: queue_policy_test.cpp), FIFO, multi-GPU all-or-nothing,
+// placement policies, pinning, health, deadlines and cancellation. No threads and no sleeps:
+// every time is passed explicitly.
 #include "core/scheduler.h"
 
 #include <gtest/gtest.h>
@@ -85,25 +86,29 @@ TEST(Scheduler, HigherPriorityFirstThenFirstComeFirstServed) {
   EXPECT_TRUE(s.is_waiting("d"));
 }
 
-TEST(Scheduler, BackfillUsesOnlyDevicesTheHeadHasNotReserved) {
+TEST(Scheduler, BackfillUsesOnlyWhatTheHeadWillNeverNeedOnItsReservedDevice) {
   Scheduler s = make({10, 10});
-  start(s, req("a", 8));  // best-fit: device 0
-  start(s, req("b", 9));  // device 1 (device 0 has only 2 left)
+  start(s, req("a", 6));  // best-fit: device 0
+  start(s, req("b", 9));  // device 1 (device 0 has only 4 left)
   ASSERT_EQ(s.active().at("b").devices, std::vector<int>{1});
-  // Head h needs 6: shortfall 4 on device 0, 5 on device 1: it reserves device 0.
-  EXPECT_TRUE(wait(s, req("h", 6)).empty());
+  // Head h needs 7: shortfall 3 on device 0, 6 on device 1: it reserves device 0.
+  EXPECT_TRUE(wait(s, req("h", 7)).empty());
   EXPECT_EQ(s.reserved_devices(), std::vector<int>{0});
-  // A 1 GiB job would fit on either device, but may only use device 1.
+  // A 1 GiB job would fit on either device: it takes the unreserved device 1.
   EXPECT_EQ(ids(wait(s, req("s", 1))), std::vector<std::string>{"s"});
   EXPECT_EQ(s.active().at("s").devices, std::vector<int>{1});
-  // A 2 GiB job fits only on the reserved device 0: it waits behind h.
-  EXPECT_TRUE(wait(s, req("t", 2)).empty());
-  EXPECT_EQ(s.device(0).leased, 8 * kGiB);
-  // Releasing a lease on the reserved device starts h at once, then t fits beside it.
+  // A 4 GiB job fits on device 0 now, but h will need 7 of its 10 GiB: it waits behind h.
+  EXPECT_TRUE(wait(s, req("t", 4)).empty());
+  // A 3 GiB job fits in the 3 GiB that h will never need there: it starts beside a.
+  EXPECT_EQ(ids(wait(s, req("u", 3))), std::vector<std::string>{"u"});
+  EXPECT_EQ(s.active().at("u").devices, std::vector<int>{0});
+  EXPECT_EQ(s.device(0).leased, 9 * kGiB);
+  // Releasing the lease h waited for starts h at once, beside u; t still does not fit.
   ASSERT_TRUE(s.release("a", kSecond).ok());
-  EXPECT_EQ(ids(s.schedule(kSecond)), (std::vector<std::string>{"h", "t"}));
+  EXPECT_EQ(ids(s.schedule(kSecond)), (std::vector<std::string>{"h"}));
   EXPECT_EQ(s.active().at("h").devices, std::vector<int>{0});
-  EXPECT_EQ(s.active().at("t").devices, std::vector<int>{0});
+  EXPECT_EQ(s.device(0).leased, 10 * kGiB);
+  EXPECT_TRUE(s.is_waiting("t"));
 }
 
 TEST(Scheduler, FifoStartsNothingWhileAnEarlierJobWaits) {
@@ -330,10 +335,10 @@ TEST(Scheduler, AWaiterGrantedBeforeItsDeadlineNeverExpires) {
 
 TEST(Scheduler, CancellingTheHeadLetsTheNextJobUseItsReservation) {
   Scheduler s = make({10, 10});
-  start(s, req("a", 8));
+  start(s, req("a", 6));
   start(s, req("b", 9));
-  wait(s, req("h", 6));
-  wait(s, req("t", 2));  // fits only on h's reserved device 0
+  wait(s, req("h", 7));  // reserves device 0, of which it will never need 3 GiB
+  wait(s, req("t", 4));  // fits only on device 0, beyond those 3 GiB
   EXPECT_TRUE(s.is_waiting("t"));
   ASSERT_TRUE(s.cancel("h").ok());
   EXPECT_FALSE(s.is_waiting("h"));
@@ -354,13 +359,15 @@ TEST(Scheduler, ConcurrencyLimitHoldsEvenWithMemoryFree) {
 
 TEST(Scheduler, DirectStartsRespectTheHeadsReservation) {
   Scheduler s = make({10, 10});
-  start(s, req("a", 8));
+  start(s, req("a", 6));
   start(s, req("b", 9));
-  wait(s, req("h", 6));  // reserves device 0 (2 GiB admissible)
-  EXPECT_EQ(s.try_start(req("x", 2), Holder{}, 0).status().code(), ErrorCode::kResourceExhausted);
+  wait(s, req("h", 7));  // reserves device 0 (4 GiB admissible, 3 beyond h's request)
+  EXPECT_EQ(s.try_start(req("x", 4), Holder{}, 0).status().code(), ErrorCode::kResourceExhausted);
   EXPECT_EQ(start(s, req("y", 1)).devices, std::vector<int>{1});
-  // A job that outranks the head would be the head: it may take device 0.
-  EXPECT_EQ(start(s, req("vip", 2, 5)).devices, std::vector<int>{0});
+  EXPECT_EQ(start(s, req("z", 3)).devices, std::vector<int>{0});  // in what h never needs
+  EXPECT_EQ(s.try_start(req("w", 1), Holder{}, 0).status().code(), ErrorCode::kResourceExhausted);
+  // A job that outranks the head would be the head: it may take device 0's last GiB.
+  EXPECT_EQ(start(s, req("vip", 1, 5)).devices, std::vector<int>{0});
 }
 
 TEST(Scheduler, OnlyTheHoldersUidOrRootMayRelease) {
@@ -556,7 +563,8 @@ void expect_settled(const Scheduler& s) {
 }
 
 TEST(Scheduler, RandomOperationsKeepTheQueueSettled) {
-  for (const QueuePolicy policy : {QueuePolicy::kBackfill, QueuePolicy::kFifo}) {
+  for (const QueuePolicy policy :
+       {QueuePolicy::kBackfill, QueuePolicy::kFifo, QueuePolicy::kGreedy}) {
     std::mt19937 rng(42);
     Scheduler s = make({16, 16, 24, 8}, policy, PlacementPolicy::kBestFit, 6);
     std::vector<std::string> active;
