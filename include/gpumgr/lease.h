@@ -42,7 +42,9 @@ class Lease {
   JobOutcome outcome() const { return outcome_; }
 
   // Releases the lease and runs the manager's cleanup hook on its devices. Idempotent: a
-  // second call returns OK and does nothing.
+  // second call returns OK and does nothing. kLeaseLost when the lease had already ended
+  // without this holder (released by someone else, or its daemon restarted and did not
+  // give it back): the job ran part of its time without the lease.
   Status release();
   Status release(JobOutcome outcome);
 

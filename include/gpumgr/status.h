@@ -28,6 +28,10 @@ enum class ErrorCode {
   kPermissionDenied,    // not the holder of the lease
   kFailedPrecondition,  // the operation does not apply in the current state
   kInternal,            // a bug
+  // A lease ended without its holder releasing it: someone else released it, or its
+  // daemon restarted and did not give it back (docs/daemon.md, "Restarts"). What ran under
+  // it ran part of its time without the lease's protection.
+  kLeaseLost,
 };
 
 // Stable lower-case name of a code ("invalid_argument"), used in JSON and the wire protocol.

@@ -30,6 +30,7 @@ from .errors import (
     GPUCapacityError,
     GPUManagerError,
     JobCancelledError,
+    LeaseLostError,
     QueueTimeoutError,
 )
 from .legacy import GPUMemoryManager
@@ -49,6 +50,7 @@ __all__ = [
     "JobCancelledError",
     "DuplicateJobError",
     "DeviceUnavailableError",
+    "LeaseLostError",
     "DEFAULT_ESTIMATED_VRAM_MB",
     "format_bytes",
     "parse_size",

@@ -16,6 +16,7 @@ __all__ = [
     "JobCancelledError",
     "DuplicateJobError",
     "DeviceUnavailableError",
+    "LeaseLostError",
 ]
 
 
@@ -50,3 +51,10 @@ class DeviceUnavailableError(GPUManagerError):
     """The devices asked for cannot be reached: ``device='cuda'`` without a usable NVIDIA
     driver, or no daemon at GPUMGR_SOCKET (``code == "unavailable"``)."""
 
+
+class LeaseLostError(GPUManagerError):
+    """A lease ended without its holder releasing it (``code == "lease_lost"``): root or
+    another process released it, or the daemon restarted and did not give it back (none came
+    back within GPUMGR_REATTACH_TIMEOUT, or it had no record of the lease). Raised when the
+    block that held it ends (or at its release): the work in it ran part of its time without
+    the lease's protection."""

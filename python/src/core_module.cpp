@@ -70,6 +70,7 @@ struct ErrorClasses {
   PyObject* cancelled = nullptr;    // JobCancelledError
   PyObject* duplicate = nullptr;    // DuplicateJobError (also a ValueError)
   PyObject* unavailable = nullptr;  // DeviceUnavailableError
+  PyObject* lost = nullptr;         // LeaseLostError
 };
 ErrorClasses errors;
 
@@ -89,6 +90,8 @@ PyObject* error_class(ErrorCode code) {
       return PyExc_ValueError;
     case ErrorCode::kUnavailable:
       return errors.unavailable;
+    case ErrorCode::kLeaseLost:
+      return errors.lost;
     default:
       return errors.base;
   }
@@ -834,6 +837,7 @@ PYBIND11_MODULE(_core, mod) {
   errors.cancelled = keep("JobCancelledError");
   errors.duplicate = keep("DuplicateJobError");
   errors.unavailable = keep("DeviceUnavailableError");
+  errors.lost = keep("LeaseLostError");
 
   py::class_<CancelToken>(mod, "CancelToken",
                           "Lets another thread give up a waiting acquire(). Copies share one "

@@ -528,10 +528,11 @@ class RemoteLedger final : public Ledger {
         held_.erase(it);
         if (!lost.ok()) return lost;
         if (granted_on == nullptr || granted_on->dead()) {
-          return NotFound("lease lost: the connection to the daemon at " + path_ + " that job '" +
-                          r.job_id +
-                          "' was granted on closed (the daemon stopped or restarted), and its "
-                          "lease ended with it");
+          return Status(ErrorCode::kLeaseLost,
+                        "lease lost: the connection to the daemon at " + path_ + " that job '" +
+                            r.job_id +
+                            "' was granted on closed (the daemon stopped or restarted), and its "
+                            "lease ended with it");
         }
       }
     }
@@ -743,17 +744,19 @@ class RemoteLedger final : public Ledger {
       if (it == held_.end()) continue;
       if (!conn.ok()) {
         it->second.lost =
-            NotFound("lease lost: the connection to the daemon at " + path_ + " that job '" + job +
-                     "' was granted on closed, and no daemon "
-                     "came back within " +
-                     seconds_text(window) + " s to take it back: " + conn.status().message());
+            Status(ErrorCode::kLeaseLost,
+                   "lease lost: the connection to the daemon at " + path_ + " that job '" + job +
+                       "' was granted on closed, and no daemon "
+                       "came back within " +
+                       seconds_text(window) + " s to take it back: " + conn.status().message());
         continue;
       }
       if (token.empty()) {
         it->second.lost =
-            NotFound("lease lost: the daemon at " + path_ + " restarted, and job '" + job +
-                     "' was granted by a daemon that issued no token to take it "
-                     "back with");
+            Status(ErrorCode::kLeaseLost,
+                   "lease lost: the daemon at " + path_ + " restarted, and job '" + job +
+                       "' was granted by a daemon that issued no token to take it "
+                       "back with");
         continue;
       }
       Request r;
@@ -768,9 +771,10 @@ class RemoteLedger final : public Ledger {
       if (reply.ok() && reply->status.ok()) {
         again->second.connection = *conn;
       } else {
-        again->second.lost = NotFound(
+        again->second.lost = Status(
+            ErrorCode::kLeaseLost,
             "lease lost: the daemon at " + path_ + " restarted and did not give job '" + job +
-            "' back: " + (reply.ok() ? reply->status.message() : reply.status().message()));
+                "' back: " + (reply.ok() ? reply->status.message() : reply.status().message()));
       }
     }
   }
@@ -785,8 +789,8 @@ class RemoteLedger final : public Ledger {
       MutexLock lock(mutex_);
       const auto it = held_.find(job);
       if (it == held_.end() || !it->second.lost.ok()) return;
-      it->second.lost =
-          NotFound("lease lost: job '" + job + "' was " + reason + " while this process held it");
+      it->second.lost = Status(ErrorCode::kLeaseLost, "lease lost: job '" + job + "' was " +
+                                                          reason + " while this process held it");
     };
   }
 

@@ -665,10 +665,11 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
         if (!r.token.empty()) {
           const auto t = tokens.find(r.job_id);
           if (t == tokens.end() || t->second != r.token) {
-            send(conn, encode_error(r.id, NotFound("lease lost: job '" + r.job_id +
-                                                   "' holds no lease with that token here (it "
-                                                   "ended: its connection closed, the daemon "
-                                                   "restarted, or it was released)")));
+            send(conn, encode_error(r.id, Status(ErrorCode::kLeaseLost,
+                                                 "lease lost: job '" + r.job_id +
+                                                     "' holds no lease with that token here (it "
+                                                     "ended: its connection closed, the daemon "
+                                                     "restarted, or it was released)")));
             return;
           }
         }

@@ -373,7 +373,7 @@ def test_a_holder_from_before_a_restart_releases_nobody_elses_lease():
             second = s.call(op="try_acquire", job_id="j", bytes=2 * GIB)
             assert second["lease"]["token"] != token
             stale = s.call(op="release", job_id="j", token=token)
-            assert not stale["ok"] and stale["error"]["code"] == "not_found"
+            assert not stale["ok"] and stale["error"]["code"] == "lease_lost"
             assert "lease lost" in stale["error"]["message"]
             assert leases(sock)["j"]["bytes"] == 2 * GIB
             assert s.call(op="release", job_id="j", token=second["lease"]["token"])["ok"]

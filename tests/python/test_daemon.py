@@ -139,3 +139,42 @@ def test_the_daemons_limits_are_the_ones_reported(start_serve, monkeypatch):
     assert asked.can_process_job(100) is False
     for lease in leases:
         lease.release()
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_a_lease_held_in_python_survives_a_restart_of_the_daemon(start_serve, monkeypatch, how):
+    """Before, the block ended with no error and the next grant silently came from the new
+    daemon, which knew nothing of this lease."""
+    socket = start_serve("--simulate", "1x24GiB")
+    monkeypatch.setenv("GPUMGR_SOCKET", str(socket))
+    mgr = GPUManager(device="cuda", max_concurrent_jobs=3, memory_limit=0.8)
+    with mgr.managed_generation("py-hold", required_memory_mb=4096):
+        first = start_serve.process
+        first.send_signal(how)
+        first.wait(timeout=10)
+        start_serve("--simulate", "1x24GiB")
+        # The new daemon adopted it, and this process took it back by itself.
+        wait_until(lambda: [l["job_id"] for l in mgr.snapshot()["leases"]] == ["py-hold"],
+                   "the restarted daemon to list the lease")
+        lease = mgr.snapshot()["leases"][0]
+        assert lease["pid"] == os.getpid() and lease["bytes"] == 4096 * 1024**2
+        other = GPUManager(device="cuda")
+        with pytest.raises(Exception, match="already active or waiting"):
+            with other.managed_generation("py-hold", required_memory_mb=1024, timeout=0):
+                pass
+    assert mgr.snapshot()["leases"] == []
+    assert mgr.snapshot()["stats"]["jobs_succeeded"] == 1
+
+
+def test_python_raises_lease_lost_when_no_daemon_comes_back(start_serve, monkeypatch):
+    monkeypatch.setenv("GPUMGR_REATTACH_TIMEOUT", "1")
+    socket = start_serve("--simulate", "1x24GiB")
+    monkeypatch.setenv("GPUMGR_SOCKET", str(socket))
+    mgr = GPUManager(device="cuda")
+    with pytest.raises(gpu_manager.LeaseLostError,
+                       match="lease lost: .*no daemon came back within 1 s") as lost:
+        with mgr.managed_generation("py-orphan", required_memory_mb=1024):
+            start_serve.process.kill()
+            start_serve.process.wait(timeout=10)
+            time.sleep(2)  # the holder's work goes on past the reattach timeout
+    assert lost.value.code == "lease_lost"
