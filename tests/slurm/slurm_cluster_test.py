@@ -129,18 +129,21 @@ class Cluster:
             open(procs, "w").close()
             self.sockets[n] = sock
             self.procs_files[n] = procs
-            env = dict(self.env, GPUMGR_SIMULATE_PROCESSES=procs)
-            self.procs[f"gpumgr-{n}"] = subprocess.Popen(
-                [self.gpumgr, "serve", "--socket", sock, "--no-http", "--simulate", "2x24GiB",
-                 "--state-dir", self.path(f"gpumgr/{n}-state"), "--poll-interval", "0.05",
-                 "--max-concurrent-jobs", "16", "--socket-group", "nogroup"],
-                stdout=self.log(f"gpumgr-{n}"), stderr=subprocess.STDOUT, env=env)
+            self.start_daemon(n)
         for n in NODES:
             wait_for(f"the gpumgr daemon of {n}", lambda n=n: self.status(n, quiet=True), 15)
             # The node's GPUs, as device files Slurm can stat (nothing NVIDIA behind them).
             for i in range(2):
                 dev = self.path(f"dev/{n}-gpu{i}")
                 os.mknod(dev, 0o666 | 0o020000, os.makedev(195, (0 if n == "n1" else 2) + i))
+
+    def start_daemon(self, n):
+        env = dict(self.env, GPUMGR_SIMULATE_PROCESSES=self.procs_files[n])
+        self.procs[f"gpumgr-{n}"] = subprocess.Popen(
+            [self.gpumgr, "serve", "--socket", self.sockets[n], "--no-http", "--simulate",
+             "2x24GiB", "--state-dir", self.path(f"gpumgr/{n}-state"), "--poll-interval", "0.05",
+             "--max-concurrent-jobs", "16", "--socket-group", "nogroup"],
+            stdout=self.log(f"gpumgr-{n}"), stderr=subprocess.STDOUT, env=env)
 
     def write_config(self):
         self.ctld_port = free_port()
@@ -585,6 +588,36 @@ def check_shards_and_nested(c):
     check(inner == [outer[0], f"slurm-{jn}.batch.0"], f"the inner step sees {inner}")
 
 
+def check_daemon_restart(c):
+    """The node's daemon killed with SIGKILL and started again while a task holds its lease:
+    slurmstepd (the holder) reattaches by itself, the task never notices, and its release at
+    the end counts as succeeded on the new daemon."""
+    p = c.srun("restart", "-w", "n1", "--gres=shard:2", "--vram=2GiB")
+    job = c.job_id("restart")
+    before = wait_lease(c, job, "the lease of the task across a daemon restart")
+    wait_for("the task to start", lambda: c.seen("restart", "n1"), 20)
+    c.procs["gpumgr-n1"].kill()
+    c.procs["gpumgr-n1"].wait(timeout=15)
+    restarted = time.monotonic()
+    c.start_daemon("n1")
+    wait_for("the restarted daemon of n1", lambda: c.status("n1", quiet=True), 15)
+    after = c.job_leases(job)
+    check(after.keys() == before.keys(), f"after the restart the leases are {after}")
+    (jid, (_, lease)), = after.items()
+    check(lease["pid"] == next(iter(before.values()))[1]["pid"],
+          f"the restored lease's holder changed: {lease}")
+    wait_for("slurmstepd to reattach", lambda: "reattached job '" + jid + "'" in
+             c.read_log("log/gpumgr-n1.log"), 10, 0.01)
+    took = time.monotonic() - restarted
+    succeeded = c.status("n1")["stats"]["jobs_succeeded"]
+    c.go("restart")
+    check(p.wait(timeout=30) == 0, "the task failed across the daemon restart")
+    wait_for("the lease to be released", lambda: not c.job_leases(job), 5, 0.01)
+    check(c.status("n1")["stats"]["jobs_succeeded"] == succeeded + 1,
+          "the task's release after the restart did not count as succeeded")
+    return took
+
+
 def check_stepd_killed(c):
     """slurmstepd itself killed: the daemon sees the lease's connection close."""
     p = c.srun("stepd", "-w", "n1", "--gres=shard:2", "--vram=2GiB")
@@ -664,6 +697,8 @@ def main():
         figures = check_ends(c, jt)
         check_shards_and_nested(c)
         print("shards and nested steps: ok")
+        print(f"daemon restart under a running task: reattached "
+              f"{check_daemon_restart(c) * 1000:.0f} ms after the new daemon started")
         figures["slurmstepd SIGKILL"] = check_stepd_killed(c)
         print("lease freed after the task ended: " +
               ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in figures.items()))
