@@ -820,20 +820,25 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     };
     for (state::JournaledLease& l : contents->leases) {
       const std::string job = l.request.job_id;
-      if (!still_runs(l.holder)) {
-        ++gone;
-        log(LogLevel::kInfo, "restart: job '" + terminal_safe(job) + "' of pid " +
-                                 std::to_string(l.holder.pid) +
-                                 ": its holder is gone; its lease is not restored");
-        journal_result(options.journal->remove(job));
-        continue;
-      }
       core::LocalLedger::AdoptedLease a;
       a.request = l.request;
       a.devices = l.devices;
       a.estimate = l.estimate;
       a.requested_at = to_time(l.requested_at_unix_ns);
       a.granted_at = to_time(l.granted_at_unix_ns);
+      if (!still_runs(l.holder)) {
+        ++gone;
+        log(LogLevel::kInfo, "restart: job '" + terminal_safe(job) + "' of pid " +
+                                 std::to_string(l.holder.pid) +
+                                 ": its holder is gone; its lease is released (failed)");
+        // Taken back and released at once, so that it counts as a failed job (and its kind's
+        // history records the run) as if its holder had died with this daemon up.
+        if (ledger->adopt_as(a, core::Holder{l.holder.pid, l.holder.uid}).ok()) {
+          (void)ledger->release_as(job, JobOutcome::kFailed, std::nullopt, nullptr);
+        }
+        journal_result(options.journal->remove(job));
+        continue;
+      }
       auto info = ledger->adopt_as(a, core::Holder{l.holder.pid, l.holder.uid});
       if (!info.ok()) {
         log(LogLevel::kWarning, "restart: cannot restore the lease of job '" + terminal_safe(job) +
@@ -878,7 +883,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     log(LogLevel::kInfo, "restart: restored " + std::to_string(adopted) + " lease(s) and " +
                              std::to_string(queued) + " waiting request(s) from " +
                              options.journal->path() + " (" + std::to_string(gone) +
-                             " whose holders are gone were dropped); their clients have " +
+                             " whose holders are gone were let go); their clients have " +
                              seconds_text(options.reattach_grace_s) + " s to reattach");
     if (detached.empty()) return;
     reattach_deadline = steady_now + seconds(options.reattach_grace_s);

@@ -159,7 +159,9 @@ def test_a_lease_whose_holder_died_during_the_restart_is_not_restored():
         sock, second = serve(tmp)
         try:
             assert leases(sock) == {}
-            assert "job 'gone' of pid %d: its holder is gone" % holder.pid in daemon_log(tmp)
+            assert "job 'gone' of pid %d: its holder is gone; its lease is released (failed)" % (
+                holder.pid) in daemon_log(tmp)
+            assert snapshot(sock)["stats"]["jobs_failed"] == 1
         finally:
             assert stop(second) == 0
 
