@@ -4,7 +4,8 @@
 //   the same sizes as a try_acquire and a release request and reply: the least any daemon
 //   on a Unix socket can cost.
 // - BM_Daemon_AcquireRelease: try_acquire + release through connect_daemon against an
-//   in-process Server (its own loop thread), i.e. the whole client and server path.
+//   in-process Server (its own loop thread), i.e. the whole client and server path;
+//   _Journaled: the same with the lease journal that `gpumgr serve` writes.
 // - BM_Daemon_AcquireRelease_1000Clients / BM_Daemon_CanAdmit_1000Clients: the same against
 //   a daemon in a child process that serves 1,000 other connections, 500 holding a lease and
 //   500 waiting; the counters report the daemon's RSS before and with the 1,000 clients.
@@ -28,6 +29,7 @@
 #include "gpumgr/backends.h"
 #include "gpumgr/ledger.h"
 #include "gpumgr/units.h"
+#include "state/lease_journal.h"
 
 namespace {
 using namespace gpumgr;
@@ -172,7 +174,10 @@ void BM_Floor_UnixPingPong(benchmark::State& state) {
 }
 BENCHMARK(BM_Floor_UnixPingPong)->UseRealTime();
 
-void BM_Daemon_AcquireRelease(benchmark::State& state) {
+// `journaled`: with the lease journal `gpumgr serve` keeps (a SQLite transaction written
+// before each grant is answered, and one at each release), so that its cost shows against
+// the same path without it, in the same run.
+void daemon_acquire_release(benchmark::State& state, bool journaled) {
   const std::string dir = temp_dir();
   auto backend = SimulatedBackend::from_spec("1x80GiB").value();
   LedgerConfig config;
@@ -180,6 +185,8 @@ void BM_Daemon_AcquireRelease(benchmark::State& state) {
   auto ledger = core::LocalLedger::create(backend, config).value();
   daemon::ServerOptions options;
   options.socket_path = dir + "/gpumgr.sock";
+  const std::string journal_file = dir + "/leases.db";
+  if (journaled) options.journal = state::LeaseJournal::open(journal_file).value();
   auto server = daemon::Server::create(options, ledger).value();
   server->start_background();
   {
@@ -187,9 +194,17 @@ void BM_Daemon_AcquireRelease(benchmark::State& state) {
     acquire_release_loop(state, *client, bench_request(-1));
   }
   server.reset();
+  for (const char* suffix : {"", "-wal", "-shm"}) ::unlink((journal_file + suffix).c_str());
   ::rmdir(dir.c_str());
 }
+
+void BM_Daemon_AcquireRelease(benchmark::State& state) { daemon_acquire_release(state, false); }
 BENCHMARK(BM_Daemon_AcquireRelease)->UseRealTime();
+
+void BM_Daemon_AcquireRelease_Journaled(benchmark::State& state) {
+  daemon_acquire_release(state, true);
+}
+BENCHMARK(BM_Daemon_AcquireRelease_Journaled)->UseRealTime();
 
 // ---- 1,000 clients: a daemon in a child process ----
 

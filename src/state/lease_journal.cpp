@@ -86,7 +86,9 @@ std::optional<std::vector<int>> parse_devices(const std::string& text) {
   return out;
 }
 
-struct Row {
+}  // namespace
+
+struct JournalRow {
   const LeaseRequest& request;
   bool leased;
   const std::vector<int>* devices;
@@ -98,7 +100,9 @@ struct Row {
   std::optional<std::int64_t> deadline;
 };
 
-void bind_row(sqlite3_stmt* st, const Row& row) {
+namespace {
+
+void bind_row(sqlite3_stmt* st, const JournalRow& row) {
   const LeaseRequest& r = row.request;
   bind_text(st, 1, r.job_id);
   sqlite3_bind_int(st, 2, row.leased ? 1 : 0);
@@ -145,13 +149,17 @@ StatusOr<std::unique_ptr<LeaseJournal>> LeaseJournal::open(const std::string& pa
                                                            std::string* note) {
   auto db = open_database(path, kJournalFile, note);
   if (!db.ok()) return db.status();
-  return std::unique_ptr<LeaseJournal>(new LeaseJournal(path, *db));
+  std::unique_ptr<LeaseJournal> journal(new LeaseJournal(path, *db));
+  MutexLock lock(journal->mutex_);
+  if (Status s = journal->prepare_locked(); !s.ok()) return s;
+  return journal;
 }
 
 LeaseJournal::LeaseJournal(std::string path, sqlite3* db) : path_(std::move(path)), db_(db) {}
 
 LeaseJournal::~LeaseJournal() {
   MutexLock lock(mutex_);
+  statements_.reset();  // finalised before the connection closes
   sqlite3_close_v2(db_);
 }
 
@@ -222,70 +230,80 @@ StatusOr<JournalContents> LeaseJournal::load() {
   return out;
 }
 
-Status LeaseJournal::put_lease(const JournaledLease& lease) {
-  MutexLock lock(mutex_);
-  if (Status s = exec_locked("BEGIN IMMEDIATE", "recording a lease"); !s.ok()) return s;
-  Stmt del;
-  Stmt ins;
-  bool ok = sqlite3_prepare_v2(db_, "DELETE FROM jobs WHERE job_id = ?", -1, del.out(), nullptr) ==
-                SQLITE_OK &&
-            sqlite3_prepare_v2(db_, kInsertSql, -1, ins.out(), nullptr) == SQLITE_OK;
-  if (ok) {
-    bind_text(del.get(), 1, lease.request.job_id);
-    ok = sqlite3_step(del.get()) == SQLITE_DONE;
+// Statements prepared once, at open: the journal is written at every grant and release.
+struct LeaseJournal::Statements {
+  Stmt begin, commit, rollback, remove, insert;
+};
+
+Status LeaseJournal::prepare_locked() {
+  statements_ = std::make_unique<Statements>();
+  const std::pair<Stmt*, const char*> all[] = {
+      {&statements_->begin, "BEGIN IMMEDIATE"},
+      {&statements_->commit, "COMMIT"},
+      {&statements_->rollback, "ROLLBACK"},
+      {&statements_->remove, "DELETE FROM jobs WHERE job_id = ?"},
+      {&statements_->insert, kInsertSql}};
+  for (const auto& [stmt, sql] : all) {
+    if (sqlite3_prepare_v2(db_, sql, -1, stmt->out(), nullptr) != SQLITE_OK) {
+      return Unavailable(database_error(db_, kJournalFile, path_, "preparing its statements"));
+    }
   }
-  if (ok) {
-    bind_row(ins.get(),
-             Row{lease.request, true, &lease.devices, lease.token, lease.estimate, lease.holder,
-                 lease.requested_at_unix_ns, lease.granted_at_unix_ns, std::nullopt});
-    ok = sqlite3_step(ins.get()) == SQLITE_DONE;
+  return Status::Ok();
+}
+
+namespace {
+// Runs a prepared statement to its end and makes it ready for the next use.
+bool step_done(sqlite3_stmt* st) {
+  const bool done = sqlite3_step(st) == SQLITE_DONE;
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  return done;
+}
+}  // namespace
+
+// One transaction: the job's earlier record goes, `row` is appended (so that the order of
+// records is the order of grants and of queueing).
+Status LeaseJournal::put_locked(const JournalRow& row, const char* doing) {
+  Statements& st = *statements_;
+  if (!step_done(st.begin.get())) {
+    return Unavailable(database_error(db_, kJournalFile, path_, doing));
   }
+  bind_text(st.remove.get(), 1, row.request.job_id);
+  bool ok = step_done(st.remove.get());
+  if (ok) {
+    bind_row(st.insert.get(), row);
+    ok = step_done(st.insert.get());
+  }
+  if (ok) ok = step_done(st.commit.get());
   if (!ok) {
-    const Status failure =
-        Unavailable(database_error(db_, kJournalFile, path_, "recording a lease"));
-    (void)exec_locked("ROLLBACK", "rolling back");
+    const Status failure = Unavailable(database_error(db_, kJournalFile, path_, doing));
+    (void)step_done(st.rollback.get());
     return failure;
   }
-  return exec_locked("COMMIT", "recording a lease");
+  return Status::Ok();
+}
+
+Status LeaseJournal::put_lease(const JournaledLease& lease) {
+  MutexLock lock(mutex_);
+  return put_locked(
+      JournalRow{lease.request, true, &lease.devices, lease.token, lease.estimate, lease.holder,
+                 lease.requested_at_unix_ns, lease.granted_at_unix_ns, std::nullopt},
+      "recording a lease");
 }
 
 Status LeaseJournal::put_waiter(const JournaledWaiter& waiter) {
   MutexLock lock(mutex_);
-  if (Status s = exec_locked("BEGIN IMMEDIATE", "recording a waiter"); !s.ok()) return s;
-  Stmt del;
-  Stmt ins;
-  bool ok = sqlite3_prepare_v2(db_, "DELETE FROM jobs WHERE job_id = ?", -1, del.out(), nullptr) ==
-                SQLITE_OK &&
-            sqlite3_prepare_v2(db_, kInsertSql, -1, ins.out(), nullptr) == SQLITE_OK;
-  if (ok) {
-    bind_text(del.get(), 1, waiter.request.job_id);
-    ok = sqlite3_step(del.get()) == SQLITE_DONE;
-  }
-  if (ok) {
-    const std::string no_estimate;
-    bind_row(ins.get(),
-             Row{waiter.request, false, nullptr, waiter.token, no_estimate, waiter.holder,
-                 waiter.requested_at_unix_ns, std::nullopt, waiter.deadline_unix_ns});
-    ok = sqlite3_step(ins.get()) == SQLITE_DONE;
-  }
-  if (!ok) {
-    const Status failure =
-        Unavailable(database_error(db_, kJournalFile, path_, "recording a waiter"));
-    (void)exec_locked("ROLLBACK", "rolling back");
-    return failure;
-  }
-  return exec_locked("COMMIT", "recording a waiter");
+  const std::string no_estimate;
+  return put_locked(
+      JournalRow{waiter.request, false, nullptr, waiter.token, no_estimate, waiter.holder,
+                 waiter.requested_at_unix_ns, std::nullopt, waiter.deadline_unix_ns},
+      "recording a waiter");
 }
 
 Status LeaseJournal::remove(const std::string& job_id) {
   MutexLock lock(mutex_);
-  Stmt st;
-  if (sqlite3_prepare_v2(db_, "DELETE FROM jobs WHERE job_id = ?", -1, st.out(), nullptr) !=
-      SQLITE_OK) {
-    return Unavailable(database_error(db_, kJournalFile, path_, "forgetting a job"));
-  }
-  bind_text(st.get(), 1, job_id);
-  if (sqlite3_step(st.get()) != SQLITE_DONE) {
+  bind_text(statements_->remove.get(), 1, job_id);
+  if (!step_done(statements_->remove.get())) {
     return Unavailable(database_error(db_, kJournalFile, path_, "forgetting a job"));
   }
   return Status::Ok();

@@ -62,6 +62,8 @@ struct JournalContents {
   std::vector<JournaledWaiter> waiters;  // in the order they were queued
 };
 
+struct JournalRow;  // one record as written (lease_journal.cpp)
+
 class LeaseJournal {
  public:
   // Opens (creating if missing) the journal at `path`; a corrupt or foreign file is moved
@@ -89,12 +91,17 @@ class LeaseJournal {
   StatusOr<std::size_t> size();
 
  private:
+  struct Statements;
+
   LeaseJournal(std::string path, sqlite3* db);
   Status exec_locked(const char* sql, const char* doing) REQUIRES(mutex_);
+  Status prepare_locked() REQUIRES(mutex_);
+  Status put_locked(const JournalRow& row, const char* doing) REQUIRES(mutex_);
 
   const std::string path_;
   Mutex mutex_;
   sqlite3* db_ GUARDED_BY(mutex_);
+  std::unique_ptr<Statements> statements_ GUARDED_BY(mutex_);
 };
 
 // The journal's file for the daemon at `socket_path`: one per socket, so that several
