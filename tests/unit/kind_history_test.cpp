@@ -24,34 +24,17 @@
 #include <thread>
 
 #include "gpumgr/units.h"
+#include "test_util.h"
 
 namespace gpumgr::state {
 namespace {
 
 namespace fs = std::filesystem;
+using gpumgr::testing::TempDir;
 using std::chrono::seconds;
 using std::chrono::system_clock;
 
 // A fresh folder under the system temp dir, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "gpumgr-kind-history-XXXXXX").string();
-    EXPECT_NE(::mkdtemp(tmpl.data()), nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 KindRun run(std::string kind, std::optional<std::uint64_t> peak, double hold_s = 1,
             std::int64_t ended_unix = 1'790'000'000, bool overused = false) {
@@ -271,7 +254,7 @@ TEST(KindHistoryRuleTest, MarginAndMiBRoundingAreExact) {
 // ---- The database ----
 
 TEST(KindHistoryDbTest, RecordEstimateAllForgetRoundTrip) {
-  TempDir dir;
+  TempDir dir("gpumgr-kind-history");
   const std::string path = dir.file("history.db");
   std::string note = "stale";
   auto h = open_ok(path, &note);
@@ -336,7 +319,7 @@ TEST(KindHistoryDbTest, RecordEstimateAllForgetRoundTrip) {
 }
 
 TEST(KindHistoryDbTest, TheWindowOfFiftyComesFromTheDatabaseToo) {
-  TempDir dir;
+  TempDir dir("gpumgr-kind-history");
   auto h = open_ok(dir.file("history.db"));
   ASSERT_NE(h, nullptr);
   for (int i = 0; i < 30; ++i) ASSERT_TRUE(h->record(run("llm", kTiB, 1000, 1, true)).ok());
@@ -359,7 +342,7 @@ TEST(KindHistoryDbTest, TheWindowOfFiftyComesFromTheDatabaseToo) {
 }
 
 TEST(KindHistoryDbTest, ReopeningKeepsTheRuns) {
-  TempDir dir;
+  TempDir dir("gpumgr-kind-history");
   const std::string path = dir.file("history.db");
   {
     auto h = open_ok(path);
@@ -382,7 +365,7 @@ TEST(KindHistoryDbTest, ReopeningKeepsTheRuns) {
 }
 
 TEST(KindHistoryDbTest, ACorruptFileIsMovedAsideAndANewOneStarted) {
-  TempDir dir;
+  TempDir dir("gpumgr-kind-history");
   const std::string path = dir.file("history.db");
   std::string garbage;
   std::mt19937 rng(11);
@@ -412,7 +395,7 @@ TEST(KindHistoryDbTest, ACorruptFileIsMovedAsideAndANewOneStarted) {
 }
 
 TEST(KindHistoryDbTest, AnotherProgramsDatabaseIsMovedAside) {
-  TempDir dir;
+  TempDir dir("gpumgr-kind-history");
   const std::string path = dir.file("history.db");
   sql(path, "CREATE TABLE photos (id INTEGER, name TEXT); INSERT INTO photos VALUES (1, 'cat');");
 
@@ -433,7 +416,7 @@ TEST(KindHistoryDbTest, AnotherProgramsDatabaseIsMovedAside) {
 }
 
 TEST(KindHistoryDbTest, AnotherSchemaVersionIsMovedAside) {
-  TempDir dir;
+  TempDir dir("gpumgr-kind-history");
   const std::string path = dir.file("history.db");
   {
     auto h = open_ok(path);
@@ -451,7 +434,7 @@ TEST(KindHistoryDbTest, AnotherSchemaVersionIsMovedAside) {
 
 TEST(KindHistoryDbTest, OurTablesWithoutOurMarkAreNotOurs) {
   // A SQLite file with a table called runs, but from someone else: not ours to append to.
-  TempDir dir;
+  TempDir dir("gpumgr-kind-history");
   const std::string path = dir.file("history.db");
   sql(path, "CREATE TABLE runs (x TEXT)");
   std::string note;
@@ -462,7 +445,7 @@ TEST(KindHistoryDbTest, OurTablesWithoutOurMarkAreNotOurs) {
 }
 
 TEST(KindHistoryDbTest, AnEmptyFileIsANewDatabase) {
-  TempDir dir;
+  TempDir dir("gpumgr-kind-history");
   const std::string path = dir.file("history.db");
   write_file(path, "");
   std::string note;
@@ -474,7 +457,7 @@ TEST(KindHistoryDbTest, AnEmptyFileIsANewDatabase) {
 }
 
 TEST(KindHistoryDbTest, AMissingOrBadFolderIsAClearError) {
-  TempDir dir;
+  TempDir dir("gpumgr-kind-history");
   const std::string missing = dir.file("no/such/folder/history.db");
   auto h = KindHistory::open(missing);
   ASSERT_FALSE(h.ok());
@@ -513,7 +496,7 @@ TEST(KindHistoryDbTest, AMissingOrBadFolderIsAClearError) {
 }
 
 TEST(KindHistoryDbTest, ConcurrentWritersFromThreadsLoseNothing) {
-  TempDir dir;
+  TempDir dir("gpumgr-kind-history");
   auto h = open_ok(dir.file("history.db"));
   ASSERT_NE(h, nullptr);
   std::vector<std::thread> threads;
@@ -547,7 +530,7 @@ TEST(KindHistoryDbTest, ConcurrentWritersFromThreadsLoseNothing) {
 }
 
 TEST(KindHistoryDbTest, ASIGKILLedWriterNeverCorruptsTheHistory) {
-  TempDir dir;
+  TempDir dir("gpumgr-kind-history");
   const std::string path = dir.file("history.db");
   std::random_device seed_source;
   const unsigned seed = seed_source();

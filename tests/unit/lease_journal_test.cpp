@@ -16,31 +16,13 @@
 
 #include "gpumgr/units.h"
 #include "state/kind_history.h"
+#include "test_util.h"
 
 namespace gpumgr::state {
 namespace {
 
 namespace fs = std::filesystem;
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "gpumgr-journal-XXXXXX").string();
-    EXPECT_NE(::mkdtemp(tmpl.data()), nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using gpumgr::testing::TempDir;
 
 ProcessIdentity holder(std::uint32_t pid) {
   return ProcessIdentity{pid, 1000 + pid, 424242 + pid, "boot-abc"};
@@ -87,7 +69,7 @@ std::unique_ptr<LeaseJournal> open_ok(const std::string& path, std::string* note
 }
 
 TEST(LeaseJournalTest, LeasesAndWaitersComeBackWithEveryField) {
-  TempDir dir;
+  TempDir dir("gpumgr-journal");
   auto j = open_ok(dir.file("leases.db"));
   ASSERT_NE(j, nullptr);
   ASSERT_TRUE(j->put_lease(lease("train-7", {0, 2}, 5 * kGiB)).ok());
@@ -131,7 +113,7 @@ TEST(LeaseJournalTest, LeasesAndWaitersComeBackWithEveryField) {
 }
 
 TEST(LeaseJournalTest, AGrantedWaiterBecomesALeaseAndLeasesKeepGrantOrder) {
-  TempDir dir;
+  TempDir dir("gpumgr-journal");
   auto j = open_ok(dir.file("leases.db"));
   ASSERT_NE(j, nullptr);
   for (const char* job : {"a", "b", "c", "d"}) ASSERT_TRUE(j->put_waiter(waiter(job, kGiB)).ok());
@@ -152,7 +134,7 @@ TEST(LeaseJournalTest, AGrantedWaiterBecomesALeaseAndLeasesKeepGrantOrder) {
 }
 
 TEST(LeaseJournalTest, ReopeningKeepsEverything) {
-  TempDir dir;
+  TempDir dir("gpumgr-journal");
   const std::string path = dir.file("leases.db");
   {
     auto j = open_ok(path);
@@ -174,7 +156,7 @@ TEST(LeaseJournalTest, ReopeningKeepsEverything) {
 }
 
 TEST(LeaseJournalTest, ADamagedFileOrAHistoryIsMovedAsideWithANote) {
-  TempDir dir;
+  TempDir dir("gpumgr-journal");
   const std::string path = dir.file("leases.db");
   {
     std::ofstream out(path, std::ios::binary);
@@ -204,7 +186,7 @@ TEST(LeaseJournalTest, ADamagedFileOrAHistoryIsMovedAsideWithANote) {
 }
 
 TEST(LeaseJournalTest, AMissingFolderIsAClearError) {
-  TempDir dir;
+  TempDir dir("gpumgr-journal");
   auto j = LeaseJournal::open(dir.file("no/such/leases.db"));
   ASSERT_FALSE(j.ok());
   EXPECT_EQ(j.status().code(), ErrorCode::kFailedPrecondition);
@@ -224,7 +206,7 @@ TEST(LeaseJournalTest, EachSocketHasAFileOfItsOwn) {
 // A writer killed at a random moment: every record it reported as committed is there, and
 // the file opens without being moved aside.
 TEST(LeaseJournalTest, ASIGKILLedWriterLosesNothingCommitted) {
-  TempDir dir;
+  TempDir dir("gpumgr-journal");
   const std::string path = dir.file("leases.db");
   ASSERT_NE(open_ok(path), nullptr);
   std::mt19937 rng(9);

@@ -17,26 +17,7 @@ namespace gpumgr::state {
 namespace {
 
 namespace fs = std::filesystem;
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "gpumgr-state-dir-XXXXXX").string();
-    EXPECT_NE(::mkdtemp(tmpl.data()), nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::permissions(path_, fs::perms::owner_all, fs::perm_options::add, ec);
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string sub(const std::string& rel) const { return (path_ / rel).string(); }
-
- private:
-  fs::path path_;
-};
+using gpumgr::testing::TempDir;
 
 unsigned mode_of(const std::string& path) {
   struct stat st {};
@@ -71,24 +52,24 @@ TEST(StateDirTest, TheDefaultReadsTheEnvironment) {
 }
 
 TEST(StateDirTest, CreatesTheFolderAndItsParentsPrivately) {
-  TempDir tmp;
-  const std::string dir = tmp.sub("a/b/gpumgr");
+  TempDir tmp("gpumgr-state-dir");
+  const std::string dir = tmp.file("a/b/gpumgr");
   const mode_t old = ::umask(0);  // 0700 must not depend on the umask being 022
   const Status s = prepare_state_dir(dir);
   ::umask(old);
   ASSERT_TRUE(s.ok()) << s.to_string();
   EXPECT_TRUE(fs::is_directory(dir));
   EXPECT_EQ(mode_of(dir), 0700u);
-  EXPECT_EQ(mode_of(tmp.sub("a")), 0700u);
-  EXPECT_EQ(mode_of(tmp.sub("a/b")), 0700u);
+  EXPECT_EQ(mode_of(tmp.file("a")), 0700u);
+  EXPECT_EQ(mode_of(tmp.file("a/b")), 0700u);
   // Again: nothing to do, still fine; a trailing slash is the same folder.
   EXPECT_TRUE(prepare_state_dir(dir).ok());
   EXPECT_TRUE(prepare_state_dir(dir + "/").ok());
 }
 
 TEST(StateDirTest, AnExistingFolderKeepsItsMode) {
-  TempDir tmp;
-  const std::string dir = tmp.sub("shared");
+  TempDir tmp("gpumgr-state-dir");
+  const std::string dir = tmp.file("shared");
   ASSERT_EQ(::mkdir(dir.c_str(), 0755), 0);
   ASSERT_EQ(::chmod(dir.c_str(), 0755), 0);
   EXPECT_TRUE(prepare_state_dir(dir).ok());
@@ -96,8 +77,8 @@ TEST(StateDirTest, AnExistingFolderKeepsItsMode) {
 }
 
 TEST(StateDirTest, AFileInTheWayIsAClearError) {
-  TempDir tmp;
-  const std::string file = tmp.sub("state");
+  TempDir tmp("gpumgr-state-dir");
+  const std::string file = tmp.file("state");
   std::ofstream(file) << "x";
   Status s = prepare_state_dir(file);
   EXPECT_EQ(s.code(), ErrorCode::kFailedPrecondition);
@@ -119,8 +100,8 @@ TEST(StateDirTest, AFolderThatCannotBeCreatedGivesTheErrnoText) {
       << s.message();
   EXPECT_NE(s.message().find(std::strerror(ENOENT)), std::string::npos) << s.message();
 
-  TempDir tmp;
-  const std::string dir = tmp.sub(std::string(300, 'n'));  // longer than NAME_MAX
+  TempDir tmp("gpumgr-state-dir");
+  const std::string dir = tmp.file(std::string(300, 'n'));  // longer than NAME_MAX
   s = prepare_state_dir(dir);
   EXPECT_EQ(s.code(), ErrorCode::kFailedPrecondition);
   EXPECT_NE(s.message().find(dir), std::string::npos) << s.message();
@@ -133,8 +114,8 @@ TEST(StateDirTest, AFolderThatCannotBeCreatedGivesTheErrnoText) {
 
 TEST(StateDirTest, AFolderWeCannotWriteIsAClearError) {
   if (::geteuid() == 0) GTEST_SKIP() << "root may write to any folder";
-  TempDir tmp;
-  const std::string dir = tmp.sub("readonly");
+  TempDir tmp("gpumgr-state-dir");
+  const std::string dir = tmp.file("readonly");
   ASSERT_EQ(::mkdir(dir.c_str(), 0500), 0);
   Status s = prepare_state_dir(dir);
   EXPECT_EQ(s.code(), ErrorCode::kFailedPrecondition);

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <future>
 #include <memory>
@@ -153,6 +154,31 @@ class EnvGuard {
  private:
   const char* name_;
   std::optional<std::string> old_;
+};
+
+// A fresh folder under the system's temporary folder, removed with everything in it (its
+// mode restored first, for tests that take permissions away). `prefix` names it.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix = "gpumgr-test") {
+    std::string tmpl = (std::filesystem::temp_directory_path() / (prefix + "-XXXXXX")).string();
+    EXPECT_NE(::mkdtemp(tmpl.data()), nullptr);
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::permissions(path_, std::filesystem::perms::owner_all,
+                                 std::filesystem::perm_options::add, ec);
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  // A path inside the folder.
+  std::string file(const std::string& rel) const { return (path_ / rel).string(); }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
 };
 
 // Options that never reach a daemon, whatever GPUMGR_SOCKET says.
