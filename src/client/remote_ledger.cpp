@@ -103,6 +103,8 @@ bool send_all(int fd, std::string_view bytes) {
 // a bare socket ping-pong.
 class Connection {
  public:
+  static constexpr const char* kClosedDuringHello = " closed the connection during hello";
+
   // Where one call's reply lands; guarded by the connection's mutex.
   struct Pending {
     std::optional<StatusOr<Reply>> reply;
@@ -159,6 +161,23 @@ class Connection {
     auto conn = std::shared_ptr<Connection>(new Connection(fd, path));
     if (Status s = conn->handshake(); !s.ok()) return s;
     return conn;
+  }
+
+  // open(), tried again for a few seconds while the daemon closes the connection during
+  // hello: it accepted and then went away, which is a daemon stopping for a restart (the
+  // next one listens on the same socket within moments).
+  static StatusOr<std::shared_ptr<Connection>> open_through_restart(const std::string& path) {
+    const Clock::time_point until = after_seconds(quick_call_seconds());
+    while (true) {
+      auto conn = open(path);
+      if (conn.ok() || !closed_during_hello(conn.status()) || Clock::now() >= until) return conn;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+
+  static bool closed_during_hello(const Status& s) {
+    return s.code() == ErrorCode::kUnavailable &&
+           s.message().find(kClosedDuringHello) != std::string::npos;
   }
 
   ~Connection() { ::close(fd_); }
@@ -297,7 +316,7 @@ class Connection {
       const ssize_t n = ::recv(fd_, buf, sizeof(buf), 0);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
-        return Unavailable("the daemon at " + path_ + " closed the connection during hello");
+        return Unavailable("the daemon at " + path_ + kClosedDuringHello);
       }
       splitter_.append(std::string_view(buf, static_cast<std::size_t>(n)));
     }
@@ -313,7 +332,12 @@ class Connection {
     hello.client = "libgpumgr pid " + std::to_string(::getpid());
     hello.id = 0;
     if (!send_all(fd_, daemon::encode_request(hello))) {
-      return Unavailable("cannot talk to the daemon at " + path_ + ": " + std::strerror(errno));
+      const int err = errno;
+      if (err == EPIPE || err == ECONNRESET) {  // it accepted, then went away
+        return Unavailable("the daemon at " + path_ + kClosedDuringHello + " (" +
+                           std::strerror(err) + ")");
+      }
+      return Unavailable("cannot talk to the daemon at " + path_ + ": " + std::strerror(err));
     }
     auto line = read_line_before(deadline, allowed);
     if (!line.ok()) return Unavailable(line.status().message());
@@ -491,7 +515,7 @@ class RemoteLedger final : public Ledger {
     // The connection dropped while the request waited: the daemon restarted (or stopped).
     // Take the place in the queue back from the next daemon, as long as the wait may last.
     if (!reply.ok() && on->dead() && !(wait.cancel && wait.cancel->cancelled())) {
-      auto again = reattach_waiter(request.job_id, until, waiting_on, reply.status());
+      auto again = reattach_waiter(r, until, waiting_on, reply.status());
       if (again.ok()) {
         on = again->first;
         reply = std::move(again->second);
@@ -608,7 +632,7 @@ class RemoteLedger final : public Ledger {
   StatusOr<std::shared_ptr<Connection>> connection() {
     MutexLock lock(mutex_);
     if (conn_ && !conn_->dead()) return conn_;
-    auto fresh = Connection::open(path_);
+    auto fresh = Connection::open_through_restart(path_);
     if (!fresh.ok()) return fresh.status();
     conn_ = fresh.value();
     conn_->set_event_handler(event_handler());
@@ -672,7 +696,7 @@ class RemoteLedger final : public Ledger {
         if (stopping_) return last;
         if (conn_ && !conn_->dead()) return conn_;
       }
-      auto fresh = Connection::open(path_);
+      auto fresh = Connection::open_through_restart(path_);
       if (fresh.ok()) {
         MutexLock lock(mutex_);
         conn_ = fresh.value();
@@ -688,9 +712,12 @@ class RemoteLedger final : public Ledger {
 
   // A waiting acquire whose connection dropped: reconnect and take its place in the queue
   // back; the reply is the acquire's (the lease, or why not), on the new connection.
+  // When the new daemon has no record of the request (it went away before the request
+  // reached its journal, so nothing was granted), the request queues again, at the end.
   StatusOr<std::pair<std::shared_ptr<Connection>, StatusOr<Reply>>> reattach_waiter(
-      const std::string& job, std::optional<Clock::time_point> until,
+      const Request& acquire, std::optional<Clock::time_point> until,
       const std::shared_ptr<WaitingOn>& waiting_on, const Status& dropped) {
+    const std::string& job = acquire.lease.job_id;
     const double window = reattach_seconds();
     Clock::time_point give_up = after_seconds(window);
     if (until) give_up = std::min(give_up, *until);
@@ -714,9 +741,18 @@ class RemoteLedger final : public Ledger {
     if (Status s = (*conn)->send(r, pending); !s.ok()) return s;
     auto reply = (*conn)->wait(pending);
     if (reply.ok() && !reply->status.ok() && reply->status.code() == ErrorCode::kNotFound) {
-      reply = Status(ErrorCode::kUnavailable,
-                     "the daemon at " + path_ + " restarted and did not keep job '" + job +
-                         "''s place in the queue: " + reply->status.message());
+      Request again = acquire;
+      if (until) {
+        again.timeout_s = std::clamp(
+            std::chrono::duration<double>(*until - Clock::now()).count() - quick_call_seconds(),
+            0.0, 1e9);
+      }
+      auto queued = std::make_shared<Connection::Pending>();
+      queued->acquire_job = job;
+      queued->deadline = pending->deadline;
+      queued->allowed_s = pending->allowed_s;
+      if (Status s = (*conn)->send(again, queued); !s.ok()) return s;
+      reply = (*conn)->wait(queued);
     }
     return std::make_pair(conn.value(), std::move(reply));
   }
@@ -839,7 +875,7 @@ class RemoteLedger final : public Ledger {
 
 StatusOr<std::shared_ptr<Ledger>> connect_daemon(const std::string& socket_path) {
   if (socket_path.empty()) return InvalidArgument("no daemon socket path given");
-  auto conn = Connection::open(socket_path);
+  auto conn = Connection::open_through_restart(socket_path);
   if (!conn.ok()) return conn.status();
   return std::shared_ptr<Ledger>(
       std::make_shared<RemoteLedger>(socket_path, std::move(conn).value()));

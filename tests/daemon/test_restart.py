@@ -382,3 +382,66 @@ def test_a_holder_from_before_a_restart_releases_nobody_elses_lease():
             s.close()
         finally:
             assert stop(daemon) == 0
+
+
+def fake_daemon_that_dies(sock, after_hello):
+    """A stand-in for a daemon that goes away: it accepts one connection, answers hello (when
+    `after_hello`) and reads one request, then closes the connection and its socket, as a
+    daemon killed at that moment would. Returns the thread doing it."""
+    import threading
+    listener = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
+    listener.bind(sock)
+    listener.listen(8)
+
+    def serve_once():
+        conn, _ = listener.accept()
+        f = conn.makefile("r")
+        hello = json.loads(f.readline())
+        if after_hello:
+            conn.sendall((json.dumps({"id": hello["id"], "ok": True, "version": 1}) + "\n")
+                         .encode())
+            f.readline()  # the request, never journaled
+        f.close()
+        conn.close()
+        listener.close()
+        os.unlink(sock)
+
+    t = threading.Thread(target=serve_once, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_request_that_never_reached_the_journal_queues_again():
+    """The daemon went away after reading the acquire and before writing it down: the next
+    daemon has no record of it, so nothing was granted, and the client asks again."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sock = os.path.join(tmp, "gpumgr.sock")
+        dying = fake_daemon_that_dies(sock, after_hello=True)
+        job = subprocess.Popen([GPUMGR, "run", "--socket", sock, "--job-id", "late", "--vram",
+                                "1GiB", "--", "echo", "late ran"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        dying.join(timeout=20)
+        assert not dying.is_alive()
+        sock, daemon = serve(tmp)
+        try:
+            out, err = job.communicate(timeout=30)
+            assert job.returncode == 0, err
+            assert out == "late ran\n"
+        finally:
+            assert stop(daemon) == 0
+
+
+def test_a_daemon_that_goes_away_during_hello_is_tried_again():
+    with tempfile.TemporaryDirectory() as tmp:
+        sock = os.path.join(tmp, "gpumgr.sock")
+        dying = fake_daemon_that_dies(sock, after_hello=False)
+        status = subprocess.Popen([GPUMGR, "status", "--json", "--socket", sock],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        dying.join(timeout=20)
+        sock, daemon = serve(tmp)
+        try:
+            out, err = status.communicate(timeout=30)
+            assert status.returncode == 0, err
+            assert json.loads(out)["leases"] == []
+        finally:
+            assert stop(daemon) == 0

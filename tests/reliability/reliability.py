@@ -191,6 +191,11 @@ def restarts(gpumgr, tmp, rounds, rng):
             mark = os.path.join(tmp, f"ran-{i}-{k}")
             runs.append((mark, d.run("sh", "-c", f"echo x >> {mark}; sleep {rng.uniform(0.2, 1.5):.2f}",
                                      vram="8GiB", extra=("--job-id", f"r{i}-{k}"))))
+        # Every run holds or waits (the daemon knows all six), then the restart comes at a
+        # random moment among their grants and releases.
+        if not eventually(lambda: len(d.status()["leases"]) + len(d.status()["queue"]) == 6,
+                          timeout=20):
+            raise AssertionError(f"round {i}: the six runs did not reach the daemon")
         time.sleep(rng.uniform(0, 1.0))
         sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
         kills[sig.name] += 1
