@@ -18,7 +18,6 @@ import weakref
 from typing import Any, ContextManager, Optional
 
 from . import _core, _torch
-from .errors import DeviceUnavailableError
 
 __all__ = ["GPUManager", "Lease", "get_gpu_manager", "DEFAULT_ESTIMATED_VRAM_MB"]
 
@@ -138,12 +137,6 @@ def _check_policy(value: Any, name: str, choices: str) -> str:
     return value
 
 
-def _does_not_exist(device: str, count: int) -> str:
-    """The in-process core's words for 'cuda:N' beyond the devices, for both modes."""
-    there = "is 1 GPU" if count == 1 else f"are {count} GPUs"
-    return f"device '{device}' does not exist: there {there} (cuda:0..cuda:{count - 1})"
-
-
 def _warn_unused_settings(snap: dict[str, Any], max_concurrent_jobs: int, memory_limit: float,
                           placement: str, queue: str) -> None:
     """With the daemon its own settings apply host-wide: says so of each argument that asked
@@ -251,19 +244,16 @@ class GPUManager:
         self._driver_peak: dict[int, int] = {}  # guarded by _lock
         self._torch_hooked = False
 
-        def create(selector: str, in_process_only: bool = False) -> Any:
+        # The core validates the selector against the daemon's devices as in-process
+        # ('cuda:N' must exist, 'cuda' needs a GPU, 'cpu' is this process's host memory where
+        # the daemon shares GPUs): one meaning in both modes (manager.cpp, Manager::create).
+        def create(selector: str) -> Any:
             return _core.Manager(selector, max_concurrent_jobs, memory_limit,
                                  simulate=simulate or "", socket=socket or "",
-                                 in_process_only=in_process_only, placement=placement,
-                                 queue=queue, history_path=history_path)
+                                 placement=placement, queue=queue, history_path=history_path)
 
         self._core = create(device)
-        self._note: Optional[str] = None
         snap = self._core.snapshot()
-        source = str(snap["source"])
-        if source.startswith("daemon"):
-            snap = self._check_daemon_selector(device, selector_kind, selector_index, snap,
-                                               lambda: create("cpu", in_process_only=True))
         if str(snap["source"]).startswith("daemon"):
             if history_path:
                 warnings.warn(f"state_path={history_path!r} is not used: the daemon keeps the "
@@ -315,32 +305,6 @@ class GPUManager:
         self._max_concurrent_jobs = int(snap["config"]["max_concurrent_jobs"])
         self._memory_limit = float(snap["config"]["memory_limit"])
         self._hook_torch()
-
-    def _check_daemon_selector(self, device: str, kind: str, index: int,
-                               snap: dict[str, Any], host_memory: Any) -> dict[str, Any]:
-        """Makes the selector mean with the daemon what it means in-process; returns the
-        snapshot of the core kept. 'cuda:N' must name one of the daemon's devices and 'cuda'
-        needs GPUs (the in-process errors); 'cpu' is host memory as one device, never a GPU:
-        the daemon's own where it shares host memory, else this process's (``host_memory``
-        makes that core)."""
-        source = str(snap["source"])
-        daemon_cpu = snap["backend"]["name"] == "cpu"
-        if kind == "cuda" and daemon_cpu:
-            err = DeviceUnavailableError(
-                f"device {device!r} asked for a GPU but none is usable: the {source} has no "
-                "GPU (it shares host memory)")
-            err.code = "unavailable"
-            raise err
-        if kind == "cuda" and index >= len(snap["devices"]):
-            raise ValueError(_does_not_exist(device, len(snap["devices"])))
-        if kind == "auto" and daemon_cpu:
-            self._note = f"auto: the {source} has no usable GPU; using its host memory"
-        if kind == "cpu" and not daemon_cpu:
-            self._core = host_memory()
-            self._note = (f"{self._core.selection_note}, in this process: the {source} "
-                          "shares GPUs, not host memory")
-            return dict(self._core.snapshot())
-        return snap
 
     def _setup_real_gpus(self, index_map: list[int]) -> None:
         """Device order and visibility for real GPUs (simulated devices have no CUDA identity)."""
@@ -394,7 +358,7 @@ class GPUManager:
     @property
     def selection_note(self) -> str:
         """How the device was chosen ("auto: no NVIDIA driver (...); using the CPU")."""
-        return self._note if self._note is not None else str(self._core.selection_note)
+        return str(self._core.selection_note)
 
     # ---- torch ----
 

@@ -337,19 +337,40 @@ StatusOr<std::unique_ptr<Manager>> Manager::create(const ManagerOptions& options
   if (Status s = validate_config(ledger_config(options)); !s.ok()) return s;
   auto selector = parse_device_selector(options.device);
   if (!selector.ok()) return selector.status();
+  std::string cpu_note;  // set when 'cpu' asked a daemon that shares GPUs, not host memory
   if (const std::string socket = socket_path(options); !socket.empty()) {
     auto ledger = connect_daemon(socket);
     if (!ledger.ok()) return ledger.status();
-    std::string device = "cuda";
-    if (selector->kind == DeviceSelector::Kind::kCpu) device = "cpu";
-    if (selector->index >= 0) device = "cuda:" + std::to_string(selector->index);
     auto snap = ledger.value()->snapshot();
     if (!snap.ok()) return snap.status();
-    if (snap->backend.name == "cpu") device = "cpu";
-    const bool gpu = device != "cpu";
-    auto core = std::make_shared<detail::ManagerCore>(options, std::move(ledger).value(), device,
-                                                      gpu, "daemon at " + socket, selector->index);
-    return std::unique_ptr<Manager>(new Manager(std::move(core)));
+    // A selector means with the daemon what it means in-process: 'cuda:N' names one of the
+    // daemon's GPUs, 'cuda' needs GPUs, and 'cpu' is host memory, never a GPU.
+    const bool daemon_cpu = snap->backend.name == "cpu";
+    const std::string where = "daemon at " + socket;
+    const int count = static_cast<int>(snap->devices.size());
+    if (selector->kind == DeviceSelector::Kind::kCuda && daemon_cpu) {
+      return Unavailable("device '" + options.device +
+                         "' asked for a GPU but none is usable: the " + where +
+                         " has no GPU (it shares host memory)");
+    }
+    if (selector->kind == DeviceSelector::Kind::kCuda && selector->index >= count) {
+      return NotFound("device '" + options.device + "' does not exist: there " +
+                      (count == 1 ? "is 1 GPU" : "are " + std::to_string(count) + " GPUs") +
+                      " (cuda:0..cuda:" + std::to_string(count - 1) + ")");
+    }
+    if (selector->kind != DeviceSelector::Kind::kCpu || daemon_cpu) {
+      std::string device = daemon_cpu ? "cpu" : "cuda";
+      if (selector->index >= 0) device = "cuda:" + std::to_string(selector->index);
+      const std::string note =
+          daemon_cpu && selector->kind == DeviceSelector::Kind::kAuto
+              ? "auto: the " + where + " has no usable GPU; using its host memory"
+              : where;
+      auto core = std::make_shared<detail::ManagerCore>(options, std::move(ledger).value(), device,
+                                                        !daemon_cpu, note, selector->index);
+      return std::unique_ptr<Manager>(new Manager(std::move(core)));
+    }
+    // 'cpu' with a daemon that shares GPUs: this process's own host memory, in-process.
+    cpu_note = "the " + where + " shares GPUs, not host memory";
   }
   auto selection = open_backend(options.device, options.simulate);
   if (!selection.ok()) return selection.status();
@@ -360,8 +381,10 @@ StatusOr<std::unique_ptr<Manager>> Manager::create(const ManagerOptions& options
   if (!ledger.ok()) return ledger.status();
   std::string device = cpu ? "cpu" : "cuda";
   if (selection->pinned_device >= 0) device = "cuda:" + std::to_string(selection->pinned_device);
-  auto core = std::make_shared<detail::ManagerCore>(
-      options, std::move(ledger).value(), device, !cpu, selection->note, selection->pinned_device);
+  const std::string note =
+      cpu_note.empty() ? selection->note : selection->note + ", in this process: " + cpu_note;
+  auto core = std::make_shared<detail::ManagerCore>(options, std::move(ledger).value(), device,
+                                                    !cpu, note, selection->pinned_device);
   return std::unique_ptr<Manager>(new Manager(std::move(core)));
 }
 

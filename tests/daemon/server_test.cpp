@@ -75,6 +75,37 @@ TEST(Daemon, AnOldHandleDoesNotReleaseANewerLeaseOfTheSameJobId) {
   EXPECT_TRUE(d.snapshot().leases.empty());
 }
 
+// A device selector means through the daemon what it means in-process: 'cuda:N' must name
+// one of the daemon's GPUs (before, the manager was created and every call failed), and
+// 'cpu' is host memory, never a lease on the daemon's GPU 0 (before, it leased GPU 0 and
+// called it 'cpu').
+TEST(Daemon, SelectorsMeanWhatTheyMeanInProcess) {
+  TestDaemon d("2x10GiB");
+  ManagerOptions options;
+  options.socket = d.socket;
+  options.device = "cuda:2";
+  auto missing = Manager::create(options);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(missing.status().message(),
+            "device 'cuda:2' does not exist: there are 2 GPUs (cuda:0..cuda:1)");
+  options.device = "cuda:1";
+  auto pinned = Manager::create(options);
+  ASSERT_TRUE(pinned.ok()) << pinned.status().to_string();
+  EXPECT_EQ(pinned.value()->device_string(), "cuda:1");
+  options.device = "cpu";
+  auto cpu = Manager::create(options);
+  ASSERT_TRUE(cpu.ok()) << cpu.status().to_string();
+  EXPECT_EQ(cpu.value()->device_string(), "cpu");
+  EXPECT_FALSE(cpu.value()->uses_gpu());
+  EXPECT_NE(cpu.value()->selection_note().find("shares GPUs, not host memory"), std::string::npos)
+      << cpu.value()->selection_note();
+  auto lease = cpu.value()->try_acquire(req("host", kGiB));
+  ASSERT_TRUE(lease.ok()) << lease.status().to_string();
+  EXPECT_TRUE(d.snapshot().leases.empty());  // host memory here, nothing on the daemon's GPUs
+  ASSERT_TRUE(lease->release().ok());
+}
+
 // A request handler that throws is logged, and the daemon goes on serving. The throw here
 // comes from the log callback itself, on the line a departing holder produces.
 TEST(Daemon, AHandlerThatThrowsDoesNotStopTheDaemon) {
