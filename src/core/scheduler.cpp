@@ -646,7 +646,7 @@ std::vector<Grant> Scheduler::schedule(TimeNs now) {
             if (devices_[i].admissible() < need) with_reserved[i] = true;
           }
         }
-        return *hold <= *shadow - now;
+        return *shadow > now && *hold <= *shadow - now;  // no expected start: none
       };
       std::optional<Key> found;
       for (const auto& [neg_priority, classes] : fit_) {

@@ -21,8 +21,8 @@
 //   Multi-GPU waiters behind a reserving head reserve devices too, in queue order (a gang
 //   needs several devices drained at once, which backfill would otherwise keep refilling).
 //   Duration backfill: a waiter whose kind has a reliable expected hold may also start on
-//   the head's reserved devices when it is expected to end before the head's expected
-//   start (from the expected ends of the leases there).
+//   the head's reserved devices where the head does not fit yet, when it is expected to
+//   end before the head's expected start (from the expected ends of the leases there).
 // - FIFO: nothing starts while an earlier job waits.
 // - Greedy: no reservation; every waiter that fits anywhere starts, in queue order.
 #pragma once
@@ -71,7 +71,8 @@ struct SchedulerConfig {
   // the head reserves at once.
   double reserve_after_holds = 2;
   // Backfill only: a waiter of a known kind may also start on the head's reserved devices
-  // when it is expected to end before the head is expected to start (EASY backfilling).
+  // where the head does not fit yet, when it is expected to end before the head is expected
+  // to start (EASY backfilling).
   // Expectations are the scheduler's own, learned from releases: a kind's expected hold is
   // the mean of its recent holds plus one mean absolute deviation, known once three were
   // seen and while the deviation is at most 40% of the mean; a lease of unknown kind, or
