@@ -24,6 +24,11 @@ limit 0.8, no concurrency limit):
   alibaba  10x32GiB bench/traces/alibaba_openb.csv with its arrival times scaled so that the
                     offered load is the cell's (one seed: the trace is fixed)
 
+Generated jobs name their kind (the `kind` column), from the generator's own branches:
+studio and bursts image/shape/texture, serving one kind, gangs one per GPU count, mixed
+small/large. The scheduler learns each kind's holds during the replay (duration backfill,
+docs/scheduling.md); the Alibaba trace names none.
+
 Offered load = sum of VRAM x GPUs x hold / (pool lease capacity x arrival span); arrivals of
 the generated mixes are Poisson (or bursts) at the rate that gives the cell's load in
 expectation.
@@ -33,6 +38,9 @@ Usage:
       [--jobs 600] [--seeds 1 2 3] [--loads 0.7 0.9 1.0 1.1 1.3] [--mixes serving ...]
       [--policy NAME]  (the policy compared as the default; default: best-fit)
       [--reserve-after-holds X]  (passed to gpumgr simulate)
+      [--no-kinds]  (generated traces name no job kinds: no duration backfill)
+      [--simulate-arg=ARG ...]  (more arguments for gpumgr simulate, e.g.
+                                 --simulate-arg=--no-duration-backfill)
 --quick: seed 1, loads 0.9 and 1.3, 200 jobs (a smoke test). Exit status 0 when every cell
 meets the target, 1 when some miss, 2 on an error. Python standard library only.
 """
