@@ -24,6 +24,11 @@ limit 0.8, no concurrency limit):
   alibaba  10x32GiB bench/traces/alibaba_openb.csv with its arrival times scaled so that the
                     offered load is the cell's (one seed: the trace is fixed)
 
+Generated jobs name their kind (the `kind` column), from the generator's own branches:
+studio and bursts image/shape/texture, serving one kind, gangs one per GPU count, mixed
+small/large. The scheduler learns each kind's holds during the replay (duration backfill,
+docs/scheduling.md); the Alibaba trace names none.
+
 Offered load = sum of VRAM x GPUs x hold / (pool lease capacity x arrival span); arrivals of
 the generated mixes are Poisson (or bursts) at the rate that gives the cell's load in
 expectation.
@@ -33,6 +38,9 @@ Usage:
       [--jobs 600] [--seeds 1 2 3] [--loads 0.7 0.9 1.0 1.1 1.3] [--mixes serving ...]
       [--policy NAME]  (the policy compared as the default; default: best-fit)
       [--reserve-after-holds X]  (passed to gpumgr simulate)
+      [--no-kinds]  (generated traces name no job kinds: no duration backfill)
+      [--simulate-arg=ARG ...]  (more arguments for gpumgr simulate, e.g.
+                                 --simulate-arg=--no-duration-backfill)
 --quick: seed 1, loads 0.9 and 1.3, 200 jobs (a smoke test). Exit status 0 when every cell
 meets the target, 1 when some miss, 2 on an error. Python standard library only.
 """
@@ -59,22 +67,22 @@ def lognormal_clipped(rng, median, sigma, lo, hi):
 def serving_job(rng):
     vram = lognormal_clipped(rng, 24 * GIB, 0.35, 12 * GIB, 61 * GIB)
     hold = lognormal_clipped(rng, 16.0, 0.7, 4.0, 120.0)
-    return int(vram), round(hold, 1), 1, (1 if rng.random() < 0.10 else 0)
+    return int(vram), round(hold, 1), 1, (1 if rng.random() < 0.10 else 0), "serve"
 
 
-STUDIO = [(0.60, (4 * GIB, 8 * GIB), (5.0, 30.0)),
-          (0.25, (10 * GIB, 16 * GIB), (30.0, 90.0)),
-          (0.15, (14 * GIB, 22 * GIB), (60.0, 180.0))]
+STUDIO = [(0.60, (4 * GIB, 8 * GIB), (5.0, 30.0), "image"),
+          (0.25, (10 * GIB, 16 * GIB), (30.0, 90.0), "shape"),
+          (0.15, (14 * GIB, 22 * GIB), (60.0, 180.0), "texture")]
 
 
 def studio_job(rng):
     u = rng.random()
-    for share, (lo, hi), (dlo, dhi) in STUDIO:
+    for share, (lo, hi), (dlo, dhi), kind in STUDIO:
         if u < share:
             break
         u -= share
     return (rng.randint(lo, hi), round(rng.uniform(dlo, dhi), 1), 1,
-            1 if rng.random() < 0.10 else 0)
+            1 if rng.random() < 0.10 else 0, kind)
 
 
 def gang_job(rng):
@@ -82,16 +90,16 @@ def gang_job(rng):
     gpus = 4 if u < 0.05 else (2 if u < 0.15 else 1)
     vram = lognormal_clipped(rng, 12 * GIB, 0.5, 4 * GIB, 32 * GIB)
     hold = lognormal_clipped(rng, 60.0, 0.8, 10.0, 600.0)
-    return int(vram), round(hold, 1), gpus, 0
+    return int(vram), round(hold, 1), gpus, 0, f"gang{gpus}"
 
 
 def mixed_job(rng):
     if rng.random() < 0.60:
-        vram = rng.randint(4 * GIB, 16 * GIB)
+        vram, kind = rng.randint(4 * GIB, 16 * GIB), "small"
     else:
-        vram = int(lognormal_clipped(rng, 24 * GIB, 0.35, 12 * GIB, 61 * GIB))
+        vram, kind = int(lognormal_clipped(rng, 24 * GIB, 0.35, 12 * GIB, 61 * GIB)), "large"
     hold = lognormal_clipped(rng, 16.0, 0.7, 4.0, 120.0)
-    return vram, round(hold, 1), 1, (1 if rng.random() < 0.10 else 0)
+    return vram, round(hold, 1), 1, (1 if rng.random() < 0.10 else 0), kind
 
 
 # name -> (job generator, pool spec, device sizes in MiB, bursty)
@@ -111,13 +119,13 @@ def capacity_mib(sizes):
     return sum(math.floor(LIMIT * s * 1024 * 1024) / (1024 * 1024) for s in sizes)
 
 
-def generate(mix, load, seed, jobs):
+def generate(mix, load, seed, jobs, kinds=True):
     make, spec, sizes, bursty = MIXES[mix]
     rng = random.Random(f"{mix}/{seed}")
     shapes = [make(rng) for _ in range(jobs)]
     # Small per-device jobs on a mixed pool must fit somewhere; every generator keeps to the
     # largest capacity, so nothing is dropped.
-    work = sum(v * d * g for v, d, g, _ in shapes)  # MiB x s
+    work = sum(v * d * g for v, d, g, _, _ in shapes)  # MiB x s
     span = work / (load * capacity_mib(sizes))  # seconds of arrivals that give the load
     rate = jobs / span
     rows = []
@@ -135,9 +143,9 @@ def generate(mix, load, seed, jobs):
             i += 1
             t += rng.expovariate(rate)
     rows.sort(key=lambda r: (r[0], r[2]))
-    out = [("arrival_s", "vram_mib", "duration_s", "gpus", "priority", "job_id")]
-    for at, (vram, hold, gpus, prio), k in rows:
-        out.append((f"{at:.3f}", vram, hold, gpus, prio, f"{mix}-{k + 1}"))
+    out = [("arrival_s", "vram_mib", "duration_s", "gpus", "priority", "job_id", "kind")]
+    for at, (vram, hold, gpus, prio, kind), k in rows:
+        out.append((f"{at:.3f}", vram, hold, gpus, prio, f"{mix}-{k + 1}", kind if kinds else ""))
     return spec, out
 
 
@@ -177,6 +185,12 @@ def main():
     parser.add_argument("--mixes", nargs="+", default=list(MIXES) + ["alibaba"])
     parser.add_argument("--policy", default="best-fit",
                         help="the `gpumgr simulate` policy compared as the default")
+    parser.add_argument("--no-kinds", action="store_true",
+                        help="leave the kind column of the generated traces empty (every job "
+                             "of unknown kind: no duration backfill)")
+    parser.add_argument("--simulate-arg", action="append", default=[],
+                        help="an extra argument for `gpumgr simulate` (repeatable), e.g. "
+                             "--simulate-arg=--no-duration-backfill")
     parser.add_argument("--reserve-after-holds", type=float, default=None,
                         help="passed to `gpumgr simulate` (the backfill queue's aging; "
                              "0 is the rule before aging)")
@@ -204,7 +218,7 @@ def main():
     def ratio(a, b):
         return (a + 1e-3) / (b + 1e-3)  # waits may be 0
     extra = ([] if args.reserve_after_holds is None else
-             ["--reserve-after-holds", str(args.reserve_after_holds)])
+             ["--reserve-after-holds", str(args.reserve_after_holds)]) + args.simulate_arg
     with tempfile.TemporaryDirectory() as workdir:
         for mix in args.mixes:
             for load in args.loads:
@@ -212,7 +226,7 @@ def main():
                     if mix == "alibaba":
                         spec, rows = alibaba(load)
                     else:
-                        spec, rows = generate(mix, load, seed, args.jobs)
+                        spec, rows = generate(mix, load, seed, args.jobs, not args.no_kinds)
                     try:
                         rep = replay(args.gpumgr, spec, rows, workdir, extra)
                     except RuntimeError as e:

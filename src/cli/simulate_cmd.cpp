@@ -103,13 +103,14 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
     double memory_limit = 0.8;
     int max_concurrent_jobs = kUnlimitedJobs;
     double reserve_after_holds = core::SchedulerConfig{}.reserve_after_holds;
+    bool no_duration_backfill = false;
     bool json = false;
   };
   auto opts = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand(
       "simulate", "Replay a job trace on simulated devices and judge the scheduling policies");
   sub->add_option("--trace", opts->trace,
-                  "CSV trace: arrival_s,vram_mib,duration_s[,gpus,priority,job_id]")
+                  "CSV trace: arrival_s,vram_mib,duration_s[,gpus,priority,job_id,kind]")
       ->required();
   sub->add_option("--devices", opts->devices,
                   "Simulated devices, e.g. 4x40GiB or 24GiB,80GiB (default: --simulate, then "
@@ -125,6 +126,9 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
   sub->add_option("--reserve-after-holds", opts->reserve_after_holds,
                   "Backfill: the head reserves devices once it has waited this many mean hold "
                   "times (default 2; 0: at once)");
+  sub->add_flag("--no-duration-backfill", opts->no_duration_backfill,
+                "Backfill: never start a job on the head's reserved devices because it is "
+                "expected to end in time (expected holds are learned per trace kind)");
   sub->add_flag("--json", opts->json,
                 "Print JSON: an object per policy (an array of them with --policy all)");
   sub->footer(
@@ -177,9 +181,11 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
         std::vector<sim::SimReport> reports;
         const int limit = opts->max_concurrent_jobs;
         const double aging = opts->reserve_after_holds;
+        const double mem = opts->memory_limit;
+        const bool by = !opts->no_duration_backfill;  // duration backfill
         for (const PolicyChoice& p : chosen) {
           StatusOr<sim::SimReport> report =
-              sim::replay(*jobs, *sizes, opts->memory_limit, p.placement, p.queue, limit, aging);
+              sim::replay(*jobs, *sizes, mem, p.placement, p.queue, limit, aging, by);
           if (!report.ok()) {
             std::fprintf(stderr, "gpumgr simulate: %s\n", report.status().message().c_str());
             return exit_code(report.status());

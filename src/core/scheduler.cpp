@@ -1,6 +1,7 @@
 #include "core/scheduler.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -19,6 +20,16 @@ constexpr std::size_t kMaxSpare = 64;
 // The mean hold time weighs the last this many releases most (an exponential average once
 // more have been seen), so that it follows a workload that changes.
 constexpr double kHoldWindow = 256;
+// A kind's expected hold: its last this many releases weigh most, and it is known once this
+// many were seen. At most kMaxKinds kinds are learned (later ones are treated as unknown), so
+// that clients that invent kinds cannot grow the table without bound.
+constexpr double kKindWindow = 32;
+constexpr std::uint64_t kMinKindHolds = 3;
+constexpr std::size_t kMaxKinds = 4096;
+// A kind's expected hold is its mean plus this many mean absolute deviations, and a kind has
+// none while its deviation exceeds this share of its mean (bench/sched_matrix.py chose both).
+constexpr double kEstimateMargin = 1;
+constexpr double kMaxHoldSpread = 0.4;
 
 // Whether `text` holds an ASCII control character (below 0x20, or 0x7f), eight bytes at a
 // time: job ids are checked on every acquire. (w - 0x20 in every byte) & ~w & 0x80 in every
@@ -305,6 +316,9 @@ ActiveEntry& Scheduler::grant(ActiveEntry& entry, const LeaseRequest& request, H
   lease.kind.assign(request.kind);
   lease.requested_at = requested_at;
   lease.granted_at = now;
+  lease.kind_id = intern_kind(request.kind);
+  const std::optional<TimeNs> hold = expected_hold(lease.kind_id);
+  lease.expected_end = hold ? now + *hold : kUnknownEnd;
   return entry;
 }
 
@@ -442,8 +456,10 @@ StatusOr<std::vector<Grant>> Scheduler::enqueue(const LeaseRequest& request, Hol
                                                 TimeNs now, std::optional<TimeNs> deadline) {
   if (Status s = check(request); !s.ok()) return s;
   const Key key{-request.priority, next_seq_++};
-  Waiter waiter{request, holder, now, deadline, key.seq};
-  fit_[key.neg_priority][ClassKey{request.gpus, request.device}].push_back(key.seq, request.bytes);
+  const int kind_id = intern_kind(request.kind);
+  Waiter waiter{request, holder, now, deadline, key.seq, kind_id};
+  fit_[key.neg_priority][ClassKey{request.gpus, request.device, kind_id}].push_back(key.seq,
+                                                                                    request.bytes);
   waiting_index_.emplace(request.job_id, key);
   if (deadline) deadlines_.emplace(*deadline, key);
   if (request.gpus > 1) gang_waiters_.insert(key);
@@ -455,7 +471,7 @@ void Scheduler::remove_waiter(std::map<Key, Waiter>::iterator it) {
   const Key key = it->first;
   const Waiter& w = it->second;
   auto level = fit_.find(key.neg_priority);
-  auto cls = level->second.find(ClassKey{w.request.gpus, w.request.device});
+  auto cls = level->second.find(ClassKey{w.request.gpus, w.request.device, w.kind_id});
   cls->second.erase(key.seq);
   if (cls->second.empty()) level->second.erase(cls);
   if (level->second.empty()) fit_.erase(level);
@@ -498,6 +514,13 @@ StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now,
     dev.leased -= lease.bytes;
     --dev.leases;
     update_fit(static_cast<std::size_t>(d));
+  }
+  if (lease.kind_id >= 0) {
+    KindStats& k = kind_stats_[static_cast<std::size_t>(lease.kind_id)];
+    const double held = static_cast<double>(elapsed_ns(lease.granted_at, now));
+    const double weight = 1.0 / std::min(static_cast<double>(++k.holds), kKindWindow);
+    k.deviation_ns += (std::abs(held - k.mean_ns) - k.deviation_ns) * (k.holds == 1 ? 0 : weight);
+    k.mean_ns += (held - k.mean_ns) * weight;
   }
   ++holds_seen_;
   mean_hold_ns_ += (static_cast<double>(elapsed_ns(lease.granted_at, now)) - mean_hold_ns_) /
@@ -602,11 +625,36 @@ std::vector<Grant> Scheduler::schedule(TimeNs now) {
       std::vector<bool> gang_allowed;
       std::optional<Key> gang =
           greedy ? std::nullopt : reserve_for_gangs(head->first, allowed, &gang_allowed);
+      // Duration backfill: the unreserved devices and the head's reserved ones, open to
+      // jobs expected to end before the head is expected to start (computed when needed).
+      std::optional<TimeNs> shadow;
+      std::vector<bool> with_reserved;
+      auto ends_in_time = [&](int kind_id) {
+        if (greedy || !config_.duration_backfill || reserved_.empty()) return false;
+        const std::optional<TimeNs> hold = expected_hold(kind_id);
+        if (!hold) return false;
+        if (!shadow) {
+          shadow = head_shadow(now);
+          // Only reserved devices where the head does not fit yet: one where it fits must
+          // stay so, or the reservation, which swaps in devices where the head fits, could
+          // chase devices that duration backfills keep filling (measured: a head late by
+          // one hold).
+          with_reserved = allowed;
+          const std::uint64_t need = head->second.request.bytes;
+          for (const int d : reserved_) {
+            const auto i = static_cast<std::size_t>(d);
+            if (devices_[i].admissible() < need) with_reserved[i] = true;
+          }
+        }
+        return *shadow > now && *hold <= *shadow - now;  // no expected start: none
+      };
       std::optional<Key> found;
       for (const auto& [neg_priority, classes] : fit_) {
         for (const auto& [cls, index] : classes) {
-          const auto seq = index.first_at_most(
-              std::max(threshold(cls, allowed), greedy ? 0 : headroom_threshold(cls)));
+          std::uint64_t limit =
+              std::max(threshold(cls, allowed), greedy ? 0 : headroom_threshold(cls));
+          if (ends_in_time(cls.kind_id)) limit = std::max(limit, threshold(cls, with_reserved));
+          const auto seq = index.first_at_most(limit);
           if (seq && (!found || *seq < found->seq)) found = Key{neg_priority, *seq};
         }
         if (found) break;
@@ -620,6 +668,9 @@ std::vector<Grant> Scheduler::schedule(TimeNs now) {
         if (devices.empty() && !greedy) {
           const int d = place_in_headroom(chosen->second.request);
           if (d >= 0) devices.push_back(d);
+        }
+        if (devices.empty() && ends_in_time(chosen->second.kind_id)) {
+          devices = place(chosen->second.request, with_reserved);
         }
       } else {
         break;
@@ -647,6 +698,59 @@ bool Scheduler::greedy_now(TimeNs now) const {
   if (!reserved_.empty() && reserved_for_ == head.request.job_id) return false;
   const TimeNs waited = elapsed_ns(head.requested_at, now);
   return static_cast<double>(waited) < config_.reserve_after_holds * mean_hold_ns_;
+}
+
+int Scheduler::intern_kind(std::string_view kind) {
+  if (kind.empty()) return -1;
+  if (const auto it = kind_ids_.find(kind); it != kind_ids_.end()) return it->second;
+  if (kind_ids_.size() >= kMaxKinds) return -1;
+  const int id = static_cast<int>(kind_stats_.size());
+  kind_ids_.emplace(std::string(kind), id);
+  kind_stats_.emplace_back();
+  return id;
+}
+
+std::optional<TimeNs> Scheduler::expected_hold(int kind_id) const {
+  if (kind_id < 0) return std::nullopt;
+  const KindStats& k = kind_stats_[static_cast<std::size_t>(kind_id)];
+  if (k.holds < kMinKindHolds) return std::nullopt;
+  // A kind whose holds vary widely has no useful estimate: its backfills would overrun and
+  // delay the head (on the matrix, allowing any spread lost 4 of its max-wait cells).
+  if (k.deviation_ns > kMaxHoldSpread * k.mean_ns) return std::nullopt;
+  return static_cast<TimeNs>(k.mean_ns + kEstimateMargin * k.deviation_ns);
+}
+
+TimeNs Scheduler::head_shadow(TimeNs now) const {
+  if (reserved_.empty() || reserved_for_.empty()) return now;
+  const std::uint64_t need =
+      queue_.find(waiting_index_.find(reserved_for_)->second)->second.request.bytes;
+  // (expected end, bytes) of the leases on each reserved device.
+  std::vector<std::vector<std::pair<TimeNs, std::uint64_t>>> ends(reserved_.size());
+  for (const auto& [id, lease] : active_) {
+    for (const int d : lease.devices) {
+      const auto at = std::lower_bound(reserved_.begin(), reserved_.end(), d);
+      if (at == reserved_.end() || *at != d) continue;
+      ends[static_cast<std::size_t>(at - reserved_.begin())].emplace_back(
+          std::max(lease.expected_end, now), lease.bytes);
+    }
+  }
+  TimeNs shadow = now;
+  for (std::size_t k = 0; k < reserved_.size(); ++k) {
+    std::uint64_t free = devices_[static_cast<std::size_t>(reserved_[k])].admissible();
+    if (free >= need) continue;
+    std::sort(ends[k].begin(), ends[k].end());
+    bool fits = false;
+    for (const auto& [end, bytes] : ends[k]) {
+      free += bytes;
+      if (free >= need) {
+        shadow = std::max(shadow, end);
+        fits = true;
+        break;
+      }
+    }
+    if (!fits) return now;  // memory outside leases must go too: no expected start
+  }
+  return shadow;
 }
 
 std::uint64_t Scheduler::headroom(int device) const {

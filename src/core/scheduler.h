@@ -20,12 +20,16 @@
 //   delay it: the head starts once the leases on its reserved devices at that moment end.
 //   Multi-GPU waiters behind a reserving head reserve devices too, in queue order (a gang
 //   needs several devices drained at once, which backfill would otherwise keep refilling).
+//   Duration backfill: a waiter whose kind has a reliable expected hold may also start on
+//   the head's reserved devices where the head does not fit yet, when it is expected to
+//   end before the head's expected start (from the expected ends of the leases there).
 // - FIFO: nothing starts while an earlier job waits.
 // - Greedy: no reservation; every waiter that fits anywhere starts, in queue order.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -66,6 +70,14 @@ struct SchedulerConfig {
   // (the running mean over released leases); before that the queue is served greedily. 0:
   // the head reserves at once.
   double reserve_after_holds = 2;
+  // Backfill only: a waiter of a known kind may also start on the head's reserved devices
+  // where the head does not fit yet, when it is expected to end before the head is expected
+  // to start (EASY backfilling).
+  // Expectations are the scheduler's own, learned from releases: a kind's expected hold is
+  // the mean of its recent holds plus one mean absolute deviation, known once three were
+  // seen and while the deviation is at most 40% of the mean; a lease of unknown kind, or
+  // one past its expected end, is expected to end at any moment.
+  bool duration_backfill = true;
 };
 
 // A lease that was granted by a scheduling pass (or at once).
@@ -106,7 +118,14 @@ struct ActiveLease {
   std::string kind;  // LeaseRequest::kind
   TimeNs requested_at = 0;
   TimeNs granted_at = 0;
+  // When the lease is expected to end (granted_at + its kind's expected hold then), or
+  // kUnknownEnd when its kind has no estimate.
+  TimeNs expected_end = 0;
+  int kind_id = -1;  // the scheduler's number for `kind`; -1: none
 };
+
+// ActiveLease::expected_end of a lease whose kind has no estimate.
+inline constexpr TimeNs kUnknownEnd = std::numeric_limits<TimeNs>::min();
 
 // Job ids are looked up by string_view without building a std::string (heterogeneous
 // lookup): releases arrive as string_views and this is the hot path. XXH3, which hashes a
@@ -204,6 +223,7 @@ class Scheduler {
     TimeNs requested_at = 0;
     std::optional<TimeNs> deadline;
     std::uint64_t seq = 0;
+    int kind_id = -1;  // see ActiveLease::kind_id
   };
 
   const DeviceState& device(int index) const {
@@ -237,7 +257,8 @@ class Scheduler {
   // Waiters that compete for the same kind of placement share a fit index.
   struct ClassKey {
     int gpus;
-    int device;  // pinned device or -1
+    int device;   // pinned device or -1
+    int kind_id;  // -1: no kind (duration backfill weighs a class by its kind's estimate)
     friend auto operator<=>(const ClassKey&, const ClassKey&) = default;
   };
 
@@ -281,6 +302,14 @@ class Scheduler {
   // The reserved device (best fit by headroom) a single-GPU request may backfill, or -1.
   int place_in_headroom(const LeaseRequest& request) const;
   std::uint64_t capacity_rank(int gpus) const;  // the gpus-th largest capacity
+  // The scheduler's number for a kind (-1 for none, or once kMaxKinds are known).
+  int intern_kind(std::string_view kind);
+  // The expected hold of a kind, or nullopt when too few of its leases were released.
+  std::optional<TimeNs> expected_hold(int kind_id) const;
+  // When the head is expected to fit on all of its reserved devices, from the expected ends
+  // of the leases there (a lease of unknown kind, or past its expected end, may end at any
+  // moment: now); `now` when that cannot be told (memory held outside leases).
+  TimeNs head_shadow(TimeNs now) const;
   // Recomputes fit_bytes_[device] after its state changed.
   void update_fit(std::size_t device) {
     const DeviceState& d = devices_[device];
@@ -321,6 +350,15 @@ class Scheduler {
   std::uint64_t holds_seen_ = 0;
 
   bool last_pass_greedy_ = false;  // what backfill_devices() reports
+
+  // Hold times per job kind, learned from releases (duration backfill).
+  struct KindStats {
+    double mean_ns = 0;
+    double deviation_ns = 0;  // mean absolute deviation from the running mean
+    std::uint64_t holds = 0;
+  };
+  std::unordered_map<std::string, int, JobIdHash, std::equal_to<>> kind_ids_;
+  std::vector<KindStats> kind_stats_;
 };
 
 }  // namespace gpumgr::core

@@ -46,7 +46,7 @@ std::string policy_name(PlacementPolicy placement, QueuePolicy queue) {
 StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
                            const std::vector<std::uint64_t>& device_sizes, double memory_limit,
                            PlacementPolicy placement, QueuePolicy queue, int max_concurrent_jobs,
-                           double reserve_after_holds) {
+                           double reserve_after_holds, bool duration_backfill) {
   if (device_sizes.empty()) return InvalidArgument("a simulation needs at least one device");
   if (!(memory_limit > 0 && memory_limit <= 1)) {
     return InvalidArgument("memory_limit must be in (0, 1], got " + std::to_string(memory_limit));
@@ -65,6 +65,7 @@ StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
   config.placement = placement;
   config.queue = queue;
   config.reserve_after_holds = reserve_after_holds;
+  config.duration_backfill = duration_backfill;
   core::Scheduler scheduler(config, device_sizes.size());
   std::vector<std::uint64_t> capacities;
   for (std::size_t d = 0; d < device_sizes.size(); ++d) {
@@ -140,6 +141,7 @@ StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
       request.bytes = job.vram_bytes;
       request.gpus = job.gpus;
       request.priority = job.priority;
+      request.kind = job.kind;
       StatusOr<std::vector<core::Grant>> grants =
           scheduler.enqueue(request, core::Holder{}, now, std::nullopt);
       if (!grants.ok()) {

@@ -59,11 +59,14 @@ std::string policy_name(PlacementPolicy placement, QueuePolicy queue);
 // floor(memory_limit x size), as in the library). Errors: no devices, memory_limit outside
 // (0, 1], max_concurrent_jobs < 1, reserve_after_holds negative or not finite, times beyond
 // 290 years, and any job the scheduler refuses (e.g. kNeverFits: larger than every device's
-// capacity), named by its job id. `reserve_after_holds` is SchedulerConfig's (the backfill
-// queue's aging; the library's default unless given).
-StatusOr<SimReport> replay(
-    const std::vector<TraceJob>& jobs, const std::vector<std::uint64_t>& device_sizes,
-    double memory_limit, PlacementPolicy placement, QueuePolicy queue, int max_concurrent_jobs,
-    double reserve_after_holds = core::SchedulerConfig{}.reserve_after_holds);
+// capacity), named by its job id. `reserve_after_holds` and `duration_backfill` are
+// SchedulerConfig's (the backfill queue's aging, and backfill by the expected holds the
+// scheduler learns per job kind from the trace's `kind` column; the library's defaults
+// unless given).
+StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
+                           const std::vector<std::uint64_t>& device_sizes, double memory_limit,
+                           PlacementPolicy placement, QueuePolicy queue, int max_concurrent_jobs,
+                           double reserve_after_holds = core::SchedulerConfig{}.reserve_after_holds,
+                           bool duration_backfill = core::SchedulerConfig{}.duration_backfill);
 
 }  // namespace gpumgr::sim

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <unordered_map>
 
+#include "core/scheduler.h"
 #include "gpumgr/units.h"
 
 namespace gpumgr::sim {
@@ -71,9 +72,9 @@ StatusOr<std::vector<std::string>> split_csv(std::string_view line, std::size_t 
   return fields;
 }
 
-enum Column { kArrival, kVram, kDuration, kGpus, kPriority, kJobId, kColumnCount };
+enum Column { kArrival, kVram, kDuration, kGpus, kPriority, kJobId, kKind, kColumnCount };
 constexpr std::array<const char*, kColumnCount> kColumnNames = {
-    "arrival_s", "vram_mib", "duration_s", "gpus", "priority", "job_id"};
+    "arrival_s", "vram_mib", "duration_s", "gpus", "priority", "job_id", "kind"};
 constexpr int kRequiredColumns = 3;  // the first three of kColumnNames
 
 struct Cell {
@@ -208,6 +209,12 @@ StatusOr<std::vector<TraceJob>> parse_trace(std::istream& in) {
       job.job_id = fields[*index[kJobId]];
     } else {
       job.job_id = std::to_string(jobs.size() + 1);
+    }
+    if (index[kKind] && !fields[*index[kKind]].empty()) {
+      job.kind = fields[*index[kKind]];
+      if (Status s = core::check_kind(job.kind); !s.ok()) {
+        return InvalidArgument(at_line(line_no) + "kind: " + s.message());
+      }
     }
     const auto [it, inserted] = id_lines.emplace(job.job_id, line_no);
     if (!inserted) {

@@ -82,6 +82,22 @@ TEST(TraceTest, EmptyOptionalCellsTakeDefaultsAndNegativePriorityIsKept) {
   EXPECT_EQ((*jobs)[1].priority, -2);
 }
 
+TEST(TraceTest, AKindColumnIsKeptAndAnEmptyCellIsNoKind) {
+  StatusOr<std::vector<TraceJob>> jobs = parse(
+      "arrival_s,vram_mib,duration_s,kind\n"
+      "0,100,1,render\n"
+      "1,100,1,\n");
+  ASSERT_TRUE(jobs.ok()) << jobs.status().to_string();
+  ASSERT_EQ(jobs->size(), 2u);
+  EXPECT_EQ((*jobs)[0].kind, "render");
+  EXPECT_EQ((*jobs)[1].kind, "");
+  // A kind is checked as the scheduler checks it; the message does not repeat the bytes.
+  const std::string bad = error_of("arrival_s,vram_mib,duration_s,kind\n0,100,1,a\x1b[2Jb\n");
+  EXPECT_EQ(bad, "line 2: kind: job kind must not contain control characters");
+  EXPECT_EQ(error_of("arrival_s,vram_mib,duration_s,kind\n0,100,1," + std::string(257, 'k') + "\n"),
+            "line 2: kind: job kind is 257 characters long; the limit is 256");
+}
+
 TEST(TraceTest, HeaderOnlyIsAnEmptyTrace) {
   StatusOr<std::vector<TraceJob>> jobs = parse("arrival_s,vram_mib,duration_s\n");
   ASSERT_TRUE(jobs.ok());
