@@ -28,6 +28,7 @@ enum class ErrorCode {
   kPermissionDenied,    // not the holder of the lease
   kFailedPrecondition,  // the operation does not apply in the current state
   kInternal,            // a bug
+  kQuotaExceeded,       // beyond the requester's quota for good: waiting cannot help
 };
 
 // Stable lower-case name of a code ("invalid_argument"), used in JSON and the wire protocol.

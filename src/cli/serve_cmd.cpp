@@ -18,6 +18,7 @@
 #include "config/config_file.h"
 #include "config/serve_settings.h"
 #include "core/local_ledger.h"
+#include "core/quota.h"
 #include "daemon/protocol.h"
 #include "daemon/server.h"
 #include "gpumgr/backends.h"
@@ -38,7 +39,27 @@ struct ReloadState {
   std::string history_path;
   std::shared_ptr<core::LocalLedger> ledger;
   std::shared_ptr<std::atomic<bool>> quiet;
+  core::QuotaConfig quotas;
+  std::uint64_t host_capacity = 0;  // what a quota's share ("50%") is of
 };
+
+// The leases' capacity of the host: the sum over its devices (memory_limit applied).
+std::uint64_t host_capacity(core::LocalLedger& ledger) {
+  auto snap = ledger.snapshot();
+  std::uint64_t total = 0;
+  if (snap.ok()) {
+    for (const auto& d : snap->devices) total += d.capacity_bytes;
+  }
+  return total;
+}
+
+// A quota refusal at admission (a request that can never fit, a priority above the limit).
+Status admit(const ReloadState& state, const LeaseRequest& request, const core::Holder& holder) {
+  if (state.quotas.empty()) return Status::Ok();
+  std::vector<std::uint32_t> gids;
+  if (!state.quotas.groups.empty()) gids = core::groups_of(holder.uid);
+  return core::check_quota_admission(state.quotas, request, holder.uid, gids, state.host_capacity);
+}
 
 daemon::ClientLimits client_limits(const config::ServeSettings& s) {
   daemon::ClientLimits limits;
@@ -72,6 +93,13 @@ std::optional<daemon::ClientLimits> reload(ReloadState& state) {
   }
   state.running = plan.apply;
   state.quiet->store(plan.apply.quiet);
+  state.host_capacity = host_capacity(*state.ledger);
+  if (!(wanted->quotas == state.quotas)) {
+    plan.changed.push_back("quotas: " + std::to_string(wanted->quotas.users.size()) + " user, " +
+                           std::to_string(wanted->quotas.groups.size()) + " group table(s)" +
+                           (wanted->quotas.default_rule ? " and a default" : ", no default"));
+    state.quotas = wanted->quotas;
+  }
   if (!quiet || !plan.apply.quiet) {
     std::string changes;
     for (const std::string& c : plan.changed) changes += (changes.empty() ? "" : "; ") + c;
@@ -299,7 +327,12 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
         reload_state->history_path = config.history_path;
         reload_state->ledger = ledger.value();
         reload_state->quiet = quiet;
+        reload_state->quotas = resolved->quotas;
+        reload_state->host_capacity = host_capacity(*ledger.value());
         so.on_reload = [reload_state] { return reload(*reload_state); };
+        so.admit = [reload_state](const LeaseRequest& r, const core::Holder& h) {
+          return admit(*reload_state, r, h);
+        };
         auto server = daemon::Server::create(so, ledger.value());
         if (!server.ok()) {
           std::fprintf(stderr, "gpumgr serve: %s\n", server.status().message().c_str());

@@ -1,14 +1,20 @@
 #include "config/config_file.h"
 
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <toml++/toml.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cstring>
+#include <limits>
 #include <optional>
+#include <vector>
 
+#include "gpumgr/units.h"
 #include "util/small_file.h"
 
 namespace gpumgr::config {
@@ -84,7 +90,7 @@ std::string list_sections() {
     if (!out.empty()) out += ", ";
     out += "[" + std::string(s) + "]";
   }
-  return out;
+  return out + ", [quota.*]";
 }
 
 // Reads one key's value into `settings`; an error message (without position) when its type
@@ -212,6 +218,132 @@ std::optional<std::string> read_value(const FieldInfo& f, const toml::node& node
   return std::nullopt;
 }
 
+// A quota table's id: a number is an id as it is; a name is looked up in the system's user
+// (or group) database.
+std::optional<std::uint32_t> resolve_id(std::string_view name, bool is_group) {
+  std::uint32_t id = 0;
+  const auto [end, ec] = std::from_chars(name.data(), name.data() + name.size(), id);
+  if (ec == std::errc() && end == name.data() + name.size() && !name.empty()) return id;
+  std::vector<char> buffer(16384);
+  const std::string n(name);
+  if (is_group) {
+    struct group g {};
+    struct group* found = nullptr;
+    if (::getgrnam_r(n.c_str(), &g, buffer.data(), buffer.size(), &found) != 0 || !found) {
+      return std::nullopt;
+    }
+    return static_cast<std::uint32_t>(g.gr_gid);
+  }
+  passwd pw{};
+  passwd* found = nullptr;
+  if (::getpwnam_r(n.c_str(), &pw, buffer.data(), buffer.size(), &found) != 0 || !found) {
+    return std::nullopt;
+  }
+  return static_cast<std::uint32_t>(pw.pw_uid);
+}
+
+// Reads one [quota.*] table's keys; an error with its position, or nullopt.
+std::optional<std::string> read_quota_limits(const toml::table& table, const std::string& scope,
+                                             const std::string& path, core::QuotaLimits& q) {
+  for (auto&& [key, node] : table) {
+    const std::string name = scope + "." + std::string(key.str());
+    const std::string where = at(path, position(node.source().begin));
+    if (key.str() == "max_vram") {
+      const auto* v = node.as_string();
+      if (v == nullptr) {
+        return where + name + " must be a size (\"30GiB\") or a share (\"50%\"), not " +
+               std::string(type_name(node.type()));
+      }
+      const std::string text = v->get();
+      if (!text.empty() && text.back() == '%') {
+        double percent = 0;
+        const char* first = text.data();
+        const char* last = text.data() + text.size() - 1;
+        const auto [end, ec] = std::from_chars(first, last, percent);
+        if (ec != std::errc() || end != last || !(percent > 0 && percent <= 100)) {
+          return where + name + " must be a share above 0% and at most 100%, got '" + text + "'";
+        }
+        q.max_vram_share = percent / 100;
+        q.max_vram_bytes.reset();
+      } else {
+        auto size = parse_size(text);
+        if (!size.ok()) return where + name + " is invalid: " + size.status().message();
+        if (size.value() == 0) return where + name + " must be positive, got '" + text + "'";
+        q.max_vram_bytes = size.value();
+        q.max_vram_share.reset();
+      }
+    } else if (key.str() == "max_jobs") {
+      const auto* v = node.as_integer();
+      if (v == nullptr) {
+        return where + name + " must be an integer, not " + std::string(type_name(node.type()));
+      }
+      if (v->get() < 0 || v->get() > 1000000) {
+        return where + name + " must be between 0 and 1000000, got " + std::to_string(v->get());
+      }
+      q.max_jobs = v->get();
+    } else if (key.str() == "max_priority") {
+      const auto* v = node.as_integer();
+      if (v == nullptr) {
+        return where + name + " must be an integer, not " + std::string(type_name(node.type()));
+      }
+      if (v->get() < std::numeric_limits<int>::min() ||
+          v->get() > std::numeric_limits<int>::max()) {
+        return where + name + " is out of range, got " + std::to_string(v->get());
+      }
+      q.max_priority = static_cast<int>(v->get());
+    } else {
+      return at(path, position(key.source().begin)) + "unknown key '" + name + "'; the keys of [" +
+             scope + "] are max_vram, max_jobs, max_priority";
+    }
+  }
+  return std::nullopt;
+}
+
+// The [quota] table: [quota.default], [quota.user.NAME], [quota.group.NAME].
+std::optional<std::string> read_quotas(const toml::table& quota, const std::string& path,
+                                       core::QuotaConfig& out) {
+  constexpr std::string_view kTables =
+      "the quota tables are [quota.default], [quota.user.NAME] and [quota.group.NAME]";
+  for (auto&& [key, node] : quota) {
+    const std::string name(key.str());
+    const std::string key_at = at(path, position(key.source().begin));
+    const toml::table* table = node.as_table();
+    if (name == "default") {
+      if (table == nullptr)
+        return key_at + "quota.default must be a table; " + std::string(kTables);
+      core::QuotaRule rule{"quota.default", {}};
+      if (auto e = read_quota_limits(*table, rule.scope, path, rule.limits)) return e;
+      out.default_rule = rule;
+    } else if (name == "user" || name == "group") {
+      const bool is_group = name == "group";
+      if (table == nullptr)
+        return key_at + "quota." + name + " must be a table; " + std::string(kTables);
+      for (auto&& [who, limits] : *table) {
+        const std::string scope = "quota." + name + "." + std::string(who.str());
+        const std::string who_at = at(path, position(who.source().begin));
+        const toml::table* t = limits.as_table();
+        if (t == nullptr) return who_at + scope + " must be a table ([" + scope + "])";
+        const auto id = resolve_id(who.str(), is_group);
+        if (!id) {
+          return who_at + "unknown " + name + " '" + std::string(who.str()) + "' in [" + scope +
+                 "]: no such " + name + " on this host (give a name it knows, or a numeric id)";
+        }
+        auto& rules = is_group ? out.groups : out.users;
+        if (rules.count(*id) != 0) {
+          return who_at + "[" + scope + "] is the same " + name + " (id " + std::to_string(*id) +
+                 ") as [" + rules.at(*id).scope + "]";
+        }
+        core::QuotaRule rule{scope, {}};
+        if (auto e = read_quota_limits(*t, scope, path, rule.limits)) return e;
+        rules.emplace(*id, std::move(rule));
+      }
+    } else {
+      return key_at + "unknown key 'quota." + name + "'; " + std::string(kTables);
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 StatusOr<ConfigFile> parse_config_text(std::string_view text, const std::string& path) {
@@ -228,6 +360,10 @@ StatusOr<ConfigFile> parse_config_text(std::string_view text, const std::string&
     const std::string section(section_key.str());
     const SourcePosition where = position(section_key.source().begin);
     const toml::table* table = section_node.as_table();
+    if (table != nullptr && section == "quota") {
+      if (auto e = read_quotas(*table, path, file.quotas)) return InvalidArgument(*e);
+      continue;
+    }
     if (table == nullptr) {
       std::string hint;
       for (const FieldInfo& f : all_fields()) {
@@ -303,6 +439,7 @@ StatusOr<ResolvedSettings> resolve_settings(const SettingsSources& sources) {
   if (read.ok()) {
     file = std::move(read).value();
     out.from_file = true;
+    out.quotas = file.quotas;
   } else if (read.status().code() != ErrorCode::kNotFound || sources.config_given) {
     return read.status();
   }

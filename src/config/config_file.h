@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "config/serve_settings.h"
+#include "core/quota.h"
 #include "gpumgr/status.h"
 
 namespace gpumgr::config {
@@ -30,6 +31,8 @@ struct ConfigFile {
   // Where each key the file sets has its value (line 0 for keys it does not set).
   std::array<SourcePosition, kFieldCount> positions{};
   FieldSet present;  // the keys the file sets
+  // The [quota.*] tables, users and groups resolved to ids (no command-line flags).
+  core::QuotaConfig quotas;
 };
 
 // Parses a file's text. kInvalidArgument, "PATH:LINE:COLUMN: why", for anything wrong.
@@ -48,7 +51,8 @@ struct SettingsSources {
 
 struct ResolvedSettings {
   ServeSettings settings;
-  bool from_file = false;  // false: no file at the default path, defaults and flags only
+  bool from_file = false;    // false: no file at the default path, defaults and flags only
+  core::QuotaConfig quotas;  // none without a file
 };
 
 // Defaults, the file (when it exists, or always when config_given), then the given flags,

@@ -993,6 +993,12 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       }
       r.lease.command = conn->peer_command;
     }
+    if (options.admit) {  // quotas: refused before anything is recorded
+      if (Status s = options.admit(r.lease, conn->peer); !s.ok()) {
+        send(conn, encode_error(r.id, s));
+        return;
+      }
+    }
     if (!r.wait) {
       auto lease = ledger->try_acquire_as(r.lease, conn->peer);
       if (!lease.ok()) {

@@ -84,6 +84,9 @@ struct ServerOptions {
   // returns the new client limits, or nullopt to keep the running ones (a refused file).
   // Empty: SIGHUP is not handled.
   std::function<std::optional<ClientLimits>()> on_reload;
+  // Admission beyond the ledger's rules (quotas): runs on the loop thread for each acquire
+  // and try_acquire before the ledger sees it; a non-OK status is the reply. Empty: none.
+  std::function<Status(const LeaseRequest&, const core::Holder&)> admit;
 };
 
 class Server {

@@ -8,7 +8,7 @@ struct CodeName {
   ErrorCode code;
   std::string_view name;
 };
-constexpr std::array<CodeName, 12> kNames{{
+constexpr std::array<CodeName, 13> kNames{{
     {ErrorCode::kOk, "ok"},
     {ErrorCode::kInvalidArgument, "invalid_argument"},
     {ErrorCode::kNotFound, "not_found"},
@@ -21,6 +21,7 @@ constexpr std::array<CodeName, 12> kNames{{
     {ErrorCode::kPermissionDenied, "permission_denied"},
     {ErrorCode::kFailedPrecondition, "failed_precondition"},
     {ErrorCode::kInternal, "internal"},
+    {ErrorCode::kQuotaExceeded, "quota_exceeded"},
 }};
 }  // namespace
 

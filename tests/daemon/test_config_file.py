@@ -64,7 +64,9 @@ policy = "terminate"
      "clients.max_connections_per_uid must be between 0 (no limit) and 100000000, got -5"),
     ("[devices]\nsimulate = \"-24GiB\"\n", "2:12", "devices.simulate is invalid"),
     ("\n\n[devices\n", "3:9", "syntax error"),
-    ("[quota.user.alice]\nmax_vram = \"8GiB\"\n", "1:2", "unknown table [quota]"),
+    ("[quota.default]\nmax_vram = \"-8GiB\"\n", "2:12", "quota.default.max_vram is invalid"),
+    ("[quota.group.no-such-group-here]\nmax_jobs = 1\n", "1:14",
+     "unknown group 'no-such-group-here' in [quota.group.no-such-group-here]"),
 ])
 def test_check_config_refuses_a_bad_file_with_line_column_and_why(tmp, text, where, message):
     path = write(os.path.join(tmp, "bad.toml"), text)
@@ -325,3 +327,50 @@ def test_a_reloaded_hello_timeout_applies_to_new_connections(daemon_factory):
     assert "no hello within 0.2 s" in reply["error"]["message"]
     before.close()
     after.close()
+
+
+QUOTA = """[quota.default]
+max_vram = "%s"
+max_priority = 5
+"""
+
+
+def run_now(d, job, vram, *extra):
+    """`gpumgr run` of `true`, to its end: (exit code, stderr)."""
+    r = subprocess.run([GPUMGR, "run", "--socket", d.sock, "--job-id", job, "--vram", vram,
+                        "--timeout", "20", *extra, "--", "true"], capture_output=True, text=True,
+                       timeout=30)
+    return r.returncode, r.stderr
+
+
+def test_a_request_that_can_never_fit_its_quota_is_refused_at_once(daemon_factory):
+    d = daemon_factory(conf(0.8, 4, extra=QUOTA % "8GiB"))  # 16 GiB of capacity
+    uid = os.getuid()
+    # Within the quota: runs.
+    assert run_now(d, "small", "8GiB") == (0, "")
+    # 9 GiB fits the host but never the quota: refused at once, not queued.
+    code, err = run_now(d, "big", "9GiB")
+    assert code == 1, err
+    assert "quota_exceeded" in err or "can never fit the quota" in err, err
+    assert (f"the request for 9 GiB can never fit the quota of uid {uid}: at most 8 GiB "
+            "leased at once (quota.default.max_vram)") in err
+    # A priority above max_priority: refused the same way.
+    code, err = run_now(d, "urgent", "1GiB", "--priority", "6")
+    assert code == 1, err
+    assert f"priority 6 is above the highest that uid {uid} may ask for, 5" in err, err
+    assert d.queue() == [] and d.leases() == {}
+
+    # A share of the host, reloaded: 75% of 16 GiB is 12 GiB, so 9 GiB fits now.
+    log = d.reload(conf(0.8, 4, extra=QUOTA % "75%"))
+    assert "quotas: 0 user, 0 group table(s) and a default" in log
+    assert run_now(d, "big", "9GiB") == (0, "")
+    code, err = run_now(d, "bigger", "13GiB")
+    assert code == 1 and "75% of the host's 16 GiB, 12 GiB" in err, err
+
+
+def test_an_unknown_user_in_a_quota_is_refused_by_name(tmp):
+    path = write(os.path.join(tmp, "q.toml"), "[quota.user.nobody-here-at-all]\nmax_jobs = 1\n")
+    r = check("--config", path)
+    assert r.returncode == 2
+    assert (f"{path}:1:13: unknown user 'nobody-here-at-all' in [quota.user.nobody-here-at-all]: "
+            "no such user on this host") in r.stderr, r.stderr

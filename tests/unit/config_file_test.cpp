@@ -181,11 +181,11 @@ TEST(ConfigFile, AnUnknownKeyIsAnErrorNamingItAndItsLine) {
   EXPECT_EQ(error_of("\nmemory_limit = 0.5\n"),
             "/etc/gpumgr/gpumgr.toml:2:1: unknown key 'memory_limit' outside a table (put it in "
             "[limits]); the tables are [daemon], [http], [devices], [limits], [overuse], "
-            "[clients]");
+            "[clients], [quota.*]");
   // An unknown table.
   EXPECT_EQ(error_of("[limit]\nmemory_limit = 0.5\n"),
             "/etc/gpumgr/gpumgr.toml:1:2: unknown table [limit]; the tables are [daemon], "
-            "[http], [devices], [limits], [overuse], [clients]");
+            "[http], [devices], [limits], [overuse], [clients], [quota.*]");
   // A table inside a known table is no key of it.
   const std::string nested = error_of("[limits.gpu0]\nmemory_limit = 0.5\n");
   EXPECT_NE(nested.find("unknown key 'limits.gpu0'"), std::string::npos) << nested;
