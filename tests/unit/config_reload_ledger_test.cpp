@@ -121,14 +121,17 @@ TEST(ConfigReloadLedger, LoweredLimitsRevokeNoLeaseAndStartNoNewOne) {
   ASSERT_TRUE(l);
   ASSERT_TRUE(l->try_acquire_as(req("a", 3 * kGiB), Holder{kPid, kUid}).ok());
   ASSERT_TRUE(l->try_acquire_as(req("b", 3 * kGiB), Holder{kPid, kUid}).ok());
-  // Below what is held, in both limits: 2 leases > 1 job, 6 GiB > 2.5 GiB.
+  // The job limit below what is held (2 leases > 1): both run on; a job that fits the memory
+  // (6 of 8 GiB leased) does not start.
+  ASSERT_TRUE(l->reconfigure(config(1, 0.8)).ok());
+  EXPECT_EQ(state_of(*l).leases.size(), 2u);
+  auto refused = l->try_acquire_as(req("c", kGiB), Holder{kPid, kUid});
+  EXPECT_EQ(refused.status().code(), ErrorCode::kResourceExhausted) << refused.status().to_string();
+  // The memory limit below what is held too (6 GiB > 2.5 GiB): still both.
   ASSERT_TRUE(l->reconfigure(config(1, 0.25)).ok());
   State s = state_of(*l);
   EXPECT_EQ(s.leases.size(), 2u);
   EXPECT_EQ(s.capacity, 10 * kGiB / 4);
-  // Nothing new starts, even what would fit the memory: the job limit is reached.
-  auto refused = l->try_acquire_as(req("c", kGiB), Holder{kPid, kUid});
-  EXPECT_FALSE(refused.ok());
   l->acquire_async(req("c", kGiB), Holder{kPid, kUid}, std::nullopt, waiter.done());
   // Releasing one lease leaves 1 active, still at the limit: 'c' keeps waiting.
   ASSERT_TRUE(l->release_as("a", JobOutcome::kSucceeded, kUid).ok());
