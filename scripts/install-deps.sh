@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build clang libclang-rt-14-dev
   nlohmann-json3-dev libcli11-dev libxxhash-dev libasio-dev libcpp-httplib-dev libsqlite3-dev
+  libtomlplusplus-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-dev python3-pytest pybind11-dev python3-prometheus-client
   tmux chromium nodejs

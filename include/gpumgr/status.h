@@ -32,6 +32,7 @@ enum class ErrorCode {
   // daemon restarted and did not give it back (docs/daemon.md, "Restarts"). What ran under
   // it ran part of its time without the lease's protection.
   kLeaseLost,
+  kQuotaExceeded,  // beyond the requester's quota for good: waiting cannot help
 };
 
 // Stable lower-case name of a code ("invalid_argument"), used in JSON and the wire protocol.

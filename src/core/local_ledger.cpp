@@ -109,10 +109,11 @@ LocalLedger::LocalLedger(std::shared_ptr<DeviceBackend> backend, const LedgerCon
                          int pinned_device, std::vector<DeviceInfo> devices,
                          std::shared_ptr<state::KindHistory> history, std::string history_note)
     : backend_(std::move(backend)),
-      config_(config),
       pinned_device_(pinned_device),
       backend_info_(backend_->info()),
       self_{static_cast<std::uint32_t>(::getpid()), static_cast<std::uint32_t>(::getuid())},
+      config_(config),
+      poll_ns_(std::chrono::duration_cast<std::chrono::nanoseconds>(config.poll_interval).count()),
       scheduler_(SchedulerConfig{config.max_concurrent_jobs, config.placement, config.queue},
                  devices.size()),
       history_(std::move(history)),
@@ -392,8 +393,7 @@ Status LocalLedger::refresh() {
 }
 
 TimeNs LocalLedger::refresh_if_stale() {
-  const TimeNs poll_ns =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(config_.poll_interval).count();
+  const TimeNs poll_ns = poll_ns_.load(std::memory_order_relaxed);
   const TimeNs now = now_ns();
   if (now - last_refresh_seen_.load(std::memory_order_relaxed) < poll_ns) return now;
   (void)refresh();
@@ -868,10 +868,10 @@ StatusOr<Snapshot> LocalLedger::snapshot() {
 }
 
 void LocalLedger::housekeeper_loop() NO_THREAD_SAFETY_ANALYSIS {
-  const TimeNs poll_ns =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(config_.poll_interval).count();
   MutexLock lock(mutex_);
   while (!stopping_) {
+    // Read each round: reconfigure() may change it (and wakes this thread).
+    const TimeNs poll_ns = poll_ns_.load(std::memory_order_relaxed);
     std::optional<TimeNs> wake = scheduler_.next_deadline();
     // While anyone waits, outside processes may free memory; while a lease is held, its
     // holder's use is measured (overuse, peaks): poll the backend every interval.
@@ -920,6 +920,36 @@ Status LocalLedger::forget_kind(std::string_view kind) {
                     "'");
   }
   return history_->forget(kind);
+}
+
+Status LocalLedger::reconfigure(const LedgerConfig& config) {
+  if (Status s = validate_config(config); !s.ok()) return s;
+  Calls calls;
+  {
+    MutexLock lock(mutex_);
+    if (config.placement != config_.placement || config.queue != config_.queue ||
+        config.history_path != config_.history_path) {
+      return InvalidArgument(
+          "the placement, the queue policy and the history path cannot change while the "
+          "ledger runs");
+    }
+    config_.max_concurrent_jobs = config.max_concurrent_jobs;
+    config_.memory_limit = config.memory_limit;
+    config_.poll_interval = config.poll_interval;
+    config_.overuse = config.overuse;
+    poll_ns_.store(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(config.poll_interval).count(),
+        std::memory_order_relaxed);
+    scheduler_.set_max_concurrent_jobs(config.max_concurrent_jobs);
+    // The capacities follow the memory limit: apply the last reading again under it.
+    std::vector<DeviceInfo> reading = devices_;
+    apply_devices_locked(std::move(reading));
+    schedule_locked(now_ns(), calls);
+  }
+  // A new poll interval or new room: the housekeeper recomputes when it wakes.
+  housekeeper_cv_.notify_all();
+  run_all(calls);
+  return Status::Ok();
 }
 
 }  // namespace gpumgr::core

@@ -139,6 +139,15 @@ class LocalLedger final : public Ledger {
 
   std::string description() const { return "in-process"; }
 
+  // Applies new limits while leases are held and jobs wait (the daemon's reload): the
+  // concurrency limit, the memory limit, the poll interval and the overuse policy of
+  // `config`. Its placement, queue policy and history path must be the running ones (they
+  // need a new ledger: kInvalidArgument). Validated first: a refused config changes nothing.
+  // A raised limit lets waiters start at once (their callbacks run on this thread); a
+  // lowered one revokes no lease: leases above it run on, and no new one starts until it
+  // fits. Waiters keep their places either way.
+  Status reconfigure(const LedgerConfig& config);
+
  private:
   LocalLedger(std::shared_ptr<DeviceBackend> backend, const LedgerConfig& config, int pinned_device,
               std::vector<DeviceInfo> devices, std::shared_ptr<state::KindHistory> history,
@@ -215,13 +224,16 @@ class LocalLedger final : public Ledger {
   std::chrono::system_clock::time_point wall_time(TimeNs steady) const;
 
   const std::shared_ptr<DeviceBackend> backend_;
-  const LedgerConfig config_;
   const int pinned_device_;
   const BackendInfo backend_info_;
   const Holder self_;
 
   Mutex refresh_mutex_;  // serialises backend queries, which run outside mutex_
   mutable Mutex mutex_;
+  // Changed only by reconfigure(); its poll interval is mirrored in poll_ns_ for the hot
+  // path, which reads it without the lock.
+  LedgerConfig config_ GUARDED_BY(mutex_);
+  std::atomic<TimeNs> poll_ns_{0};
   Scheduler scheduler_ GUARDED_BY(mutex_);
   std::vector<DeviceInfo> devices_ GUARDED_BY(mutex_);  // the last reading
   // For each device, each holder pid there: how many leases it holds, their sum and what it

@@ -846,4 +846,6 @@ StatusOr<const ActiveEntry*> Scheduler::adopt(const LeaseRequest& request,
   return &granted;
 }
 
+void Scheduler::set_max_concurrent_jobs(int n) { config_.max_concurrent_jobs = std::max(n, 1); }
+
 }  // namespace gpumgr::core

@@ -247,6 +247,11 @@ class Scheduler {
   // reserved (false after a pass: the pass would have started it).
   std::vector<bool> backfill_devices(bool* gang_can_start = nullptr) const;
 
+  // Changes the concurrency limit (a reload of the daemon's configuration; n >= 1). Lowering
+  // it revokes no lease: no new one starts until the active count is below it. Raising it:
+  // call schedule() afterwards.
+  void set_max_concurrent_jobs(int n);
+
  private:
   // Queue order: higher priority first, then arrival.
   struct Key {

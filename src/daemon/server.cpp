@@ -227,6 +227,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   asio::io_context io{1};
   asio::local::stream_protocol::acceptor acceptor{io};
   asio::signal_set signals{io};
+  asio::signal_set reload_signals{io};  // SIGHUP, with ServerOptions::on_reload
   asio::steady_timer retry_accept{io};
   asio::steady_timer grace{io};
   asio::steady_timer orphan_scan{io};
@@ -998,6 +999,12 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       }
       r.lease.command = conn->peer_command;
     }
+    if (options.admit) {  // quotas: refused before anything is recorded
+      if (Status s = options.admit(r.lease, conn->peer); !s.ok()) {
+        send(conn, encode_error(r.id, s));
+        return;
+      }
+    }
     if (!r.wait) {
       auto lease = ledger->try_acquire_as(r.lease, conn->peer);
       if (!lease.ok()) {
@@ -1119,6 +1126,27 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     maybe_finish_shutdown();
   }
 
+  // ---- reload (SIGHUP) ----
+
+  void wait_for_reload() {
+    reload_signals.async_wait([weak = weak_from_this()](std::error_code e, int) {
+      auto self = weak.lock();
+      if (e || !self || self->stopping) return;
+      if (auto limits = self->options.on_reload()) self->apply_client_limits(*limits);
+      self->wait_for_reload();
+    });
+  }
+
+  void apply_client_limits(const ClientLimits& limits) {
+    const bool scan_was_on = options.kill_orphans;
+    options.hello_timeout_s = limits.hello_timeout_s;
+    options.max_connections_per_uid = limits.max_connections_per_uid;
+    options.kill_orphans = limits.kill_orphans;
+    options.kill_orphans_grace_s = limits.kill_orphans_grace_s;
+    // The scan keeps running once started (it reads nothing while nobody holds a lease).
+    if (limits.kill_orphans && !scan_was_on) schedule_orphan_scan();
+  }
+
   // ---- shutdown ----
 
   void begin_shutdown() {
@@ -1128,6 +1156,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     std::error_code ignored;
     acceptor.close(ignored);
     signals.cancel(ignored);
+    reload_signals.cancel(ignored);
     retry_accept.cancel();
     orphan_scan.cancel();
     const Status bye(ErrorCode::kUnavailable, stop_reason);
@@ -1315,6 +1344,10 @@ StatusOr<std::unique_ptr<Server>> Server::create(ServerOptions options,
                           (signo == SIGINT ? "SIGINT" : "SIGTERM") + ")";
       self->begin_shutdown();
     });
+  }
+  if (impl->options.handle_signals && impl->options.on_reload) {
+    impl->reload_signals.add(SIGHUP);
+    impl->wait_for_reload();
   }
   if (impl->options.kill_orphans) impl->schedule_orphan_scan();
   return std::unique_ptr<Server>(new Server(std::move(impl)));

@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "core/local_ledger.h"
@@ -32,6 +33,16 @@ enum class LogLevel {
   kInfo,     // the ordinary course: a client left, shutting down
   kWarning,  // the daemon acted against a client: dropped it, refused it, signalled its processes
   kError,    // something failed: accepting, a request handler
+};
+
+// The options a reload (SIGHUP) may change while the server runs; the other options of
+// ServerOptions need a restart. New values apply to what happens next: connections accepted
+// after, holders that leave after. A connection already waiting for its hello keeps its timer.
+struct ClientLimits {
+  double hello_timeout_s = 5.0;
+  std::size_t max_connections_per_uid = 256;
+  bool kill_orphans = false;
+  double kill_orphans_grace_s = 5.0;
 };
 
 struct ServerOptions {
@@ -69,6 +80,13 @@ struct ServerOptions {
   double reattach_grace_s = 30.0;
   // Diagnostics (one line each, no newline); empty: none.
   std::function<void(LogLevel, const std::string&)> log;
+  // SIGHUP (`systemctl reload`), with handle_signals: runs on the loop thread at each one and
+  // returns the new client limits, or nullopt to keep the running ones (a refused file).
+  // Empty: SIGHUP is not handled.
+  std::function<std::optional<ClientLimits>()> on_reload;
+  // Admission beyond the ledger's rules (quotas): runs on the loop thread for each acquire
+  // and try_acquire before the ledger sees it; a non-OK status is the reply. Empty: none.
+  std::function<Status(const LeaseRequest&, const core::Holder&)> admit;
 };
 
 class Server {

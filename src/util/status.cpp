@@ -8,7 +8,7 @@ struct CodeName {
   ErrorCode code;
   std::string_view name;
 };
-constexpr std::array<CodeName, 13> kNames{{
+constexpr std::array<CodeName, 14> kNames{{
     {ErrorCode::kOk, "ok"},
     {ErrorCode::kInvalidArgument, "invalid_argument"},
     {ErrorCode::kNotFound, "not_found"},
@@ -22,6 +22,7 @@ constexpr std::array<CodeName, 13> kNames{{
     {ErrorCode::kFailedPrecondition, "failed_precondition"},
     {ErrorCode::kInternal, "internal"},
     {ErrorCode::kLeaseLost, "lease_lost"},
+    {ErrorCode::kQuotaExceeded, "quota_exceeded"},
 }};
 }  // namespace
 
