@@ -136,94 +136,94 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
       "scheduler can beat (docs/simulate.md).\nExit codes: 0 ok; 1 internal failure; 2 bad "
       "arguments, trace or devices.");
 
-  return {
-      sub, [opts, &global]() -> int {
-        std::string spec = opts->devices;
-        if (spec.empty()) spec = global.simulate;
-        if (spec.empty()) {
-          if (const char* env = std::getenv("GPUMGR_SIMULATE"); env != nullptr) spec = env;
-        }
-        if (spec.empty()) {
-          std::fprintf(stderr, "gpumgr simulate: no devices: pass --devices SPEC, e.g. 4x40GiB\n");
-          return kExitUsage;
-        }
-        StatusOr<std::vector<std::uint64_t>> sizes = parse_simulate_spec(spec);
-        if (!sizes.ok()) {
-          std::fprintf(stderr, "gpumgr simulate: --devices: %s\n",
-                       sizes.status().message().c_str());
-          return kExitUsage;
-        }
+  return {sub, [opts, &global]() -> int {
+            std::string spec = opts->devices;
+            if (spec.empty()) spec = global.simulate;
+            if (spec.empty()) {
+              if (const char* env = std::getenv("GPUMGR_SIMULATE"); env != nullptr) spec = env;
+            }
+            if (spec.empty()) {
+              std::fprintf(stderr,
+                           "gpumgr simulate: no devices: pass --devices SPEC, e.g. 4x40GiB\n");
+              return kExitUsage;
+            }
+            StatusOr<std::vector<std::uint64_t>> sizes = parse_simulate_spec(spec);
+            if (!sizes.ok()) {
+              std::fprintf(stderr, "gpumgr simulate: --devices: %s\n",
+                           sizes.status().message().c_str());
+              return kExitUsage;
+            }
 
-        if (!(opts->reserve_after_holds >= 0) || !std::isfinite(opts->reserve_after_holds)) {
-          std::fprintf(stderr,
-                       "gpumgr simulate: --reserve-after-holds must be a number >= 0, got %g\n",
-                       opts->reserve_after_holds);
-          return kExitUsage;
-        }
-        std::vector<PolicyChoice> chosen;
-        for (const PolicyChoice& p : kPolicies) {
-          if (opts->policy == "all" || opts->policy == p.name) chosen.push_back(p);
-        }
-        if (chosen.empty()) {
-          std::fprintf(stderr,
-                       "gpumgr simulate: unknown policy '%s': use fifo, greedy, best-fit, "
-                       "spread, first-fit or all\n",
-                       opts->policy.c_str());
-          return kExitUsage;
-        }
+            if (!(opts->reserve_after_holds >= 0) || !std::isfinite(opts->reserve_after_holds)) {
+              std::fprintf(stderr,
+                           "gpumgr simulate: --reserve-after-holds must be a number >= 0, got %g\n",
+                           opts->reserve_after_holds);
+              return kExitUsage;
+            }
+            std::vector<PolicyChoice> chosen;
+            for (const PolicyChoice& p : kPolicies) {
+              if (opts->policy == "all" || opts->policy == p.name) chosen.push_back(p);
+            }
+            if (chosen.empty()) {
+              std::fprintf(stderr,
+                           "gpumgr simulate: unknown policy '%s': use fifo, greedy, best-fit, "
+                           "spread, first-fit or all\n",
+                           opts->policy.c_str());
+              return kExitUsage;
+            }
 
-        StatusOr<std::vector<sim::TraceJob>> jobs = sim::load_trace(opts->trace);
-        if (!jobs.ok()) {
-          std::fprintf(stderr, "gpumgr simulate: %s\n", jobs.status().message().c_str());
-          return exit_code(jobs.status());
-        }
+            StatusOr<std::vector<sim::TraceJob>> jobs = sim::load_trace(opts->trace);
+            if (!jobs.ok()) {
+              std::fprintf(stderr, "gpumgr simulate: %s\n", jobs.status().message().c_str());
+              return exit_code(jobs.status());
+            }
 
-        std::vector<sim::SimReport> reports;
-        const int limit = opts->max_concurrent_jobs;
-        const double aging = opts->reserve_after_holds;
-        const double mem = opts->memory_limit;
-        const bool by = !opts->no_duration_backfill;  // duration backfill
-        for (const PolicyChoice& p : chosen) {
-          StatusOr<sim::SimReport> report =
-              sim::replay(*jobs, *sizes, mem, p.placement, p.queue, limit, aging, by);
-          if (!report.ok()) {
-            std::fprintf(stderr, "gpumgr simulate: %s\n", report.status().message().c_str());
-            return exit_code(report.status());
-          }
-          report->timeline.clear();  // not reported; frees memory between policies
-          reports.push_back(std::move(report).value());
-        }
+            std::vector<sim::SimReport> reports;
+            const int limit = opts->max_concurrent_jobs;
+            const double aging = opts->reserve_after_holds;
+            const double mem = opts->memory_limit;
+            const bool by = !opts->no_duration_backfill;  // duration backfill
+            for (const PolicyChoice& p : chosen) {
+              StatusOr<sim::SimReport> report =
+                  sim::replay(*jobs, *sizes, mem, p.placement, p.queue, limit, aging, by);
+              if (!report.ok()) {
+                std::fprintf(stderr, "gpumgr simulate: %s\n", report.status().message().c_str());
+                return exit_code(report.status());
+              }
+              report->timeline.clear();  // not reported; frees memory between policies
+              reports.push_back(std::move(report).value());
+            }
 
-        if (opts->json) {
-          if (opts->policy != "all") {
-            std::cout << to_json(reports.front()).dump(2) << "\n";
-          } else {
-            nlohmann::json all = nlohmann::json::array();
-            for (const sim::SimReport& r : reports) all.push_back(to_json(r));
-            std::cout << all.dump(2) << "\n";
-          }
-          return kExitOk;
-        }
-        // "4 x 40 GiB, 80 GiB": runs of equal sizes grouped, as a spec groups them.
-        std::string pool;
-        for (std::size_t i = 0; i < sizes->size();) {
-          std::size_t j = i;
-          while (j < sizes->size() && (*sizes)[j] == (*sizes)[i]) ++j;
-          if (!pool.empty()) pool += ", ";
-          if (j - i > 1) pool += std::to_string(j - i) + " x ";
-          pool += format_bytes((*sizes)[i]);
-          i = j;
-        }
-        std::printf(
-            "%s: %zu jobs on %s, memory limit %g, %s\n", opts->trace.c_str(), jobs->size(),
-            pool.c_str(), opts->memory_limit,
-            opts->max_concurrent_jobs == kUnlimitedJobs
-                ? "no concurrency limit"
-                : ("at most " + std::to_string(opts->max_concurrent_jobs) + " concurrent jobs")
-                      .c_str());
-        print_table(reports);
-        return kExitOk;
-      }};
+            if (opts->json) {
+              if (opts->policy != "all") {
+                std::cout << to_json(reports.front()).dump(2) << "\n";
+              } else {
+                nlohmann::json all = nlohmann::json::array();
+                for (const sim::SimReport& r : reports) all.push_back(to_json(r));
+                std::cout << all.dump(2) << "\n";
+              }
+              return kExitOk;
+            }
+            // "4 x 40 GiB, 80 GiB": runs of equal sizes grouped, as a spec groups them.
+            std::string pool;
+            for (std::size_t i = 0; i < sizes->size();) {
+              std::size_t j = i;
+              while (j < sizes->size() && (*sizes)[j] == (*sizes)[i]) ++j;
+              if (!pool.empty()) pool += ", ";
+              if (j - i > 1) pool += std::to_string(j - i) + " x ";
+              pool += format_bytes((*sizes)[i]);
+              i = j;
+            }
+            std::printf(
+                "%s: %zu jobs on %s, memory limit %g, %s\n", opts->trace.c_str(), jobs->size(),
+                pool.c_str(), opts->memory_limit,
+                opts->max_concurrent_jobs == kUnlimitedJobs
+                    ? "no concurrency limit"
+                    : ("at most " + std::to_string(opts->max_concurrent_jobs) + " concurrent jobs")
+                          .c_str());
+            print_table(reports);
+            return kExitOk;
+          }};
 }
 
 }  // namespace gpumgr::cli
