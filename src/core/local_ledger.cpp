@@ -124,6 +124,17 @@ LocalLedger::LocalLedger(std::shared_ptr<DeviceBackend> backend, const LedgerCon
     holders_.resize(devices.size());
     ancestors_ = read_ancestry(devices);
     apply_devices_locked(std::move(devices));
+    // What the history knows of each kind's hold times, so that the scheduler's estimates
+    // survive a restart. A history that cannot be read here only means no head start.
+    if (history_) {
+      if (auto kinds = history_->all(); kinds.ok()) {
+        for (const KindEstimate& k : *kinds) {
+          if (auto holds = history_->recent_hold_times(k.kind); holds.ok()) {
+            scheduler_.learn_holds(k.kind, *holds);
+          }
+        }
+      }
+    }
     last_refresh_ = now_ns();
     last_refresh_seen_.store(last_refresh_, std::memory_order_relaxed);
     wall_offset_.store(wall_offset_now(), std::memory_order_relaxed);

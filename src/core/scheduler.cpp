@@ -515,16 +515,7 @@ StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now,
     --dev.leases;
     update_fit(static_cast<std::size_t>(d));
   }
-  if (lease.kind_id >= 0) {
-    KindStats& k = kind_stats_[static_cast<std::size_t>(lease.kind_id)];
-    const double held = static_cast<double>(elapsed_ns(lease.granted_at, now));
-    const double weight = 1.0 / std::min(static_cast<double>(++k.holds), kKindWindow);
-    k.deviation_ns += (std::abs(held - k.mean_ns) - k.deviation_ns) * (k.holds == 1 ? 0 : weight);
-    k.mean_ns += (held - k.mean_ns) * weight;
-  }
-  ++holds_seen_;
-  mean_hold_ns_ += (static_cast<double>(elapsed_ns(lease.granted_at, now)) - mean_hold_ns_) /
-                   std::min(static_cast<double>(holds_seen_), kHoldWindow);
+  observe_hold(lease.kind_id, static_cast<double>(elapsed_ns(lease.granted_at, now)));
   // The entry is kept, device list and all, for a later grant; once kMaxSpare are kept, it
   // replaces one of them (each in turn).
   ActiveMap::node_type* kept;
@@ -700,6 +691,19 @@ bool Scheduler::greedy_now(TimeNs now) const {
   return static_cast<double>(waited) < config_.reserve_after_holds * mean_hold_ns_;
 }
 
+void Scheduler::observe_hold(int kind_id, double held_ns) {
+  if (kind_id >= 0) {
+    KindStats& k = kind_stats_[static_cast<std::size_t>(kind_id)];
+    const double weight = 1.0 / std::min(static_cast<double>(++k.holds), kKindWindow);
+    k.deviation_ns +=
+        (std::abs(held_ns - k.mean_ns) - k.deviation_ns) * (k.holds == 1 ? 0 : weight);
+    k.mean_ns += (held_ns - k.mean_ns) * weight;
+  }
+  ++holds_seen_;
+  mean_hold_ns_ +=
+      (held_ns - mean_hold_ns_) / std::min(static_cast<double>(holds_seen_), kHoldWindow);
+}
+
 int Scheduler::intern_kind(std::string_view kind) {
   if (kind.empty()) return -1;
   if (const auto it = kind_ids_.find(kind); it != kind_ids_.end()) return it->second;
@@ -847,5 +851,12 @@ StatusOr<const ActiveEntry*> Scheduler::adopt(const LeaseRequest& request,
 }
 
 void Scheduler::set_max_concurrent_jobs(int n) { config_.max_concurrent_jobs = std::max(n, 1); }
+
+void Scheduler::learn_holds(std::string_view kind, std::span<const double> hold_seconds) {
+  const int kind_id = intern_kind(kind);
+  for (const double s : hold_seconds) {
+    if (std::isfinite(s) && s >= 0) observe_hold(kind_id, s * 1e9);
+  }
+}
 
 }  // namespace gpumgr::core

@@ -202,6 +202,12 @@ class Scheduler {
   StatusOr<const ActiveEntry*> adopt(const LeaseRequest& request, std::span<const int> devices,
                                      Holder holder, TimeNs requested_at, TimeNs granted_at);
 
+  // Learns hold times of `kind` (oldest first, in seconds) as if leases of that kind had been
+  // released here after holding that long: the daemon seeds them from its history of job
+  // kinds at start, so that duration backfill and aging work from its first minute rather
+  // than after three releases of each kind. Negative and non-finite times are skipped.
+  void learn_holds(std::string_view kind, std::span<const double> hold_seconds);
+
   // Read access for snapshots and tests.
   struct DeviceState {
     std::uint64_t capacity = 0;
@@ -309,6 +315,8 @@ class Scheduler {
   std::uint64_t capacity_rank(int gpus) const;  // the gpus-th largest capacity
   // The scheduler's number for a kind (-1 for none, or once kMaxKinds are known).
   int intern_kind(std::string_view kind);
+  // One hold of `held_ns` of a kind (-1: none) in the running statistics.
+  void observe_hold(int kind_id, double held_ns);
   // The expected hold of a kind, or nullopt when too few of its leases were released.
   std::optional<TimeNs> expected_hold(int kind_id) const;
   // When the head is expected to fit on all of its reserved devices, from the expected ends

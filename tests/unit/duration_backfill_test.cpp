@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <queue>
 #include <random>
@@ -115,6 +116,27 @@ TEST(DurationBackfill, AJobExpectedToEndBeforeTheHeadsStartUsesItsReservedDevice
   ASSERT_FALSE(grants.empty());
   EXPECT_EQ(grants[0].job_id, "head");
   EXPECT_EQ(grants[0].devices, std::vector<int>{0});
+}
+
+// Holds learned from a history (the daemon seeds them from its history of job kinds at
+// start) count as releases seen here: the same backfill happens with no release at all.
+TEST(DurationBackfill, HoldsSeededFromAHistoryCountAsReleases) {
+  Scheduler s = make({10, 10}, /*duration_backfill=*/true);
+  const std::vector<double> short_holds{5, 5, 5}, long_holds{50, 50, 50};
+  s.learn_holds("short", short_holds);
+  s.learn_holds("long", long_holds);
+  const TimeNs t = 100 * kSecond;
+  fill_and_reserve(s, t);
+  const auto quick = wait(s, req("quick", 2, "short"), t + 10 * kSecond);
+  ASSERT_EQ(ids(quick), std::vector<std::string>{"quick"});
+  EXPECT_EQ(quick[0].devices, std::vector<int>{0});
+  // Two seeded holds are too few for an estimate, and bad values are skipped, not counted.
+  Scheduler few = make({10, 10}, /*duration_backfill=*/true);
+  const std::vector<double> two{5, 5, -1, std::nan("")};
+  few.learn_holds("short", two);
+  few.learn_holds("long", long_holds);
+  fill_and_reserve(few, t);
+  EXPECT_TRUE(wait(few, req("quick", 2, "short"), t + 10 * kSecond).empty());
 }
 
 TEST(DurationBackfill, WithoutItTheSameJobWaitsForTheHead) {
