@@ -605,7 +605,8 @@ Status LocalLedger::try_acquire_into(const LeaseRequest& request, Holder holder,
 }
 
 void LocalLedger::acquire_async(const LeaseRequest& request, Holder holder,
-                                std::optional<SteadyTime> deadline, Done done) {
+                                std::optional<SteadyTime> deadline, Done done,
+                                std::optional<std::chrono::system_clock::time_point> requested_at) {
   refresh_if_stale();
   std::optional<LeaseRequest> resolved;
   std::string note;
@@ -661,7 +662,15 @@ void LocalLedger::acquire_async(const LeaseRequest& request, Holder holder,
       std::optional<TimeNs> deadline_ns;
       if (deadline) deadline_ns = to_ns(*deadline);
       // enqueue() runs a scheduling pass: the request itself may start at once.
-      handle_grants_locked(scheduler_.enqueue(r, holder, now, deadline_ns).value(), calls);
+      std::optional<TimeNs> asked_at;
+      if (requested_at) {
+        asked_at =
+            std::chrono::duration_cast<std::chrono::nanoseconds>(requested_at->time_since_epoch())
+                .count() -
+            wall_offset_now();
+      }
+      handle_grants_locked(scheduler_.enqueue(r, holder, now, deadline_ns, asked_at).value(),
+                           calls);
       // Wake the housekeeper only for a real waiter (its deadline and polling); waking it
       // for a lease granted at once only makes the two threads contend for the lock.
       if (scheduler_.is_waiting(r.job_id)) housekeeper_cv_.notify_all();

@@ -103,8 +103,10 @@ class LocalLedger final : public Ledger {
   StatusOr<LeaseInfo> try_acquire_as(const LeaseRequest& request, Holder holder);
   // Queues a request; `done` runs exactly once: with the lease, or with kTimedOut,
   // kCancelled, or a validation error (then before this returns, on this thread).
+  // `requested_at` (wall-clock; default now) keeps a restored waiter's waiting time.
   void acquire_async(const LeaseRequest& request, Holder holder, std::optional<SteadyTime> deadline,
-                     Done done);
+                     Done done,
+                     std::optional<std::chrono::system_clock::time_point> requested_at = {});
   // `requester_uid` may release only its own uid's leases, unless it is root (0).
   Status release_as(std::string_view job_id, JobOutcome outcome, std::uint32_t requester_uid);
   // Releases on behalf of `requester_uid` (none: no permission check) and reports the

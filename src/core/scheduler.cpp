@@ -453,11 +453,13 @@ StatusOr<const ActiveEntry*> Scheduler::try_start(const LeaseRequest& request, H
 }
 
 StatusOr<std::vector<Grant>> Scheduler::enqueue(const LeaseRequest& request, Holder holder,
-                                                TimeNs now, std::optional<TimeNs> deadline) {
+                                                TimeNs now, std::optional<TimeNs> deadline,
+                                                std::optional<TimeNs> requested_at) {
   if (Status s = check(request); !s.ok()) return s;
   const Key key{-request.priority, next_seq_++};
   const int kind_id = intern_kind(request.kind);
-  Waiter waiter{request, holder, now, deadline, key.seq, kind_id};
+  Waiter waiter{request,  holder,  std::min(now, requested_at.value_or(now)),
+                deadline, key.seq, kind_id};
   fit_[key.neg_priority][ClassKey{request.gpus, request.device, kind_id}].push_back(key.seq,
                                                                                     request.bytes);
   waiting_index_.emplace(request.job_id, key);

@@ -170,8 +170,11 @@ class Scheduler {
 
   // Queues a request (after check()); it starts at once if the queue allows. The grants of
   // the pass this triggers are returned (the request's own, if it started, among them).
+  // `requested_at` (default: now) is when it was first asked for: a waiter restored after a
+  // restart keeps its waiting time (its queue place is the order of enqueue calls).
   StatusOr<std::vector<Grant>> enqueue(const LeaseRequest& request, Holder holder, TimeNs now,
-                                       std::optional<TimeNs> deadline);
+                                       std::optional<TimeNs> deadline,
+                                       std::optional<TimeNs> requested_at = std::nullopt);
 
   // Releases an active lease. kNotFound for an unknown job, or when `lease_id` is not 0 and
   // the job's lease is another one (that lease was released and the id reused);

@@ -878,7 +878,8 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       d.holder = w.holder;
       d.token = w.token;
       d.waiter = w;
-      start_waiting(w.request, core::Holder{w.holder.pid, w.holder.uid}, deadline);
+      start_waiting(w.request, core::Holder{w.holder.pid, w.holder.uid}, deadline,
+                    to_time(w.requested_at_unix_ns));
     }
     if (adopted + queued + gone == 0) return;
     log(LogLevel::kInfo, "restart: restored " + std::to_string(adopted) + " lease(s) and " +
@@ -1044,8 +1045,10 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   }
 
   // Queues a request in the ledger; its answer comes back on the loop (on_waited).
+  // `requested_at`: a restored waiter's first request time (its waiting time goes on).
   void start_waiting(const LeaseRequest& request, core::Holder holder,
-                     std::optional<core::LocalLedger::SteadyTime> deadline) {
+                     std::optional<core::LocalLedger::SteadyTime> deadline,
+                     std::optional<std::chrono::system_clock::time_point> requested_at = {}) {
     std::weak_ptr<Impl> weak = shared_from_this();
     std::weak_ptr<core::LocalLedger> weak_ledger = ledger;
     ledger->acquire_async(
@@ -1066,7 +1069,8 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
               (void)l->release_as(job, JobOutcome::kFailed, std::nullopt, nullptr,
                                   result->lease_id);
           }
-        });
+        },
+        requested_at);
   }
 
   // A waiter's answer from the ledger, on the loop: to its connection, or, for a restored

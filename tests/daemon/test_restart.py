@@ -312,10 +312,15 @@ def test_a_waiting_run_keeps_its_place_across_a_restart():
         assert eventually(lambda: "first" in leases(sock))
         second_job = run(sock, "second", "3GiB", "echo", "second ran")
         assert eventually(lambda: waiters(sock) == ["second"])
+        queued_at = time.monotonic()
+        time.sleep(0.5)  # so that its waiting time before the restart is worth checking
         stop(first, signal.SIGTERM)
         sock, again = serve(tmp, "--memory-limit", "1", spec="1x4GiB")
         try:
             assert waiters(sock) == ["second"]
+            # Its waiting time goes on from its first request, not from the restart.
+            waited = snapshot(sock)["queue"][0]["waited_s"]
+            assert waited >= time.monotonic() - queued_at - 0.1, waited
             assert holder.wait(timeout=30) == 0, holder.stderr.read()
             out, err = second_job.communicate(timeout=30)
             assert second_job.returncode == 0, err
