@@ -848,11 +848,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
         continue;
       }
       ++adopted;
-      owner[job] = kNoConnection;
-      tokens[job] = l.token;
-      Detached& d = detached[job];
-      d.holder = l.holder;
-      d.token = l.token;
+      Detached& d = detach(job, l.holder, l.token);
       d.leased = true;
       d.lease = std::move(info).value();
     }
@@ -872,12 +868,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
                                         std::max<std::int64_t>(0, *w.deadline_unix_ns - wall_now)));
       }
       ++queued;
-      owner[job] = kNoConnection;
-      tokens[job] = w.token;
-      Detached& d = detached[job];
-      d.holder = w.holder;
-      d.token = w.token;
-      d.waiter = w;
+      detach(job, w.holder, w.token).waiter = w;
       start_waiting(w.request, core::Holder{w.holder.pid, w.holder.uid}, deadline,
                     to_time(w.requested_at_unix_ns));
     }
@@ -890,6 +881,17 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     if (detached.empty()) return;
     reattach_deadline = steady_now + seconds(options.reattach_grace_s);
     schedule_reattach_tick();
+  }
+
+  // A restored job, owned by no connection until its client reattaches.
+  Detached& detach(const std::string& job, const state::ProcessIdentity& holder,
+                   const std::string& token) {
+    owner[job] = kNoConnection;
+    tokens[job] = token;
+    Detached& d = detached[job];
+    d.holder = holder;
+    d.token = token;
+    return d;
   }
 
   // While restored jobs wait for their clients: every quarter second, those whose holder
@@ -905,16 +907,16 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
 
   void check_detached() {
     const bool at_deadline = std::chrono::steady_clock::now() >= reattach_deadline;
-    std::vector<std::string> ending;
+    std::vector<std::pair<std::string, bool>> ending;  // job id, whether its holder runs
     for (const auto& [job, d] : detached) {
-      if (at_deadline || !still_runs(d.holder)) ending.push_back(job);
+      const bool alive = still_runs(d.holder);  // one read of /proc per job and tick
+      if (at_deadline || !alive) ending.emplace_back(job, alive);
     }
-    for (const std::string& job : ending) {
+    for (const auto& [job, alive] : ending) {
       const auto d = detached.find(job);
       if (d == detached.end()) continue;  // a cancellation's answer already came
       const bool leased = d->second.leased;
       const std::uint64_t lease_id = d->second.lease.lease_id;
-      const bool alive = still_runs(d->second.holder);
       log(LogLevel::kWarning,
           "restart: job '" + terminal_safe(job) + "' of pid " +
               std::to_string(d->second.holder.pid) + (leased ? ": lease" : ": waiting request") +
