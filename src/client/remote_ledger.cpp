@@ -49,27 +49,27 @@ std::string start_hint(const std::string& path) {
 using Clock = std::chrono::steady_clock;
 using Deadline = std::optional<Clock::time_point>;
 
+// Seconds from the environment variable `name` (at most a day; 0 only where `zero_ok`), or
+// `fallback` when it is unset or not such a number.
+double seconds_from_env(const char* name, double fallback, bool zero_ok) {
+  const char* env = std::getenv(name);
+  if (env == nullptr) return fallback;
+  char* end = nullptr;
+  const double v = std::strtod(env, &end);
+  const bool ok =
+      end != env && *end == '\0' && std::isfinite(v) && v <= 86400 && (zero_ok ? v >= 0 : v > 0);
+  return ok ? v : fallback;
+}
+
 // How long a quick call (hello, status, release, ...) may wait for its reply: 5 s, or
 // GPUMGR_CLIENT_TIMEOUT seconds. A waiting acquire may take its own timeout plus this (the
 // daemon answers `timed_out` itself at its timeout; the margin is for a daemon that cannot).
 // Read at every call (a getenv beside a socket round trip), so that a process may change it.
-double quick_call_seconds() {
-  const char* env = std::getenv("GPUMGR_CLIENT_TIMEOUT");
-  if (env == nullptr) return 5.0;
-  char* end = nullptr;
-  const double v = std::strtod(env, &end);
-  return end != env && *end == '\0' && std::isfinite(v) && v > 0 && v <= 86400 ? v : 5.0;
-}
+double quick_call_seconds() { return seconds_from_env("GPUMGR_CLIENT_TIMEOUT", 5.0, false); }
 
 // How long a client keeps trying to reach a restarted daemon to take its leases and waiting
 // requests back: 30 s, or GPUMGR_REATTACH_TIMEOUT seconds (0: it does not try).
-double reattach_seconds() {
-  const char* env = std::getenv("GPUMGR_REATTACH_TIMEOUT");
-  if (env == nullptr) return 30.0;
-  char* end = nullptr;
-  const double v = std::strtod(env, &end);
-  return end != env && *end == '\0' && std::isfinite(v) && v >= 0 && v <= 86400 ? v : 30.0;
-}
+double reattach_seconds() { return seconds_from_env("GPUMGR_REATTACH_TIMEOUT", 30.0, true); }
 
 Clock::time_point after_seconds(double seconds) {
   return Clock::now() +
