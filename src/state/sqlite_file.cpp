@@ -110,7 +110,26 @@ Probe probe(sqlite3* db, const DatabaseSpec& spec, const std::string& path) {
     return foreign("another program's database: tables " + (tables.empty() ? "none" : tables) +
                    ", application id " + std::to_string(app_id));
   }
-  if (version != spec.schema_version) {
+  const int oldest_upgradable = spec.schema_version - static_cast<int>(spec.upgrades.size());
+  if (version < spec.schema_version && version >= oldest_upgradable && version >= 1) {
+    // One transaction for every step and the new version: a crash leaves the old file.
+    std::string sql = "BEGIN IMMEDIATE;";
+    for (int v = version; v < spec.schema_version; ++v) {
+      sql += spec.upgrades[static_cast<std::size_t>(v - oldest_upgradable)];
+    }
+    sql += ";PRAGMA user_version=" + std::to_string(spec.schema_version) + ";COMMIT;";
+    rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr);
+    if (rc != SQLITE_OK && (rc & 0xff) == SQLITE_ERROR) {
+      const std::string why = sqlite3_errmsg(db);  // before the rollback replaces it
+      sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+      return foreign("schema version " + std::to_string(version) +
+                     " could not be upgraded: " + why);
+    }
+    if (rc != SQLITE_OK) {
+      sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+      return classify(db, rc, spec, path, "upgrading its schema");
+    }
+  } else if (version != spec.schema_version) {
     return foreign("schema version " + std::to_string(version) + ", this gpumgr reads version " +
                    std::to_string(spec.schema_version));
   }

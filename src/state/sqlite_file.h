@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <span>
 #include <string>
 
 #include "gpumgr/status.h"
@@ -31,6 +32,11 @@ struct DatabaseSpec {
   // A statement naming every column the code reads (e.g. "SELECT a, b FROM t LIMIT 0"):
   // a file of the right id whose tables lack them is treated as foreign.
   const char* shape_sql = "";
+  // How a file written by an older gpumgr is brought up to schema_version, kept rather than
+  // moved aside (a daemon upgrade must not lose the leases in its journal): upgrades[i]
+  // takes version i + 1 to version i + 2. A file of a version it cannot upgrade (newer than
+  // this gpumgr, or older than the first upgrade) is foreign.
+  std::span<const char* const> upgrades = {};
 };
 
 // Opens (creating if missing) the database at `path`. A file that is not a usable database
