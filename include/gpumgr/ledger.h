@@ -64,6 +64,15 @@ struct LeaseRequest {
   // With `bytes` = 0 and a kind that has too few runs for an estimate: ask for this many
   // bytes instead (0: no fallback, the request fails naming the kind and its run count).
   std::uint64_t default_bytes = 0;
+  // The devices the lease may go on (empty: any), for a job that must stay inside devices
+  // assigned to it elsewhere (a Slurm allocation): it waits for room on whichever of them
+  // frees first. Distinct indices, at least `gpus` of them; not together with `device`.
+  std::vector<int> allowed_devices;
+  // The process that holds the lease when a client takes it for one of its descendants (the
+  // Slurm plugin, for a task of slurmstepd): that process's memory is the lease's use, and it
+  // is what an overuse policy signals. 0: the client itself. The daemon accepts only the
+  // client or a process descending from it that runs as the client's uid.
+  std::uint32_t holder_pid = 0;
 };
 
 // What a lease's holder uses on one of its devices, measured from the backend's process
@@ -113,7 +122,8 @@ struct WaiterInfo {
   int gpus = 1;
   int priority = 0;
   int device = -1;
-  int position = 0;  // 0 is the head
+  std::vector<int> allowed_devices;  // LeaseRequest::allowed_devices
+  int position = 0;                  // 0 is the head
   std::uint32_t pid = 0;
   std::uint32_t uid = 0;
   std::string command;

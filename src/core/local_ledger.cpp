@@ -507,10 +507,40 @@ void LocalLedger::finish_dropped_locked(const std::vector<Dropped>& dropped, Cal
 }
 
 StatusOr<LeaseInfo> LocalLedger::try_acquire(const LeaseRequest& request) {
+  if (Status s = check_own_holder(request); !s.ok()) return s;
   return try_acquire_as(request, self_);
 }
 
+Status LocalLedger::check_own_holder(const LeaseRequest& request) const {
+  // In process, the holder is this process: a descendant's memory is attributed to it anyway.
+  if (request.holder_pid == 0 || request.holder_pid == self_.pid) return Status::Ok();
+  return InvalidArgument("holder_pid " + std::to_string(request.holder_pid) +
+                         " names another process; an in-process ledger holds its leases for "
+                         "this process (pid " +
+                         std::to_string(self_.pid) + ")");
+}
+
+void LocalLedger::pin_request(LeaseRequest& request) const {
+  if (pinned_device_ < 0 || request.device != -1) return;
+  const auto& only = request.allowed_devices;
+  // A pinned manager may still serve a job confined to devices that include its own.
+  if (!only.empty() && std::find(only.begin(), only.end(), pinned_device_) == only.end()) return;
+  request.allowed_devices.clear();
+  request.device = pinned_device_;
+}
+
+Status LocalLedger::check_pin(const LeaseRequest& request) const {
+  if (pinned_device_ < 0 || request.device == pinned_device_) return Status::Ok();
+  if (request.device == -1 && !request.allowed_devices.empty()) {
+    return InvalidArgument("this manager is pinned to device " + std::to_string(pinned_device_) +
+                           "; job may use only other devices");
+  }
+  return InvalidArgument("this manager is pinned to device " + std::to_string(pinned_device_) +
+                         "; job asked for device " + std::to_string(request.device));
+}
+
 Status LocalLedger::try_acquire_into(const LeaseRequest& request, LeaseInfo& lease) {
+  if (Status s = check_own_holder(request); !s.ok()) return s;
   return try_acquire_into(request, self_, lease);
 }
 
@@ -577,14 +607,11 @@ Status LocalLedger::try_acquire_into(const LeaseRequest& request, Holder holder,
   }
   if (pinned_device_ >= 0 && request.device == -1) {
     if (!changed) changed = request;
-    changed->device = pinned_device_;
+    pin_request(*changed);
   }
   const LeaseRequest& r = changed ? *changed : request;
+  if (Status s = check_pin(r); !s.ok()) return s;
   MutexLock lock(mutex_);
-  if (pinned_device_ >= 0 && r.device != pinned_device_) {
-    return InvalidArgument("this manager is pinned to device " + std::to_string(pinned_device_) +
-                           "; job asked for device " + std::to_string(r.device));
-  }
   auto grant = scheduler_.try_start(r, holder, now);
   if (!grant.ok()) {
     const ErrorCode code = grant.status().code();
@@ -619,7 +646,7 @@ void LocalLedger::acquire_async(const LeaseRequest& request, Holder holder,
     return;
   }
   LeaseRequest r = resolved ? std::move(*resolved) : request;
-  if (pinned_device_ >= 0 && r.device == -1) r.device = pinned_device_;
+  pin_request(r);
   Calls calls;
   {
     MutexLock lock(mutex_);
@@ -627,9 +654,8 @@ void LocalLedger::acquire_async(const LeaseRequest& request, Holder holder,
     Status bad;
     if (stopping_) {
       bad = Status(ErrorCode::kUnavailable, "the ledger is shutting down");
-    } else if (pinned_device_ >= 0 && r.device != pinned_device_) {
-      bad = InvalidArgument("this manager is pinned to device " + std::to_string(pinned_device_) +
-                            "; job asked for device " + std::to_string(r.device));
+    } else if (Status pin = check_pin(r); !pin.ok()) {
+      bad = pin;
     } else {
       bad = scheduler_.check(r);
       if (bad.code() == ErrorCode::kNeverFits) ++stats_.jobs_rejected;
@@ -680,6 +706,7 @@ void LocalLedger::acquire_async(const LeaseRequest& request, Holder holder,
 }
 
 StatusOr<LeaseInfo> LocalLedger::acquire(const LeaseRequest& request, const WaitOptions& wait) {
+  if (Status s = check_own_holder(request); !s.ok()) return s;
   if (wait.cancel && wait.cancel->cancelled()) {
     return Status(ErrorCode::kCancelled, "cancelled before it was queued");
   }
@@ -873,6 +900,7 @@ StatusOr<Snapshot> LocalLedger::snapshot() {
     info.gpus = w->request.gpus;
     info.priority = w->request.priority;
     info.device = w->request.device;
+    info.allowed_devices = w->request.allowed_devices;
     info.position = position++;
     info.pid = w->holder.pid;
     info.uid = w->holder.uid;

@@ -165,6 +165,12 @@ class LocalLedger final : public Ledger {
     OveruseEpisode overuse;
   };
 
+  // kInvalidArgument when an in-process caller names a holder other than this process.
+  Status check_own_holder(const LeaseRequest& request) const;
+  // A pinned manager (pinned_device >= 0): puts an unpinned request on its device, when the
+  // request's allowed devices (if any) include it; check_pin() then refuses what is left.
+  void pin_request(LeaseRequest& request) const;
+  Status check_pin(const LeaseRequest& request) const;
   // Resolves a request for a kind's estimate (bytes = 0 with a kind) into `resolved` and the
   // note on where its size came from; leaves `resolved` empty for any other request. Reads
   // the history: call without the ledger's lock.

@@ -56,6 +56,20 @@ bool has_control_character(std::string_view text) {
   return n % 8 != 0 && word_has(text.data() + n - 8);
 }
 
+// Whether a request may be placed on device `i`: its pinned device, one of its allowed
+// devices, or any device.
+bool may_use(const LeaseRequest& request, std::size_t i) {
+  if (request.device >= 0) return static_cast<std::size_t>(request.device) == i;
+  const std::vector<int>& only = request.allowed_devices;
+  return only.empty() || std::find(only.begin(), only.end(), static_cast<int>(i)) != only.end();
+}
+
+std::string device_list_text(std::span<const int> devices) {
+  std::string out;
+  for (const int d : devices) out += (out.empty() ? "" : ",") + std::to_string(d);
+  return out;
+}
+
 Status duplicate_error(std::string_view job_id) {
   return Status(ErrorCode::kAlreadyExists, "job id '" + std::string(job_id) +
                                                "' is already in use by an active or waiting job");
@@ -125,7 +139,7 @@ Status check_names(const LeaseRequest& request) {
 
 Status Scheduler::check_fields(const LeaseRequest& request) const {
   if (Status s = check_names(request); !s.ok()) return s;
-  return check_shape(request.bytes, request.gpus, request.device);
+  return check_shape(request.bytes, request.gpus, request.device, request.allowed_devices);
 }
 
 Status check_kind(std::string_view kind) {
@@ -145,7 +159,8 @@ Status Scheduler::duplicate_or(std::string_view job_id, Status failure) const {
   return failure;
 }
 
-Status Scheduler::check_shape(std::uint64_t bytes, int gpus, int device) const {
+Status Scheduler::check_shape(std::uint64_t bytes, int gpus, int device,
+                              std::span<const int> allowed) const {
   if (bytes == 0) return InvalidArgument("requested VRAM must be positive, got 0");
   const int count = static_cast<int>(devices_.size());
   if (gpus < 1 || gpus > count) {
@@ -160,12 +175,41 @@ Status Scheduler::check_shape(std::uint64_t bytes, int gpus, int device) const {
     return InvalidArgument("a job pinned to one device cannot ask for " + std::to_string(gpus) +
                            " GPUs");
   }
-  const std::uint64_t limit =
+  std::uint64_t limit =
       device >= 0 ? devices_[static_cast<std::size_t>(device)].capacity : capacity_rank(gpus);
+  if (!allowed.empty()) {
+    if (device >= 0) {
+      return InvalidArgument("a job is either pinned to device " + std::to_string(device) +
+                             " or given the devices it may use, not both");
+    }
+    std::vector<std::uint64_t> capacities;
+    std::vector<bool> seen(devices_.size(), false);
+    for (const int d : allowed) {
+      if (d < 0 || d >= count) {
+        return NotFound("allowed device " + std::to_string(d) + " does not exist; devices are 0.." +
+                        std::to_string(count - 1));
+      }
+      if (seen[static_cast<std::size_t>(d)]) {
+        return InvalidArgument("allowed device " + std::to_string(d) + " is named twice");
+      }
+      seen[static_cast<std::size_t>(d)] = true;
+      capacities.push_back(devices_[static_cast<std::size_t>(d)].capacity);
+    }
+    if (capacities.size() < static_cast<std::size_t>(gpus)) {
+      return InvalidArgument("a job on " + std::to_string(gpus) + " GPUs needs at least as many " +
+                             "allowed devices, got " + std::to_string(capacities.size()) + " (" +
+                             device_list_text(allowed) + ")");
+    }
+    std::sort(capacities.begin(), capacities.end(), std::greater<>());
+    limit = capacities[static_cast<std::size_t>(gpus - 1)];
+  }
   if (bytes > limit) {
     std::string where =
-        device >= 0
-            ? "device " + std::to_string(device) + "'s capacity"
+        device >= 0 ? "device " + std::to_string(device) + "'s capacity"
+        : !allowed.empty()
+            ? (gpus == 1 ? "the largest capacity among devices " + device_list_text(allowed)
+                         : "the capacity of the " + std::to_string(gpus) + " largest of devices " +
+                               device_list_text(allowed))
             : (gpus == 1 ? "the largest device capacity"
                          : "the capacity of the " + std::to_string(gpus) + " largest devices");
     // Near the limit both sizes may print alike ("19.2 GiB"): then give the exact bytes.
@@ -182,6 +226,17 @@ Status Scheduler::check_shape(std::uint64_t bytes, int gpus, int device) const {
 }
 
 int Scheduler::place_one(const LeaseRequest& request, const std::vector<bool>& allowed) const {
+  if (!request.allowed_devices.empty() && request.device < 0) {
+    // Rare (a job confined to a Slurm allocation): the devices it may use and that are
+    // allowed now, as one mask, so that the scan below stays as it is for everyone else.
+    std::vector<bool> both(allowed.size(), false);
+    for (const int d : request.allowed_devices) {
+      both[static_cast<std::size_t>(d)] = allowed[static_cast<std::size_t>(d)];
+    }
+    LeaseRequest anywhere;
+    anywhere.bytes = request.bytes;
+    return place_one(anywhere, both);
+  }
   // A single scan of fit_bytes_, with the same ties (lowest index) as the sort in place().
   // This runs on every acquire: a pinned request looks at its device only, first-fit stops
   // at the first fit, and the bit set is read only where a waiter may have reserved devices.
@@ -238,8 +293,7 @@ std::vector<int> Scheduler::place(const LeaseRequest& request,
   std::vector<int> candidates;
   for (std::size_t i = 0; i < devices_.size(); ++i) {
     const int index = static_cast<int>(i);
-    if (!allowed[i] || !devices_[i].healthy) continue;
-    if (request.device >= 0 && request.device != index) continue;
+    if (!allowed[i] || !devices_[i].healthy || !may_use(request, i)) continue;
     if (devices_[i].admissible() >= request.bytes) candidates.push_back(index);
   }
   if (candidates.size() < static_cast<std::size_t>(request.gpus)) return {};
@@ -269,7 +323,12 @@ std::uint64_t Scheduler::threshold(const ClassKey& cls, const std::vector<bool>&
   std::vector<std::uint64_t> adm;
   adm.reserve(devices_.size());
   for (std::size_t i = 0; i < devices_.size(); ++i) {
-    if (allowed[i] && devices_[i].healthy) adm.push_back(devices_[i].admissible());
+    if (!allowed[i] || !devices_[i].healthy) continue;
+    if (!cls.allowed.empty() && std::find(cls.allowed.begin(), cls.allowed.end(),
+                                          static_cast<int>(i)) == cls.allowed.end()) {
+      continue;
+    }
+    adm.push_back(devices_[i].admissible());
   }
   const auto k = static_cast<std::size_t>(cls.gpus);
   if (adm.size() < k) return 0;
@@ -344,7 +403,7 @@ void Scheduler::update_reservation() {
     for (std::size_t i = 0; i < devices_.size(); ++i) {
       const int u = static_cast<int>(i);
       if (!allowed_[i] || !devices_[i].healthy || devices_[i].admissible() < r.bytes) continue;
-      if (r.device >= 0 && r.device != u) continue;
+      if (!may_use(r, i)) continue;
       auto worst = std::max_element(reserved_.begin(), reserved_.end(), [&](int a, int b) {
         return devices_[static_cast<std::size_t>(a)].admissible() >
                devices_[static_cast<std::size_t>(b)].admissible();
@@ -367,8 +426,7 @@ void Scheduler::update_reservation() {
   std::vector<int> candidates;
   for (std::size_t i = 0; i < devices_.size(); ++i) {
     const int index = static_cast<int>(i);
-    if (!devices_[i].healthy || devices_[i].capacity < r.bytes) continue;
-    if (r.device >= 0 && r.device != index) continue;
+    if (!devices_[i].healthy || devices_[i].capacity < r.bytes || !may_use(r, i)) continue;
     candidates.push_back(index);
   }
   auto shortfall = [&](int d) {
@@ -460,8 +518,8 @@ StatusOr<std::vector<Grant>> Scheduler::enqueue(const LeaseRequest& request, Hol
   const int kind_id = intern_kind(request.kind);
   Waiter waiter{request,  holder,  std::min(now, requested_at.value_or(now)),
                 deadline, key.seq, kind_id};
-  fit_[key.neg_priority][ClassKey{request.gpus, request.device, kind_id}].push_back(key.seq,
-                                                                                    request.bytes);
+  fit_[key.neg_priority][ClassKey{request.gpus, request.device, kind_id, request.allowed_devices}]
+      .push_back(key.seq, request.bytes);
   waiting_index_.emplace(request.job_id, key);
   if (deadline) deadlines_.emplace(*deadline, key);
   if (request.gpus > 1) gang_waiters_.insert(key);
@@ -473,7 +531,8 @@ void Scheduler::remove_waiter(std::map<Key, Waiter>::iterator it) {
   const Key key = it->first;
   const Waiter& w = it->second;
   auto level = fit_.find(key.neg_priority);
-  auto cls = level->second.find(ClassKey{w.request.gpus, w.request.device, w.kind_id});
+  auto cls = level->second.find(
+      ClassKey{w.request.gpus, w.request.device, w.kind_id, w.request.allowed_devices});
   cls->second.erase(key.seq);
   if (cls->second.empty()) level->second.erase(cls);
   if (level->second.empty()) fit_.erase(level);
@@ -581,7 +640,7 @@ std::optional<Scheduler::Key> Scheduler::reserve_for_gangs(const Key& head,
     }
     std::vector<int> candidates;
     for (std::size_t i = 0; i < devices_.size(); ++i) {
-      if (allowed[i] && devices_[i].healthy && devices_[i].capacity >= r.bytes) {
+      if (allowed[i] && devices_[i].healthy && devices_[i].capacity >= r.bytes && may_use(r, i)) {
         candidates.push_back(static_cast<int>(i));
       }
     }
@@ -780,7 +839,12 @@ std::uint64_t Scheduler::headroom_threshold(const ClassKey& cls) const {
   if (cls.gpus != 1 || reserved_.empty()) return 0;
   if (cls.device >= 0) return headroom(cls.device);
   std::uint64_t best = 0;
-  for (const int d : reserved_) best = std::max(best, headroom(d));
+  for (const int d : reserved_) {
+    if (cls.allowed.empty() ||
+        std::find(cls.allowed.begin(), cls.allowed.end(), d) != cls.allowed.end()) {
+      best = std::max(best, headroom(d));
+    }
+  }
   return best;
 }
 
@@ -789,7 +853,7 @@ int Scheduler::place_in_headroom(const LeaseRequest& request) const {
   int best = -1;
   std::uint64_t best_room = 0;
   for (const int d : reserved_) {
-    if (request.device >= 0 && request.device != d) continue;
+    if (!may_use(request, static_cast<std::size_t>(d))) continue;
     const std::uint64_t room = headroom(d);
     // Best fit among the reserved devices: the least headroom that fits.
     if (room >= request.bytes && (best < 0 || room < best_room)) {

@@ -159,8 +159,9 @@ class Scheduler {
   Status check(const LeaseRequest& request) const;
   // check() without the look-up of the job id among active and waiting jobs.
   Status check_fields(const LeaseRequest& request) const;
-  // The size part of check(): bytes, gpus, pinned device and kNeverFits.
-  Status check_shape(std::uint64_t bytes, int gpus, int device) const;
+  // The size part of check(): bytes, gpus, pinned device, allowed devices and kNeverFits.
+  Status check_shape(std::uint64_t bytes, int gpus, int device,
+                     std::span<const int> allowed = {}) const;
 
   // Starts a job now if it fits without delaying anyone who waits (as a backfill would);
   // kResourceExhausted otherwise. Runs check() first. The new lease is returned as the
@@ -273,6 +274,7 @@ class Scheduler {
     int gpus;
     int device;   // pinned device or -1
     int kind_id;  // -1: no kind (duration backfill weighs a class by its kind's estimate)
+    std::vector<int> allowed;  // LeaseRequest::allowed_devices (empty: any)
     friend auto operator<=>(const ClassKey&, const ClassKey&) = default;
   };
 

@@ -121,6 +121,9 @@ WaiterInfo waiter_from_json(const json& j) {
   w.gpus = j.at("gpus").get<int>();
   w.priority = j.at("priority").get<int>();
   w.device = j.at("device").get<int>();
+  if (const auto it = j.find("allowed_devices"); it != j.end()) {
+    w.allowed_devices = it->get<std::vector<int>>();
+  }
   w.position = j.at("position").get<int>();
   w.pid = j.at("pid").get<std::uint32_t>();
   w.uid = j.at("uid").get<std::uint32_t>();
@@ -226,10 +229,12 @@ StatusOr<KindEstimate> estimate_from_json(const json& j) {
 }
 
 json to_json(const WaiterInfo& w) {
-  return {{"job_id", w.job_id},     {"bytes", w.bytes},   {"gpus", w.gpus},
-          {"priority", w.priority}, {"device", w.device}, {"position", w.position},
-          {"pid", w.pid},           {"uid", w.uid},       {"command", w.command},
-          {"waited_s", w.waited_s}};
+  json j = {{"job_id", w.job_id},     {"bytes", w.bytes},   {"gpus", w.gpus},
+            {"priority", w.priority}, {"device", w.device}, {"position", w.position},
+            {"pid", w.pid},           {"uid", w.uid},       {"command", w.command},
+            {"waited_s", w.waited_s}};
+  if (!w.allowed_devices.empty()) j["allowed_devices"] = w.allowed_devices;
+  return j;
 }
 
 json to_json(const Snapshot& s) {

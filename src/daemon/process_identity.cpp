@@ -1,6 +1,7 @@
 #include "daemon/process_identity.h"
 
 #include <charconv>
+#include <cstdlib>
 #include <string_view>
 #include <vector>
 
@@ -32,6 +33,45 @@ std::optional<ProcessStat> read_process_stat(std::uint32_t pid) {
   if (!number(fields[1], st.ppid) || !number(fields[19], st.start)) return std::nullopt;
   st.running = fields[0] != "Z" && fields[0] != "X" && fields[0] != "x";
   return st;
+}
+
+Status check_descendant(std::uint32_t pid, std::uint32_t ancestor, std::uint32_t uid) {
+  const std::string who = "holder_pid " + std::to_string(pid);
+  if (uid != 0) {
+    // "Uid:\treal\teffective\tsaved\tfs": the real and effective ids must both be the client's.
+    const auto status = read_small_file("/proc/" + std::to_string(pid) + "/status", 16384);
+    const auto at = status ? status->find("\nUid:") : std::string::npos;
+    if (at == std::string::npos) {
+      return Status(ErrorCode::kPermissionDenied, who + " is not a running process");
+    }
+    std::uint32_t real = 0, effective = 0;
+    const char* p = status->c_str() + at + 5;
+    char* end = nullptr;
+    real = static_cast<std::uint32_t>(std::strtoul(p, &end, 10));
+    effective = static_cast<std::uint32_t>(std::strtoul(end, nullptr, 10));
+    if (real != uid || effective != uid) {
+      return Status(ErrorCode::kPermissionDenied,
+                    who + " runs as uid " + std::to_string(real == uid ? effective : real) +
+                        ", not as the client's uid " + std::to_string(uid));
+    }
+  }
+  std::uint32_t at = pid;
+  for (int generation = 0; generation < 256; ++generation) {
+    if (at == ancestor) return Status::Ok();
+    const auto st = read_process_stat(at);
+    if (!st && generation == 0) {
+      return Status(ErrorCode::kPermissionDenied, who + " is not a running process");
+    }
+    if (!st) break;
+    if (!st->running) {
+      return Status(ErrorCode::kPermissionDenied, who + " is not a running process");
+    }
+    if (st->ppid == 0 || st->ppid == at) break;
+    at = st->ppid;
+  }
+  return Status(ErrorCode::kPermissionDenied, who + " is neither the client (pid " +
+                                                  std::to_string(ancestor) +
+                                                  ") nor a process it started");
 }
 
 const std::string& current_boot_id() {

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "gpumgr/status.h"
 #include "state/lease_journal.h"
 
 namespace gpumgr::daemon {
@@ -27,6 +28,12 @@ struct ProcessStat {
 
 // /proc/PID/stat, read now; empty when the process is gone or unreadable.
 std::optional<ProcessStat> read_process_stat(std::uint32_t pid);
+
+// Whether `pid` is `ancestor` or descends from it (following /proc's parent links, at most
+// 256 generations) and runs as `uid` (real and effective; any uid when `uid` is 0, root), so
+// that a client may name the process that holds a lease for it (LeaseRequest::holder_pid).
+// kPermissionDenied naming the pid and why otherwise.
+Status check_descendant(std::uint32_t pid, std::uint32_t ancestor, std::uint32_t uid);
 
 // This boot's id (/proc/sys/kernel/random/boot_id); empty where unreadable.
 const std::string& current_boot_id();

@@ -89,6 +89,28 @@ StatusOr<std::int64_t> get_int(const json& obj, const char* key, bool required,
   return v;
 }
 
+// A list of device indices ([0, 2]); absent or null: empty. At most 1024 entries, each in
+// [0, 1024] (the device field's range); the scheduler checks that they exist.
+StatusOr<std::vector<int>> get_device_list(const json& obj, const char* key) {
+  const auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return std::vector<int>{};
+  if (!it->is_array()) {
+    return InvalidArgument(std::string("field '") + key +
+                           "' must be a list of device indices, got " + type_of(*it));
+  }
+  if (it->size() > 1024) {
+    return InvalidArgument(std::string("field '") + key + "' has " + std::to_string(it->size()) +
+                           " entries; at most 1024 are allowed");
+  }
+  std::vector<int> out;
+  for (const json& e : *it) {
+    auto d = get_int(json{{key, e}}, key, true, 0, 0, 1024);
+    if (!d.ok()) return d.status();
+    out.push_back(static_cast<int>(*d));
+  }
+  return out;
+}
+
 StatusOr<std::uint64_t> get_bytes(const json& obj, const char* key = "bytes",
                                   bool required = true) {
   const auto it = obj.find(key);
@@ -172,6 +194,12 @@ Status decode_fields(const json& j, Request& r) {
       auto device = get_int(j, "device", false, -1, -1, 1024);
       if (!device.ok()) return device.status();
       r.lease.device = static_cast<int>(*device);
+      auto allowed = get_device_list(j, "allowed_devices");
+      if (!allowed.ok()) return allowed.status();
+      r.lease.allowed_devices = std::move(allowed).value();
+      auto holder = get_int(j, "holder_pid", false, 0, 0, kIntMax);
+      if (!holder.ok()) return holder.status();
+      r.lease.holder_pid = static_cast<std::uint32_t>(*holder);
       auto command = get_string(j, "command", false, kMaxCommandBytes);
       if (!command.ok()) return command.status();
       r.lease.command = std::move(command).value();
@@ -316,6 +344,8 @@ std::string encode_request(const Request& r) {
       if (!r.lease.command.empty()) j["command"] = r.lease.command;
       if (!r.lease.kind.empty()) j["kind"] = r.lease.kind;
       if (r.lease.default_bytes != 0) j["default_bytes"] = r.lease.default_bytes;
+      if (!r.lease.allowed_devices.empty()) j["allowed_devices"] = r.lease.allowed_devices;
+      if (r.lease.holder_pid != 0) j["holder_pid"] = r.lease.holder_pid;
       if (r.op == Op::kAcquire) {
         j["wait"] = r.wait;
         if (r.timeout_s) j["timeout_s"] = *r.timeout_s;

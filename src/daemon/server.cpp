@@ -590,6 +590,12 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     return *conn->identity;
   }
 
+  // Who holds a journaled job for the ledger: the process its client named, else the client.
+  static core::Holder lease_holder(const LeaseRequest& request,
+                                   const state::ProcessIdentity& client) {
+    return core::Holder{request.holder_pid != 0 ? request.holder_pid : client.pid, client.uid};
+  }
+
   static std::int64_t unix_ns(std::chrono::system_clock::time_point t) {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
   }
@@ -622,6 +628,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     record.devices = lease.devices;
     record.estimate = lease.estimate;
     record.holder = holder;
+    if (lease.pid != holder.pid) record.request.holder_pid = lease.pid;
     const auto t = tokens.find(lease.job_id);
     if (t != tokens.end()) record.token = t->second;
     record.granted_at_unix_ns = unix_ns(lease.granted_at);
@@ -834,13 +841,13 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
                                  ": its holder is gone; its lease is released (failed)");
         // Taken back and released at once, so that it counts as a failed job (and its kind's
         // history records the run) as if its holder had died with this daemon up.
-        if (ledger->adopt_as(a, core::Holder{l.holder.pid, l.holder.uid}).ok()) {
+        if (ledger->adopt_as(a, lease_holder(l.request, l.holder)).ok()) {
           (void)ledger->release_as(job, JobOutcome::kFailed, std::nullopt, nullptr);
         }
         journal_result(options.journal->remove(job));
         continue;
       }
-      auto info = ledger->adopt_as(a, core::Holder{l.holder.pid, l.holder.uid});
+      auto info = ledger->adopt_as(a, lease_holder(l.request, l.holder));
       if (!info.ok()) {
         log(LogLevel::kWarning, "restart: cannot restore the lease of job '" + terminal_safe(job) +
                                     "': " + info.status().message());
@@ -869,7 +876,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       }
       ++queued;
       detach(job, w.holder, w.token).waiter = w;
-      start_waiting(w.request, core::Holder{w.holder.pid, w.holder.uid}, deadline,
+      start_waiting(w.request, lease_holder(w.request, w.holder), deadline,
                     to_time(w.requested_at_unix_ns));
     }
     if (adopted + queued + gone == 0) return;
@@ -1002,6 +1009,18 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       }
       r.lease.command = conn->peer_command;
     }
+    // The process whose memory is the lease's use: the client, or one it started and names
+    // (the Slurm plugin's task). The lease still lives as long as this connection.
+    core::Holder holder = conn->peer;
+    if (r.lease.holder_pid == conn->peer.pid) r.lease.holder_pid = 0;
+    if (r.lease.holder_pid != 0) {
+      if (Status s = check_descendant(r.lease.holder_pid, conn->peer.pid, conn->peer.uid);
+          !s.ok()) {
+        send(conn, encode_error(r.id, s));
+        return;
+      }
+      holder.pid = r.lease.holder_pid;
+    }
     if (options.admit) {  // quotas: refused before anything is recorded
       if (Status s = options.admit(r.lease, conn->peer); !s.ok()) {
         send(conn, encode_error(r.id, s));
@@ -1009,7 +1028,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       }
     }
     if (!r.wait) {
-      auto lease = ledger->try_acquire_as(r.lease, conn->peer);
+      auto lease = ledger->try_acquire_as(r.lease, holder);
       if (!lease.ok()) {
         send(conn, encode_error(r.id, lease.status()));
         return;
@@ -1043,7 +1062,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       }
       journal_result(options.journal->put_waiter(record));
     }
-    start_waiting(r.lease, conn->peer, deadline);
+    start_waiting(r.lease, holder, deadline);
   }
 
   // Queues a request in the ledger; its answer comes back on the loop (on_waited).

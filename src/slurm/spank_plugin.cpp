@@ -12,6 +12,9 @@
 //   slurmstepd, task_post_fork (per task, before the tasks are let exec): starts the task's
 //     server thread (reads the request, acquires the lease on the task's connection, replies)
 //     and its watcher thread (cancels the wait when the task dies: scancel, time limit, kill).
+//     The lease names the task's pid as its holder, so that the task's memory (not its
+//     siblings') is the lease's use, and may go on any GPU of the task's allocation: it
+//     waits for whichever has room first.
 //   slurmstepd, task_exit (per task, as it is reaped): stops both threads and releases the
 //     lease, failed unless the task exited 0. exit: releases what is left, failed.
 // The lease's connection thus lives in slurmstepd exactly as long as the task; if slurmstepd
@@ -235,29 +238,13 @@ void serve_task_once(TaskSlot* slot) {
                 slot->socket + " has devices " + join(daemon_devices, ",") +
                 ": gres.conf and the daemon disagree (write gres.conf with `gpumgr slurm conf`)");
   }
-  // Where it fits now, in Slurm's order; else wait on the allowed device with the most room.
-  StatusOr<LeaseInfo> granted = gpumgr::Status(ErrorCode::kResourceExhausted, "no room");
-  for (int d : usable) {
-    lease.device = d;
-    granted = slot->ledger->try_acquire(lease);
-    if (granted.ok() || granted.status().code() != ErrorCode::kResourceExhausted) break;
-  }
-  if (!granted.ok() && granted.status().code() == ErrorCode::kResourceExhausted) {
-    int best = usable.front();
-    std::uint64_t most = 0;
-    for (const auto& acct : snap->devices) {
-      for (int d : usable) {
-        if (acct.info.index == d && acct.admissible_bytes > most) {
-          most = acct.admissible_bytes;
-          best = d;
-        }
-      }
-    }
-    lease.device = best;
-    gpumgr::WaitOptions wait;
-    wait.cancel = slot->token;
-    granted = slot->ledger->acquire(lease, wait);
-  }
+  // Whichever of them has room first; the task's processes are the lease's holder, so that
+  // their memory is its use (the connection, and so the lease's life, stays slurmstepd's).
+  lease.allowed_devices = usable;
+  lease.holder_pid = static_cast<std::uint32_t>(slot->pid);
+  gpumgr::WaitOptions wait;
+  wait.cancel = slot->token;
+  StatusOr<LeaseInfo> granted = slot->ledger->acquire(lease, wait);
   if (!granted.ok()) {
     return fail("no lease for job '" + lease.job_id + "' from the daemon at " + slot->socket +
                 ": " + granted.status().to_string());

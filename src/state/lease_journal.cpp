@@ -33,26 +33,36 @@ constexpr const char* kSchemaSql =
     " uid INTEGER NOT NULL,"
     " start_ticks INTEGER NOT NULL,"
     " boot_id TEXT NOT NULL,"
-    " requested_at INTEGER NOT NULL,"  // unix ns
-    " granted_at INTEGER,"             // unix ns; NULL for a waiter
-    " deadline INTEGER"                // unix ns; NULL: none
+    " requested_at INTEGER NOT NULL,"            // unix ns
+    " granted_at INTEGER,"                       // unix ns; NULL for a waiter
+    " deadline INTEGER,"                         // unix ns; NULL: none
+    " holder_pid INTEGER NOT NULL DEFAULT 0,"    // LeaseRequest::holder_pid
+    " allowed_devices TEXT NOT NULL DEFAULT ''"  // "0,2": LeaseRequest::allowed_devices
     ");";
+
+// Version 1 had neither holder_pid nor allowed_devices.
+constexpr const char* kUpgrades[] = {
+    "ALTER TABLE jobs ADD COLUMN holder_pid INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN allowed_devices TEXT NOT NULL DEFAULT '';",
+};
 
 // PRAGMA application_id "gpmj".
 constexpr DatabaseSpec kJournalFile{
     "lease journal",
     "not a gpumgr lease journal",
     0x67706d6a,
-    1,
+    2,
     kSchemaSql,
     "SELECT seq, job_id, leased, bytes, gpus, priority, device, command, kind, default_bytes, "
     "devices, token, estimate, pid, uid, start_ticks, boot_id, requested_at, granted_at, "
-    "deadline FROM jobs LIMIT 0"};
+    "deadline, holder_pid, allowed_devices FROM jobs LIMIT 0",
+    kUpgrades};
 
 constexpr const char* kInsertSql =
     "INSERT INTO jobs (job_id, leased, bytes, gpus, priority, device, command, kind, "
     "default_bytes, devices, token, estimate, pid, uid, start_ticks, boot_id, requested_at, "
-    "granted_at, deadline) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    "granted_at, deadline, holder_pid, allowed_devices) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 
 void bind_text(sqlite3_stmt* st, int column, const std::string& text) {
   sqlite3_bind_text(st, column, text.data(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
@@ -131,6 +141,8 @@ void bind_row(sqlite3_stmt* st, const JournalRow& row) {
   } else {
     sqlite3_bind_null(st, 19);
   }
+  sqlite3_bind_int64(st, 20, r.holder_pid);
+  bind_text(st, 21, device_list(r.allowed_devices));
 }
 
 }  // namespace
@@ -176,7 +188,8 @@ StatusOr<JournalContents> LeaseJournal::load() {
   if (sqlite3_prepare_v2(db_,
                          "SELECT job_id, leased, bytes, gpus, priority, device, command, kind, "
                          "default_bytes, devices, token, estimate, pid, uid, start_ticks, "
-                         "boot_id, requested_at, granted_at, deadline FROM jobs ORDER BY seq",
+                         "boot_id, requested_at, granted_at, deadline, holder_pid, "
+                         "allowed_devices FROM jobs ORDER BY seq",
                          -1, st.out(), nullptr) != SQLITE_OK) {
     return Unavailable(database_error(db_, kJournalFile, path_, "reading it"));
   }
@@ -194,6 +207,13 @@ StatusOr<JournalContents> LeaseJournal::load() {
     r.command = column_text(s, 6);
     r.kind = column_text(s, 7);
     r.default_bytes = from_db_int(sqlite3_column_int64(s, 8));
+    r.holder_pid = static_cast<std::uint32_t>(sqlite3_column_int64(s, 19));
+    auto allowed = parse_devices(column_text(s, 20));
+    if (!allowed) {
+      return Status(ErrorCode::kInternal, "lease journal " + path_ + ": job '" + r.job_id +
+                                              "' has an unreadable list of allowed devices");
+    }
+    r.allowed_devices = std::move(*allowed);
     ProcessIdentity holder;
     holder.pid = static_cast<std::uint32_t>(sqlite3_column_int64(s, 12));
     holder.uid = static_cast<std::uint32_t>(sqlite3_column_int64(s, 13));

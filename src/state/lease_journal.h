@@ -38,11 +38,13 @@ struct ProcessIdentity {
 // A lease the daemon granted, as it must be restored.
 struct JournaledLease {
   // The request as granted: job id, bytes (resolved from an estimate), gpus, priority,
-  // pinned device, command, kind.
+  // pinned device, command, kind, allowed devices, holder pid.
   LeaseRequest request;
   std::vector<int> devices;
   std::string token;     // what the holder names it by (docs/protocol.md)
   std::string estimate;  // LeaseInfo::estimate
+  // The client that took it: the job lasts while this process runs. Where the client took
+  // it for a descendant, request.holder_pid names that process.
   ProcessIdentity holder;
   std::int64_t requested_at_unix_ns = 0;
   std::int64_t granted_at_unix_ns = 0;
@@ -50,9 +52,9 @@ struct JournaledLease {
 
 // A request that waits, as it must be restored.
 struct JournaledWaiter {
-  LeaseRequest request;  // as asked (bytes may be 0 with a kind: the estimate is asked again)
-  std::string token;     // the token its lease will carry
-  ProcessIdentity holder;
+  LeaseRequest request;    // as asked (bytes may be 0 with a kind: the estimate is asked again)
+  std::string token;       // the token its lease will carry
+  ProcessIdentity holder;  // the client that asked (see JournaledLease::holder)
   std::int64_t requested_at_unix_ns = 0;
   std::optional<std::int64_t> deadline_unix_ns;  // none: waits until granted or cancelled
 };

@@ -432,6 +432,9 @@ def check_landing(c):
             check(uuid == f"SIM-{slurm_gpus}" and lease_devices == slurm_gpus,
                   f"{lease_job}: task sees CUDA_VISIBLE_DEVICES={uuid}, Slurm gave {slurm_gpus}")
             check(int(lease_bytes) == 12 * GIB, f"GPUMGR_LEASE_BYTES={lease_bytes}")
+            # The task holds it (its memory is the lease's use), not slurmstepd.
+            check(lease["pid"] == c.task_pid(name, n),
+                  f"{lease_job}: holder pid {lease['pid']}, the task is {c.task_pid(name, n)}")
             if n == "n1":
                 devices_n1.append(int(slurm_gpus))
     check(sorted(devices_n1) == [0, 1], f"both n1 jobs on GPUs {devices_n1}")
@@ -554,6 +557,34 @@ def check_memory_wait(c):
     c.script_outside("n1", [])
 
 
+def check_any_of_its_gpus(c):
+    """A task given both GPUs of n1 waits for room on either: an outside process leaves more
+    room on GPU 0 than on GPU 1 (neither enough); GPU 1 frees first, and the task starts there
+    rather than waiting for the GPU that had more room."""
+    c.outside = subprocess.Popen(["sleep", "300"])
+    c.script_outside("n1", [f"0 {c.outside.pid} 10GiB", f"1 {c.outside.pid} 12GiB"])
+    wait_for("the outside use to count", lambda: [
+        d["foreign_bytes"] for d in c.status("n1")["devices"]] == [10 * GIB, 12 * GIB], 10)
+    p = c.srun("anygpu", "-w", "n1", "--gres=gpu:2", "--vram=12GiB")
+    job = c.job_id("anygpu")
+    wid = f"slurm-{job}.0.0"
+    waiter = wait_for("the two-GPU task to wait", lambda: c.waiters("n1").get(wid), 20)
+    check(waiter.get("allowed_devices") == [0, 1],
+          f"the waiter may use devices {waiter.get('allowed_devices')}, Slurm gave 0,1")
+    c.script_outside("n1", [f"0 {c.outside.pid} 10GiB"])
+    seen = wait_for("the task to start once GPU 1 freed", lambda: c.seen("anygpu", "n1"), 20)
+    _, uuid, lease_job, lease_devices, _, slurm_gpus = seen
+    check(lease_job == wid and lease_devices == "1" and uuid == "SIM-1",
+          f"the task runs on {uuid} (lease devices {lease_devices}), expected GPU 1")
+    check(slurm_gpus == "0,1", f"GPUMGR_SLURM_GPUS={slurm_gpus}, Slurm gave 0,1")
+    check(c.leases("n1")[wid]["devices"] == [1], "the lease is not on GPU 1")
+    c.go("anygpu")
+    check(p.wait(timeout=20) == 0, "the two-GPU task failed: " + c.read_log("log/srun-anygpu.log"))
+    c.outside.kill()
+    c.outside.wait()
+    c.script_outside("n1", [])
+
+
 def check_shards_and_nested(c):
     """Without --vram, shards ask for shards x unit. An srun inside an `sbatch --vram` script
     runs under the script's lease (it would otherwise wait for its own parent's memory)."""
@@ -624,11 +655,15 @@ def check_stepd_killed(c):
     job = c.job_id("stepd")
     lease = wait_lease(c, job, "the lease of the step whose slurmstepd is killed")
     wait_for("the task to start", lambda: c.seen("stepd", "n1"), 20)
+    # The lease's holder is the task; its connection is slurmstepd's, the task's parent.
     holder = next(iter(lease.values()))[1]["pid"]
-    with open(f"/proc/{holder}/comm") as f:
+    check(holder == c.task_pid("stepd", "n1"), f"the lease's holder is pid {holder}")
+    with open(f"/proc/{holder}/stat") as f:
+        stepd = int(f.read().rsplit(")", 1)[1].split()[1])
+    with open(f"/proc/{stepd}/comm") as f:
         comm = f.read().strip()
-    check(comm == "slurmstepd", f"the lease's holder is {comm} (pid {holder}), not slurmstepd")
-    os.kill(holder, signal.SIGKILL)
+    check(comm == "slurmstepd", f"the task's parent is {comm} (pid {stepd}), not slurmstepd")
+    os.kill(stepd, signal.SIGKILL)
     killed = time.monotonic()
     wait_for("the lease of the killed slurmstepd to go", lambda: not c.job_leases(job), 5, 0.01)
     took = time.monotonic() - killed
@@ -694,6 +729,8 @@ def main():
         print("landing: ok")
         check_memory_wait(c)
         print("memory wait: ok")
+        check_any_of_its_gpus(c)
+        print("a two-GPU allocation waits for either GPU: ok")
         figures = check_ends(c, jt)
         check_shards_and_nested(c)
         print("shards and nested steps: ok")

@@ -136,6 +136,43 @@ TEST(BadInputTest, EveryBadInputIsRefusedWithANamedProblemAndChangesNothing) {
          return status_of(m.try_acquire(r));
        },
        ErrorCode::kNotFound, "device 7 does not exist"},
+      {"allowed a device that does not exist",
+       [](Manager& m) {
+         LeaseRequest r = request("confined", kGiB);
+         r.allowed_devices = {1, 5};
+         return status_of(m.try_acquire(r));
+       },
+       ErrorCode::kNotFound, "allowed device 5 does not exist; devices are 0..1"},
+      {"allowed a device twice",
+       [](Manager& m) {
+         LeaseRequest r = request("confined", kGiB);
+         r.allowed_devices = {0, 0};
+         return status_of(m.try_acquire(r));
+       },
+       ErrorCode::kInvalidArgument, "allowed device 0 is named twice"},
+      {"allowed devices and a pinned device",
+       [](Manager& m) {
+         LeaseRequest r = request("confined", kGiB);
+         r.allowed_devices = {0, 1};
+         r.device = 1;
+         return status_of(m.try_acquire(r));
+       },
+       ErrorCode::kInvalidArgument, "either pinned to device 1 or given the devices it may use"},
+      {"fewer allowed devices than GPUs",
+       [](Manager& m) {
+         LeaseRequest r = request("confined", kGiB);
+         r.allowed_devices = {1};
+         r.gpus = 2;
+         return status_of(m.try_acquire(r));
+       },
+       ErrorCode::kInvalidArgument, "needs at least as many allowed devices, got 1 (1)"},
+      {"a holder other than this process, in process",
+       [](Manager& m) {
+         LeaseRequest r = request("other", kGiB);
+         r.holder_pid = 1;
+         return status_of(m.try_acquire(r));
+       },
+       ErrorCode::kInvalidArgument, "holder_pid 1 names another process"},
       // Device selectors
       {"device cuda:99",
        [](Manager&) { return create_with([](ManagerOptions& o) { o.device = "cuda:99"; }); },

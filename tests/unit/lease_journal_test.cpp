@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -36,6 +37,7 @@ JournaledLease lease(const std::string& job, std::vector<int> devices, std::uint
   l.request.priority = 3;
   l.request.command = "python train.py --lr 3e-4";
   l.request.kind = "sdxl-1024";
+  l.request.holder_pid = 78;  // taken by pid 77 for its child
   l.devices = std::move(devices);
   l.token = "0123456789abcdef0123456789abcdef";
   l.estimate = "learned from 7 runs: p95 5 GiB + 10%";
@@ -75,6 +77,10 @@ TEST(LeaseJournalTest, LeasesAndWaitersComeBackWithEveryField) {
   ASSERT_TRUE(j->put_lease(lease("train-7", {0, 2}, 5 * kGiB)).ok());
   ASSERT_TRUE(j->put_waiter(waiter("w1", 12 * kGiB, 1'790'000'070'000'000'000)).ok());
   ASSERT_TRUE(j->put_waiter(waiter("w2", 0)).ok());
+  JournaledWaiter confined = waiter("w3", kGiB);
+  confined.request.device = -1;
+  confined.request.allowed_devices = {2, 0};
+  ASSERT_TRUE(j->put_waiter(confined).ok());
   auto c = j->load();
   ASSERT_TRUE(c.ok()) << c.status().to_string();
   ASSERT_EQ(c->leases.size(), 1u);
@@ -85,6 +91,7 @@ TEST(LeaseJournalTest, LeasesAndWaitersComeBackWithEveryField) {
   EXPECT_EQ(l.request.priority, 3);
   EXPECT_EQ(l.request.command, "python train.py --lr 3e-4");
   EXPECT_EQ(l.request.kind, "sdxl-1024");
+  EXPECT_EQ(l.request.holder_pid, 78u);
   EXPECT_EQ(l.devices, (std::vector<int>{0, 2}));
   EXPECT_EQ(l.token, "0123456789abcdef0123456789abcdef");
   EXPECT_EQ(l.estimate, "learned from 7 runs: p95 5 GiB + 10%");
@@ -94,7 +101,7 @@ TEST(LeaseJournalTest, LeasesAndWaitersComeBackWithEveryField) {
   EXPECT_EQ(l.holder.boot_id, "boot-abc");
   EXPECT_EQ(l.requested_at_unix_ns, 1'790'000'000'000'000'001);
   EXPECT_EQ(l.granted_at_unix_ns, 1'790'000'002'500'000'000);
-  ASSERT_EQ(c->waiters.size(), 2u);
+  ASSERT_EQ(c->waiters.size(), 3u);
   const JournaledWaiter& w = c->waiters[0];
   EXPECT_EQ(w.request.job_id, "w1");
   EXPECT_EQ(w.request.bytes, 12 * kGiB);
@@ -110,6 +117,63 @@ TEST(LeaseJournalTest, LeasesAndWaitersComeBackWithEveryField) {
   EXPECT_EQ(c->waiters[1].request.job_id, "w2");
   EXPECT_EQ(c->waiters[1].request.bytes, 0u);  // asks for its kind's estimate again
   EXPECT_FALSE(c->waiters[1].deadline_unix_ns.has_value());
+  EXPECT_TRUE(c->waiters[1].request.allowed_devices.empty());
+  EXPECT_EQ(c->waiters[1].request.holder_pid, 0u);
+  EXPECT_EQ(c->waiters[2].request.allowed_devices, (std::vector<int>{2, 0}));
+}
+
+// A journal written by the previous schema (version 1: no holder_pid, no allowed_devices),
+// as an upgraded daemon finds it: kept, its jobs read back, and written to in the new schema.
+TEST(LeaseJournalTest, AVersionOneFileIsUpgradedInPlace) {
+  TempDir dir("gpumgr-journal");
+  const std::string path = dir.file("leases.db");
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    const char* v1 =
+        "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL UNIQUE,"
+        " leased INTEGER NOT NULL, bytes INTEGER NOT NULL, gpus INTEGER NOT NULL,"
+        " priority INTEGER NOT NULL, device INTEGER NOT NULL, command TEXT NOT NULL,"
+        " kind TEXT NOT NULL, default_bytes INTEGER NOT NULL, devices TEXT NOT NULL,"
+        " token TEXT NOT NULL, estimate TEXT NOT NULL, pid INTEGER NOT NULL,"
+        " uid INTEGER NOT NULL, start_ticks INTEGER NOT NULL, boot_id TEXT NOT NULL,"
+        " requested_at INTEGER NOT NULL, granted_at INTEGER, deadline INTEGER);"
+        "INSERT INTO jobs (job_id, leased, bytes, gpus, priority, device, command, kind,"
+        " default_bytes, devices, token, estimate, pid, uid, start_ticks, boot_id,"
+        " requested_at, granted_at, deadline) VALUES ('old-lease', 1, 1024, 1, 0, -1, 'x', '',"
+        " 0, '1', 'tok', '', 55, 1000, 99, 'boot', 1, 2, NULL);"
+        "PRAGMA application_id=1735421290; PRAGMA user_version=1;";
+    ASSERT_EQ(sqlite3_exec(db, v1, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    sqlite3_close(db);
+  }
+  std::string note;
+  auto j = open_ok(path, &note);
+  ASSERT_NE(j, nullptr);
+  EXPECT_EQ(note, "") << "an older journal must be upgraded, not moved aside";
+  EXPECT_FALSE(fs::exists(path + ".corrupt-0"));
+  ASSERT_TRUE(j->put_waiter(waiter("new-waiter", kGiB)).ok());
+  auto c = j->load();
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  ASSERT_EQ(c->leases.size(), 1u);
+  EXPECT_EQ(c->leases[0].request.job_id, "old-lease");
+  EXPECT_EQ(c->leases[0].devices, std::vector<int>{1});
+  EXPECT_EQ(c->leases[0].holder.pid, 55u);
+  EXPECT_EQ(c->leases[0].request.holder_pid, 0u);
+  EXPECT_TRUE(c->leases[0].request.allowed_devices.empty());
+  ASSERT_EQ(c->waiters.size(), 1u);
+  j.reset();
+
+  // A file from a newer gpumgr cannot be read: moved aside, never misread.
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, "PRAGMA user_version=9", nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(db);
+  }
+  auto newer = open_ok(path, &note);
+  ASSERT_NE(newer, nullptr);
+  EXPECT_NE(note.find("schema version 9, this gpumgr reads version 2"), std::string::npos) << note;
+  EXPECT_EQ(newer->size().value(), 0u);
 }
 
 TEST(LeaseJournalTest, AGrantedWaiterBecomesALeaseAndLeasesKeepGrantOrder) {
