@@ -254,6 +254,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   std::string stop_reason = "the daemon is shutting down";
 
   std::atomic<std::size_t> connection_total{0};
+  std::atomic<std::uint64_t> tree_scans{0};  // Server::holder_tree_scans
   std::atomic<bool> stop_requested{false};
   std::thread background;
   std::atomic<bool> ran{false};
@@ -502,6 +503,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
         conn->tree = table.tree(conn->peer.pid);
       }
     }
+    tree_scans.fetch_add(1);
   }
 
   // The holder's connection closed while it held leases: SIGTERM its process tree (as read
@@ -1412,6 +1414,8 @@ void Server::stop() {
 const std::string& Server::socket_path() const { return impl_->options.socket_path; }
 
 std::size_t Server::connection_count() const { return impl_->connection_total.load(); }
+
+std::uint64_t Server::holder_tree_scans() const { return impl_->tree_scans.load(); }
 
 std::size_t raise_open_file_limit() {
   rlimit rl{};

@@ -115,6 +115,9 @@ class Server {
   const std::string& socket_path() const;
   // Open client connections (for tests and diagnostics).
   std::size_t connection_count() const;
+  // How many times the process trees of lease holders were read for --kill-orphans (a scan
+  // runs only while someone holds a lease): tests wait for one instead of sleeping. Any thread.
+  std::uint64_t holder_tree_scans() const;
 
  private:
   struct Impl;

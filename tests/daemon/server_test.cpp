@@ -723,7 +723,9 @@ TEST(DaemonProcesses, KillOrphansEndsTheProcessTreeOfAHolderThatDied) {
   ASSERT_EQ(std::sscanf(line.c_str(), "tree %d %d %d %d", &a, &b, &c, &other_uid), 4) << line;
   ASSERT_TRUE(alive(a) && alive(b) && alive(c));
   ASSERT_EQ(d.snapshot().leases.size(), 1u);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // several scans of the tree
+  // Two scans after the whole tree is up: the second read it all, however slow the machine.
+  const std::uint64_t scans = d.server->holder_tree_scans();
+  ASSERT_TRUE(eventually([&] { return d.server->holder_tree_scans() >= scans + 2; }, 20));
   const auto killed_at = std::chrono::steady_clock::now();
   holder.kill();  // SIGKILL: it cannot end its children itself
   holder.wait();
@@ -748,7 +750,6 @@ TEST(DaemonProcesses, OrphansAreLeftAloneByDefault) {
   const std::string line = holder.read_line();
   int a = 0, b = 0, c = 0, other_uid = 0;
   ASSERT_EQ(std::sscanf(line.c_str(), "tree %d %d %d %d", &a, &b, &c, &other_uid), 4) << line;
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
   holder.kill();
   holder.wait();
   EXPECT_TRUE(eventually([&] { return d.snapshot().leases.empty(); }));
