@@ -103,8 +103,6 @@ bool send_all(int fd, std::string_view bytes) {
 // a bare socket ping-pong.
 class Connection {
  public:
-  static constexpr const char* kClosedDuringHello = " closed the connection during hello";
-
   // Where one call's reply lands; guarded by the connection's mutex.
   struct Pending {
     std::optional<StatusOr<Reply>> reply;
@@ -116,7 +114,10 @@ class Connection {
     double allowed_s = 0;  // how long it was allowed, for the message
   };
 
-  static StatusOr<std::shared_ptr<Connection>> open(const std::string& path) {
+  // `went_away` (if given) is set when the daemon accepted and then closed the connection
+  // during hello.
+  static StatusOr<std::shared_ptr<Connection>> open(const std::string& path,
+                                                    bool* went_away = nullptr) {
     if (path.size() >= sizeof(sockaddr_un{}.sun_path)) {
       return InvalidArgument("socket path '" + path + "' is too long for a Unix socket");
     }
@@ -159,25 +160,30 @@ class Connection {
       return Unavailable("cannot connect to the daemon at " + path + ": " + std::strerror(err));
     }
     auto conn = std::shared_ptr<Connection>(new Connection(fd, path));
-    if (Status s = conn->handshake(); !s.ok()) return s;
+    if (Status s = conn->handshake(); !s.ok()) {
+      if (went_away != nullptr) *went_away = conn->closed_during_hello_;
+      return s;
+    }
     return conn;
   }
 
   // open(), tried again for a few seconds while the daemon closes the connection during
   // hello: it accepted and then went away, which is a daemon stopping for a restart (the
-  // next one listens on the same socket within moments).
+  // next one listens on the same socket within moments, and until then there is none).
   static StatusOr<std::shared_ptr<Connection>> open_through_restart(const std::string& path) {
     const Clock::time_point until = after_seconds(quick_call_seconds());
+    bool seen_going = false;
     while (true) {
-      auto conn = open(path);
-      if (conn.ok() || !closed_during_hello(conn.status()) || Clock::now() >= until) return conn;
+      bool went_away = false;
+      auto conn = open(path, &went_away);
+      seen_going = seen_going || went_away;
+      // Once one went away, its successor may not listen yet: "no daemon" is worth another
+      // try too, until the deadline.
+      const bool again = went_away || (seen_going && !conn.ok() &&
+                                       conn.status().code() == ErrorCode::kUnavailable);
+      if (conn.ok() || !again || Clock::now() >= until) return conn;
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-  }
-
-  static bool closed_during_hello(const Status& s) {
-    return s.code() == ErrorCode::kUnavailable &&
-           s.message().find(kClosedDuringHello) != std::string::npos;
   }
 
   ~Connection() { ::close(fd_); }
@@ -316,7 +322,8 @@ class Connection {
       const ssize_t n = ::recv(fd_, buf, sizeof(buf), 0);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
-        return Unavailable("the daemon at " + path_ + kClosedDuringHello);
+        closed_during_hello_ = true;
+        return Unavailable("the daemon at " + path_ + " closed the connection during hello");
       }
       splitter_.append(std::string_view(buf, static_cast<std::size_t>(n)));
     }
@@ -334,7 +341,8 @@ class Connection {
     if (!send_all(fd_, daemon::encode_request(hello))) {
       const int err = errno;
       if (err == EPIPE || err == ECONNRESET) {  // it accepted, then went away
-        return Unavailable("the daemon at " + path_ + kClosedDuringHello + " (" +
+        closed_during_hello_ = true;
+        return Unavailable("the daemon at " + path_ + " closed the connection during hello (" +
                            std::strerror(err) + ")");
       }
       return Unavailable("cannot talk to the daemon at " + path_ + ": " + std::strerror(err));
@@ -429,7 +437,8 @@ class Connection {
   const std::string path_;
   EventHandler on_event_;                                  // set before the first call
   daemon::LineSplitter splitter_{daemon::kMaxReplyBytes};  // the reader's alone
-  Mutex write_mutex_;                                      // one request's bytes at a time
+  bool closed_during_hello_ = false;  // set by handshake(), before the connection is shared
+  Mutex write_mutex_;                 // one request's bytes at a time
   Mutex mutex_;
   std::condition_variable cv_;
   std::uint64_t next_id_ GUARDED_BY(mutex_) = 1;
