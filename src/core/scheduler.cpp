@@ -125,6 +125,7 @@ Status check_names(const LeaseRequest& request) {
 
 Status Scheduler::check_fields(const LeaseRequest& request) const {
   if (Status s = check_names(request); !s.ok()) return s;
+  if (Status s = check_revocable(request); !s.ok()) return s;
   return check_shape(request.bytes, request.gpus, request.device);
 }
 
@@ -319,6 +320,15 @@ ActiveEntry& Scheduler::grant(ActiveEntry& entry, const LeaseRequest& request, H
   lease.kind_id = intern_kind(request.kind);
   const std::optional<TimeNs> hold = expected_hold(lease.kind_id);
   lease.expected_end = hold ? now + *hold : kUnknownEnd;
+  lease.revocable = !request.resident.empty() ? Revocable::kResident
+                    : request.preemptible     ? Revocable::kPreemptible
+                                              : Revocable::kNo;
+  lease.resident.assign(request.resident);
+  lease.last_used = now;
+  lease.revoke_grace_s = request.revoke_grace_s;
+  lease.revoking = false;
+  lease.revoked_for.clear();
+  note_revocable(entry, 1);
   return entry;
 }
 
@@ -518,6 +528,7 @@ StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now,
     update_fit(static_cast<std::size_t>(d));
   }
   observe_hold(lease.kind_id, static_cast<double>(elapsed_ns(lease.granted_at, now)));
+  note_revocable(*it, -1);
   // The entry is kept, device list and all, for a later grant; once kMaxSpare are kept, it
   // replaces one of them (each in turn).
   ActiveMap::node_type* kept;
@@ -679,6 +690,7 @@ std::vector<Grant> Scheduler::schedule(TimeNs now) {
     remove_waiter(chosen);
   }
   if (queue_.empty()) update_reservation();
+  plan_revocations();
   return grants;
 }
 
@@ -828,6 +840,7 @@ StatusOr<const ActiveEntry*> Scheduler::adopt(const LeaseRequest& request,
                                               std::span<const int> devices, Holder holder,
                                               TimeNs requested_at, TimeNs granted_at) {
   if (Status s = check_names(request); !s.ok()) return s;
+  if (Status s = check_revocable(request); !s.ok()) return s;
   if (request.bytes == 0) return InvalidArgument("an adopted lease must hold some bytes, got 0");
   if (devices.empty()) return InvalidArgument("an adopted lease must name its devices");
   std::vector<bool> seen(devices_.size(), false);
