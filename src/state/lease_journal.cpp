@@ -33,26 +33,37 @@ constexpr const char* kSchemaSql =
     " uid INTEGER NOT NULL,"
     " start_ticks INTEGER NOT NULL,"
     " boot_id TEXT NOT NULL,"
-    " requested_at INTEGER NOT NULL,"  // unix ns
-    " granted_at INTEGER,"             // unix ns; NULL for a waiter
-    " deadline INTEGER"                // unix ns; NULL: none
+    " requested_at INTEGER NOT NULL,"           // unix ns
+    " granted_at INTEGER,"                      // unix ns; NULL for a waiter
+    " deadline INTEGER,"                        // unix ns; NULL: none
+    " preemptible INTEGER NOT NULL DEFAULT 0,"  // schema 2: revocable leases
+    " resident TEXT NOT NULL DEFAULT '',"
+    " revoke_grace REAL"  // seconds; NULL: the daemon's --revoke-grace
     ");";
+
+// Schema 1 (before revocable leases) to 2.
+constexpr const char* kUpgradeSql =
+    "ALTER TABLE jobs ADD COLUMN preemptible INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN resident TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE jobs ADD COLUMN revoke_grace REAL";
 
 // PRAGMA application_id "gpmj".
 constexpr DatabaseSpec kJournalFile{
     "lease journal",
     "not a gpumgr lease journal",
     0x67706d6a,
-    1,
+    2,
     kSchemaSql,
     "SELECT seq, job_id, leased, bytes, gpus, priority, device, command, kind, default_bytes, "
     "devices, token, estimate, pid, uid, start_ticks, boot_id, requested_at, granted_at, "
-    "deadline FROM jobs LIMIT 0"};
+    "deadline, preemptible, resident, revoke_grace FROM jobs LIMIT 0",
+    kUpgradeSql};
 
 constexpr const char* kInsertSql =
     "INSERT INTO jobs (job_id, leased, bytes, gpus, priority, device, command, kind, "
     "default_bytes, devices, token, estimate, pid, uid, start_ticks, boot_id, requested_at, "
-    "granted_at, deadline) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    "granted_at, deadline, preemptible, resident, revoke_grace) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 
 void bind_text(sqlite3_stmt* st, int column, const std::string& text) {
   sqlite3_bind_text(st, column, text.data(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
@@ -131,6 +142,13 @@ void bind_row(sqlite3_stmt* st, const JournalRow& row) {
   } else {
     sqlite3_bind_null(st, 19);
   }
+  sqlite3_bind_int(st, 20, r.preemptible ? 1 : 0);
+  bind_text(st, 21, r.resident);
+  if (r.revoke_grace_s) {
+    sqlite3_bind_double(st, 22, *r.revoke_grace_s);
+  } else {
+    sqlite3_bind_null(st, 22);
+  }
 }
 
 }  // namespace
@@ -176,7 +194,8 @@ StatusOr<JournalContents> LeaseJournal::load() {
   if (sqlite3_prepare_v2(db_,
                          "SELECT job_id, leased, bytes, gpus, priority, device, command, kind, "
                          "default_bytes, devices, token, estimate, pid, uid, start_ticks, "
-                         "boot_id, requested_at, granted_at, deadline FROM jobs ORDER BY seq",
+                         "boot_id, requested_at, granted_at, deadline, preemptible, resident, "
+                         "revoke_grace FROM jobs ORDER BY seq",
                          -1, st.out(), nullptr) != SQLITE_OK) {
     return Unavailable(database_error(db_, kJournalFile, path_, "reading it"));
   }
@@ -194,6 +213,9 @@ StatusOr<JournalContents> LeaseJournal::load() {
     r.command = column_text(s, 6);
     r.kind = column_text(s, 7);
     r.default_bytes = from_db_int(sqlite3_column_int64(s, 8));
+    r.preemptible = sqlite3_column_int(s, 19) != 0;
+    r.resident = column_text(s, 20);
+    if (sqlite3_column_type(s, 21) != SQLITE_NULL) r.revoke_grace_s = sqlite3_column_double(s, 21);
     ProcessIdentity holder;
     holder.pid = static_cast<std::uint32_t>(sqlite3_column_int64(s, 12));
     holder.uid = static_cast<std::uint32_t>(sqlite3_column_int64(s, 13));

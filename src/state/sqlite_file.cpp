@@ -110,7 +110,16 @@ Probe probe(sqlite3* db, const DatabaseSpec& spec, const std::string& path) {
     return foreign("another program's database: tables " + (tables.empty() ? "none" : tables) +
                    ", application id " + std::to_string(app_id));
   }
-  if (version != spec.schema_version) {
+  if (version == spec.schema_version - 1 && spec.upgrade_sql != nullptr) {
+    const std::string sql = std::string("BEGIN IMMEDIATE;") + spec.upgrade_sql +
+                            ";PRAGMA user_version=" + std::to_string(spec.schema_version) +
+                            ";COMMIT;";
+    rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr);
+    if (rc != SQLITE_OK) {
+      sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+      return classify(db, rc, spec, path, "upgrading its schema");
+    }
+  } else if (version != spec.schema_version) {
     return foreign("schema version " + std::to_string(version) + ", this gpumgr reads version " +
                    std::to_string(spec.schema_version));
   }

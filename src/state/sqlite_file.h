@@ -31,6 +31,10 @@ struct DatabaseSpec {
   // A statement naming every column the code reads (e.g. "SELECT a, b FROM t LIMIT 0"):
   // a file of the right id whose tables lack them is treated as foreign.
   const char* shape_sql = "";
+  // Upgrades a file of schema_version - 1 in place (run in one transaction with the new
+  // user_version), so that an upgrade of gpumgr keeps what the file holds; null: such a
+  // file is treated as foreign.
+  const char* upgrade_sql = nullptr;
 };
 
 // Opens (creating if missing) the database at `path`. A file that is not a usable database
