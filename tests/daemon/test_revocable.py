@@ -206,3 +206,41 @@ def test_bad_revocable_arguments_are_refused_by_name(tmp):
             holder.wait(timeout=30)
     finally:
         assert d.stop() == 0
+
+
+def python_module_dir():
+    """The build's gpu_manager package (next to GPUMGR_BIN's build tree), or None."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(GPUMGR)))), "python")
+    return path if os.path.isdir(os.path.join(path, "gpu_manager")) else None
+
+
+@pytest.mark.skipif(python_module_dir() is None, reason="the build has no gpu_manager module")
+def test_a_python_resident_whose_unload_hangs_is_killed_at_the_grace(tmp, strays):
+    d = Daemon(tmp, "--revoke-grace", "1")
+    try:
+        script = (
+            "import sys, threading, gpu_manager\n"
+            "mgr = gpu_manager.GPUManager(memory_limit=1.0)\n"
+            "stuck = threading.Event()\n"
+            "resident = mgr.keep_resident('llama', 8000, unload=lambda: stuck.wait(600))\n"
+            "print('ready', flush=True)\n"
+            "stuck.wait(600)\n")
+        env = dict(os.environ, PYTHONPATH=python_module_dir(), GPUMGR_SOCKET=d.socket)
+        holder = subprocess.Popen(["/usr/bin/python3", "-c", script], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        strays.append(holder.pid)
+        assert holder.stdout.readline().strip() == "ready", holder.stderr.read()
+        assert d.lease("resident:llama")["resident"] == "llama"
+        started = time.monotonic()
+        job = run(d, "job", "6GiB", "true")
+        strays.append(job.pid)
+        assert job.wait(timeout=30) == 0, job.stderr.read()
+        assert time.monotonic() - started >= 1.0
+        assert holder.wait(timeout=30) == -signal.SIGKILL
+        s = d.status()
+        assert s["leases"] == []
+        assert s["stats"]["revocations_resident"] == 1
+        assert s["stats"]["revocation_kills"] == 1
+    finally:
+        assert d.stop() == 0
