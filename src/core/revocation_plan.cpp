@@ -71,6 +71,19 @@ std::string_view revoke_cause_name(RevokeCause cause) {
   return cause == RevokeCause::kResident ? "resident" : "preempted";
 }
 
+Status check_resident_name(std::string_view name) {
+  if (name.empty()) return InvalidArgument("resident name must not be empty");
+  if (name.size() > kMaxResidentNameLength) {
+    return InvalidArgument("resident name is " + std::to_string(name.size()) +
+                           " characters long; the limit is " +
+                           std::to_string(kMaxResidentNameLength));
+  }
+  if (has_control(name)) {
+    return InvalidArgument("resident name must not contain control characters");
+  }
+  return Status::Ok();
+}
+
 Status Scheduler::check_revocable(const LeaseRequest& request) const {
   if (request.revoke_grace_s) {
     const double g = *request.revoke_grace_s;
@@ -80,17 +93,10 @@ Status Scheduler::check_revocable(const LeaseRequest& request) const {
     }
   }
   if (request.resident.empty()) return Status::Ok();
+  if (Status s = check_resident_name(request.resident); !s.ok()) return s;
   if (request.preemptible) {
     return InvalidArgument("a lease is either preemptible or resident, not both (resident '" +
                            request.resident + "')");
-  }
-  if (request.resident.size() > kMaxResidentNameLength) {
-    return InvalidArgument("resident name is " + std::to_string(request.resident.size()) +
-                           " characters long; the limit is " +
-                           std::to_string(kMaxResidentNameLength));
-  }
-  if (has_control(request.resident)) {
-    return InvalidArgument("resident name must not contain control characters");
   }
   const auto taken = residents_.find(request.resident);
   std::string holder = taken != residents_.end() ? taken->second : "";

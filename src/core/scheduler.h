@@ -56,6 +56,9 @@ inline TimeNs elapsed_ns(TimeNs start, TimeNs end) { return end > start ? end - 
 // Checks a job kind as job ids are checked: not empty, at most 256 bytes, no control
 // characters. Any thread may call it.
 Status check_kind(std::string_view kind);
+// Checks a resident's name (LeaseRequest::resident): not empty, at most 256 bytes, no
+// control characters. Any thread may call it.
+Status check_resident_name(std::string_view name);
 
 struct Holder {
   std::uint32_t pid = 0;
