@@ -316,7 +316,9 @@ class Ledger {
 
   // Revocable leases (docs/scheduling.md, "Revocable leases"). `handler` runs once for each
   // revocation of a lease this ledger granted to this process, on a thread of the ledger;
-  // it must return quickly (signal, set a flag). Set it before taking revocable leases.
+  // it must return quickly (signal, set a flag) and must not call the ledger (with a daemon
+  // it may run on the thread that reads the daemon's replies): release from another thread.
+  // Set it before taking revocable leases.
   virtual void set_revoke_handler(std::function<void(const RevokeNotice&)> handler) {
     (void)handler;
   }

@@ -2,9 +2,10 @@
 preemptible managed_generation() blocks and resident models.
 
 The core calls Revocations.on_revoke on one of its threads (the GIL taken) when a revocable
-lease of this process is revoked. That thread must not block: a block's on_preempt and a
-resident's unload callback run on threads of their own, and the lease is released when they
-end. One that raises is reported (a RuntimeWarning) and the lease released all the same; one
+lease of this process is revoked. That thread must not block nor call the ledger (with a
+daemon it may be the thread that reads the daemon's replies): a block's on_preempt and a
+resident's unload callback run on threads of their own, and the lease is released there when
+they end. One that raises is reported (a RuntimeWarning) and the lease released all the same; one
 that hangs loses the lease at the grace's end (in-process the ledger releases it; with the
 daemon, the daemon kills this process, as it kills any holder that does not release).
 
@@ -13,6 +14,7 @@ Threads: every method may be called from any thread.
 
 from __future__ import annotations
 
+import atexit
 import threading
 import warnings
 import weakref
@@ -48,6 +50,24 @@ def check_grace(value: Any, name: str = "revoke_grace") -> Optional[float]:
     return value
 
 
+# Threads that run callbacks and releases: daemon threads, so that a callback that hangs
+# cannot keep the process from exiting; at exit those still running get a few seconds to end,
+# so that the interpreter does not stop them inside a release.
+_running: set[threading.Thread] = set()
+_running_lock = threading.Lock()
+_EXIT_WAIT_S = 5.0
+
+
+def _wait_at_exit() -> None:
+    with _running_lock:
+        threads = list(_running)
+    for thread in threads:
+        thread.join(_EXIT_WAIT_S / max(1, len(threads)))
+
+
+atexit.register(_wait_at_exit)
+
+
 def _run_then(what: str, callback: Callable[..., Any], args: tuple[Any, ...],
               then: Callable[[], None]) -> None:
     """Runs callback(*args) on a thread of its own, then `then()`, whatever it did."""
@@ -59,9 +79,16 @@ def _run_then(what: str, callback: Callable[..., Any], args: tuple[Any, ...],
             warnings.warn(f"{what} raised {exc!r}; its lease is released anyway",
                           RuntimeWarning, stacklevel=1)
         finally:
-            then()
+            try:
+                then()
+            finally:
+                with _running_lock:
+                    _running.discard(threading.current_thread())
 
-    threading.Thread(target=body, name=f"gpumgr-{what}", daemon=True).start()
+    thread = threading.Thread(target=body, name=f"gpumgr-{what}", daemon=True)
+    with _running_lock:
+        _running.add(thread)
+    thread.start()
 
 
 class Revocations:
@@ -181,10 +208,10 @@ class ResidentModel:
             self._revoked = True
         if notice.get("ended") or not first:
             return
-        if self._unload is None:
-            self.release()
-            return
-        _run_then(f"unload of resident {self.name!r}", self._unload, (), self.release)
+        # Never on this thread, even with nothing to unload: it may be the one that reads the
+        # daemon's replies, which the release waits for.
+        _run_then(f"unload of resident {self.name!r}", self._unload or (lambda: None), (),
+                  self.release)
 
     def __enter__(self) -> ResidentModel:
         return self
