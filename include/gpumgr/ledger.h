@@ -73,6 +73,19 @@ struct LeaseRequest {
   // is what an overuse policy signals. 0: the client itself. The daemon accepts only the
   // client or a process descending from it that runs as the client's uid.
   std::uint32_t holder_pid = 0;
+  // Revocable leases (docs/scheduling.md, "Revocable leases"): the scheduler may take the
+  // lease back for a waiter that cannot fit otherwise; its holder is told at once and, after
+  // a grace period, killed. A preemptible lease is a running job that can be restarted; it
+  // is revoked only for waiters of strictly higher priority.
+  bool preemptible = false;
+  // A resident: an idle model kept loaded while nobody needs its memory, by this name
+  // (unique among active and waiting leases, no control characters; empty: not resident).
+  // Residents are revoked before preemptible jobs, the least recently used first, for
+  // waiters of at least their priority. A lease is preemptible or resident, not both.
+  std::string resident;
+  // Seconds from revocation to the kill of the holder; empty: the ledger's default
+  // (`gpumgr serve --revoke-grace`). Finite, in [0, 86400].
+  std::optional<double> revoke_grace_s;
 };
 
 // What a lease's holder uses on one of its devices, measured from the backend's process
@@ -113,6 +126,31 @@ struct LeaseInfo {
   std::string estimate;
   // The overuse policy acted on this lease: "terminating: exceeded its lease: used X of Y".
   std::string enforcement;
+  // Revocable leases (LeaseRequest::preemptible, ::resident): "preemptible", "resident" or
+  // empty; the resident's name.
+  std::string revocable;
+  std::string resident;
+  // Being revoked: the holder was told; after revoke_in_s more seconds its processes are
+  // killed and the lease released. `revoked_for`: the waiter it makes room for (empty for an
+  // explicit revoke).
+  bool revoking = false;
+  double revoke_in_s = 0;
+  std::string revoked_for;
+  // The grace a revocation of this lease gives (LeaseRequest::revoke_grace_s, or the
+  // ledger's default); 0 for a lease that cannot be revoked.
+  double revoke_grace_s = 0;
+};
+
+// A revocation as the holder hears of it (Ledger::set_revoke_handler).
+struct RevokeNotice {
+  std::string job_id;
+  std::string cause;    // "preempted" (a preemptible job) or "resident"
+  std::string for_job;  // the waiter it makes room for; empty for an explicit revoke
+  double grace_s = 0;   // seconds from now until the holder's processes are killed
+  std::string message;  // one line: why, and what happens at the grace's end
+  // False when the revocation starts; true in a second notice if the grace ended before the
+  // holder released: its processes were killed and the lease released.
+  bool ended = false;
 };
 
 // A request waiting in the queue.
@@ -152,6 +190,11 @@ struct LedgerStats {
   std::uint64_t overuse_events = 0;
   // Leases released because the overuse policy terminated their holder.
   std::uint64_t overuse_terminations = 0;
+  // Revocations decided, by cause (a preemptible job preempted, a resident unloaded), and
+  // holders killed because they had not released when the grace period ended.
+  std::uint64_t revocations_preempted = 0;
+  std::uint64_t revocations_resident = 0;
+  std::uint64_t revocation_kills = 0;
   std::uint64_t jobs_processed() const { return jobs_succeeded + jobs_failed; }
   int active_jobs = 0;
   int peak_active_jobs = 0;
@@ -197,6 +240,9 @@ struct LedgerConfig {
   // Backend polling while any lease is held or any job waits.
   std::chrono::milliseconds poll_interval{250};
   OveruseConfig overuse;
+  // Seconds a revoked lease's holder has to release before its processes are killed
+  // (LeaseRequest::revoke_grace_s overrides it per lease). Finite, in [0, 86400].
+  double revoke_grace_s = 30;
   // Where the ledger keeps its history of job kinds (a SQLite file); empty: none, and
   // requests for a kind's estimate fail. The daemon always has one (--state-dir).
   std::string history_path;
@@ -277,6 +323,28 @@ class Ledger {
   virtual StatusOr<std::vector<KindEstimate>> estimates() = 0;
   // Forgets a kind's history. kNotFound for a kind with none.
   virtual Status forget_kind(std::string_view kind) = 0;
+
+  // Revocable leases (docs/scheduling.md, "Revocable leases"). `handler` runs once for each
+  // revocation of a lease this ledger granted to this process, on a thread of the ledger;
+  // it must return quickly (signal, set a flag) and must not call the ledger (with a daemon
+  // it may run on the thread that reads the daemon's replies): release from another thread.
+  // Set it before taking revocable leases.
+  virtual void set_revoke_handler(std::function<void(const RevokeNotice&)> handler) {
+    (void)handler;
+  }
+  // Revokes a revocable lease now, as if a waiter needed it: its holder is told and has the
+  // grace period to release. kNotFound, kPermissionDenied (another user's lease),
+  // kFailedPrecondition (not revocable, or already being revoked).
+  virtual Status revoke(std::string_view job_id) {
+    return Status(ErrorCode::kFailedPrecondition,
+                  "this ledger cannot revoke job '" + std::string(job_id) + "'");
+  }
+  // A resident lease was used now: it becomes the most recently used (revoked last).
+  // kNotFound, kPermissionDenied, kFailedPrecondition (not resident, or being revoked).
+  virtual Status touch(std::string_view job_id) {
+    return Status(ErrorCode::kFailedPrecondition,
+                  "this ledger keeps no resident lease '" + std::string(job_id) + "'");
+  }
 };
 
 // Creates an in-process ledger over `backend`. Validates the config (max_concurrent_jobs

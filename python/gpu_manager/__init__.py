@@ -31,10 +31,11 @@ from .errors import (
     GPUManagerError,
     JobCancelledError,
     LeaseLostError,
+    LeasePreempted,
     QueueTimeoutError,
 )
 from .legacy import GPUMemoryManager
-from .manager import DEFAULT_ESTIMATED_VRAM_MB, GPUManager, get_gpu_manager
+from .manager import DEFAULT_ESTIMATED_VRAM_MB, GPUManager, ResidentModel, get_gpu_manager
 
 __version__ = "0.1.0"
 
@@ -51,6 +52,8 @@ __all__ = [
     "DuplicateJobError",
     "DeviceUnavailableError",
     "LeaseLostError",
+    "LeasePreempted",
+    "ResidentModel",
     "DEFAULT_ESTIMATED_VRAM_MB",
     "format_bytes",
     "parse_size",

@@ -17,6 +17,7 @@ __all__ = [
     "DuplicateJobError",
     "DeviceUnavailableError",
     "LeaseLostError",
+    "LeasePreempted",
 ]
 
 
@@ -58,3 +59,17 @@ class LeaseLostError(GPUManagerError):
     back within GPUMGR_REATTACH_TIMEOUT, or it had no record of the lease). Raised when the
     block that held it ends (or at its release): the work in it ran part of its time without
     the lease's protection."""
+
+
+class LeasePreempted(GPUManagerError):
+    """A revocable lease was revoked for a job that needs its memory (docs/scheduling.md,
+    "Revocable leases"): raised in a ``managed_generation(..., preemptible=True)`` block's
+    thread at its next check (the interpreter's, between bytecodes: a thread blocked in C
+    code sees it when it returns), and by ``use()`` on a resident that was revoked. The
+    block's lease is released as it ends; the job may be run again later."""
+
+    code = "preempted"
+
+    def __init__(self, message: str = "the lease was revoked for a job that needs its memory "
+                 "(preempted)") -> None:
+        super().__init__(message)

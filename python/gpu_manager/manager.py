@@ -15,11 +15,12 @@ import os
 import threading
 import warnings
 import weakref
-from typing import Any, ContextManager, Optional
+from typing import Any, Callable, ContextManager, Optional
 
-from . import _core, _torch
+from . import _core, _revocable, _torch
+from ._revocable import ResidentModel
 
-__all__ = ["GPUManager", "Lease", "get_gpu_manager", "DEFAULT_ESTIMATED_VRAM_MB"]
+__all__ = ["GPUManager", "Lease", "ResidentModel", "get_gpu_manager", "DEFAULT_ESTIMATED_VRAM_MB"]
 
 Lease = _core.Lease
 MiB = 1024 * 1024
@@ -298,6 +299,9 @@ class GPUManager:
                 manager._forget(job_id, exc)
 
         self._core.set_error_callback(on_error)
+        # Revocable leases: the registry is the core's callback (it holds no manager).
+        self._revocations = _revocable.Revocations()
+        self._core.set_revoke_callback(self._revocations.on_revoke)
         # allocate_job()'s leases call this on release; through a weak reference, so that a
         # dropped manager releases the leases it kept (rather than a cycle keeping both).
         self._on_release = forget
@@ -486,7 +490,9 @@ class GPUManager:
                            timeout: Optional[float] = None,
                            priority: int = 0, *, job_kind: Optional[str] = None,
                            default_memory_mb: Optional[int] = None,
-                           enforce: Optional[bool] = None) -> ContextManager[Lease]:
+                           enforce: Optional[bool] = None, preemptible: bool = False,
+                           on_preempt: Optional[Callable[[dict[str, Any]], Any]] = None,
+                           revoke_grace: Optional[float] = None) -> ContextManager[Lease]:
         """A context manager that waits for a lease of ``required_memory_mb`` MiB, yields it
         (``lease.device`` is the torch device string), and releases it on exit whatever
         happens. A block that raises counts the job as failed; a torch CUDA out-of-memory
@@ -504,6 +510,13 @@ class GPUManager:
                 ``required_memory_mb=None`` asks for its learned estimate (``lease.estimate``
                 says where the size came from), else ``default_memory_mb``.
             enforce: cap torch at the lease (None: the manager's ``enforce``).
+            preemptible: the lease may be revoked for a job of higher priority that cannot
+                fit otherwise (docs/scheduling.md, "Revocable leases"). Then LeasePreempted is
+                raised in the block's thread at its next check (after ``on_preempt(notice)``
+                returns, when given: it runs on a thread of its own, e.g. to checkpoint), and
+                the lease is released as the block ends. The block should end within the
+                grace (``revoke_grace`` seconds, else the ledger's): past it, the in-process
+                ledger releases the lease, and the daemon kills this process.
 
         Raises (on entering the block):
             QueueTimeoutError: the timeout passed first.
@@ -524,9 +537,57 @@ class GPUManager:
         wait = self._default_timeout if timeout is None else _check_timeout(timeout)
         _check_int_range(priority, "priority")
         cap = self._enforce if enforce is None else _check_bool(enforce, "enforce")
+        _check_bool(preemptible, "preemptible")
+        if on_preempt is not None and not callable(on_preempt):
+            raise TypeError(f"on_preempt must be callable or None, got {on_preempt!r}")
+        if (on_preempt is not None or revoke_grace is not None) and not preemptible:
+            raise ValueError("on_preempt and revoke_grace need preemptible=True")
+        grace = _revocable.check_grace(revoke_grace)
         if not self._torch_hooked:
             self._hook_torch()
-        return self._core.generation(job_id, nbytes, wait, priority, kind, default_bytes, cap)
+        if not preemptible:
+            return self._core.generation(job_id, nbytes, wait, priority, kind, default_bytes, cap)
+        generation = self._core.generation(job_id, nbytes, wait, priority, kind, default_bytes,
+                                           cap, True, grace)
+        self._revocations.add_generation(job_id, generation, on_preempt)
+        return generation
+
+    def keep_resident(self, name: str, required_memory_mb: int,
+                      unload: Optional[Callable[[], Any]] = None, *, priority: int = 0,
+                      revoke_grace: Optional[float] = None) -> ResidentModel:
+        """Keeps an idle model resident: takes a lease of ``required_memory_mb`` MiB now
+        (job id ``"resident:" + name``) that is revoked, least recently used resident first
+        and before any preemptible job, when a job of at least ``priority`` cannot fit
+        otherwise. Then ``unload()`` runs on a thread of its own (free the model there) and
+        the lease is released; the waiting job gets the memory. Call ``use()`` on the handle
+        whenever the model serves.
+
+        Raises:
+            DuplicateJobError: a resident of this name already exists (a ValueError).
+            GPUCapacityError: it does not fit now.
+            TypeError / ValueError: an empty name, control characters in it, a bad size,
+                unload not callable, a bad revoke_grace.
+        """
+        _revocable.check_resident_name(name)
+        nbytes = _check_mib(required_memory_mb, "required_memory_mb") * MiB
+        if unload is not None and not callable(unload):
+            raise TypeError(f"unload must be callable or None, got {unload!r}")
+        _check_int_range(priority, "priority")
+        grace = _revocable.check_grace(revoke_grace)
+        self._hook_torch()
+        lease = self._core.try_acquire("resident:" + name, nbytes, 1, priority, -1, "", "", 0,
+                                       self._enforce, name, False, grace)
+        resident = ResidentModel(self._core, self._revocations, name, lease, unload)
+        self._revocations.add_resident(resident)
+        return resident
+
+    def revoke(self, job_id: str) -> None:
+        """Revokes a revocable lease now (a preemptible block or a resident), as a waiter
+        that needs its memory would. Raises ValueError for no such lease, GPUManagerError
+        (``code == "failed_precondition"``) for one that is not revocable or is already being
+        revoked."""
+        _check_job_id(job_id)
+        self._core.revoke(job_id)
 
     def _on_error(self, exc: BaseException, lease: Optional[Lease] = None) -> None:
         """Runs when a managed_generation() block raises, before its lease is released."""

@@ -475,6 +475,11 @@ py::dict lease_info_dict(const LeaseInfo& l) {
   d["overused_s"] = l.overused_s;
   d["estimate"] = l.estimate;
   d["enforcement"] = l.enforcement;
+  d["revocable"] = str_or_none(l.revocable);
+  d["resident"] = str_or_none(l.resident);
+  d["revoking"] = l.revoking;
+  d["revoke_in_s"] = l.revoke_in_s;
+  d["revoked_for"] = str_or_none(l.revoked_for);
   return d;
 }
 
@@ -541,6 +546,9 @@ py::dict snapshot_dict(const Snapshot& s) {
   stats["jobs_cancelled"] = s.stats.jobs_cancelled;
   stats["overuse_events"] = s.stats.overuse_events;
   stats["overuse_terminations"] = s.stats.overuse_terminations;
+  stats["revocations_preempted"] = s.stats.revocations_preempted;
+  stats["revocations_resident"] = s.stats.revocations_resident;
+  stats["revocation_kills"] = s.stats.revocation_kills;
   stats["jobs_processed"] = s.stats.jobs_processed();
   stats["active_jobs"] = s.stats.active_jobs;
   stats["peak_active_jobs"] = s.stats.peak_active_jobs;
@@ -646,6 +654,33 @@ class PyManager {
   void set_error_callback(py::object callback) { on_error_ = std::move(callback); }
   const py::object& error_callback() const { return on_error_; }
 
+  // callback(notice: dict) runs when a revocable lease of this process is revoked, on a
+  // thread of the ledger with the GIL taken (docs/scheduling.md, "Revocable leases"). The
+  // ledger holds only a weak reference to it: the callback is this object's, dropped with
+  // the GIL held.
+  void set_revoke_callback(py::object callback) {
+    revoke_callback_ = std::make_shared<py::object>(std::move(callback));
+    std::weak_ptr<py::object> weak = revoke_callback_;
+    ledger_->set_revoke_handler([weak](const RevokeNotice& n) {
+      if (!python_usable()) return;
+      py::gil_scoped_acquire gil;
+      const std::shared_ptr<py::object> fn = weak.lock();
+      if (fn == nullptr || fn->is_none()) return;
+      py::dict d;
+      d["job_id"] = n.job_id;
+      d["cause"] = n.cause;
+      d["for_job"] = n.for_job;
+      d["grace_s"] = n.grace_s;
+      d["message"] = n.message;
+      d["ended"] = n.ended;
+      try {
+        (*fn)(d);
+      } catch (py::error_already_set& e) {
+        e.discard_as_unraisable("gpu_manager revocation callback");
+      }
+    });
+  }
+
  private:
   std::unique_ptr<Manager> manager_;
   std::shared_ptr<Ledger> ledger_;  // manager_'s, for the leases' measure()
@@ -653,6 +688,7 @@ class PyManager {
   std::shared_ptr<FrameworkCache> framework_;
   bool provider_installed_ = false;  // changed with the GIL held
   py::object on_error_ = py::none();
+  std::shared_ptr<py::object> revoke_callback_;
   // gpumgr's device index (PCI bus order) -> torch's cuda:N; -1 where not visible to CUDA.
   std::vector<int> torch_index_;
 };
@@ -763,10 +799,27 @@ class PyGeneration {
     std::unique_ptr<PyLease> wrapped = core_->wrap(take(std::move(lease)), cap_);
     lease_ = wrapped.get();
     lease_object_ = py::cast(std::move(wrapped));
+    thread_ = PyThread_get_thread_ident();
     return lease_object_;
   }
 
+  // A preemptible block's lease was revoked: LeasePreempted is raised in the block's thread
+  // at its next check. False when the block is not running (not entered yet, or ended).
+  // Every call here holds the GIL, as exit() does: no race between the two.
+  bool preempt() {
+    if (lease_ == nullptr || preempted_) return false;
+    py::object cls = py::module_::import("gpu_manager.errors").attr("LeasePreempted");
+    preempted_ = PyThreadState_SetAsyncExc(thread_, cls.ptr()) == 1;
+    return preempted_;
+  }
+
   bool exit(py::handle type, py::handle value) {
+    // First, before any Python code can run in this thread again: a LeasePreempted not yet
+    // delivered must not fire after the block (in the release below, or in the caller).
+    if (preempted_) {
+      PyThreadState_SetAsyncExc(thread_, nullptr);
+      preempted_ = false;
+    }
     if (lease_ == nullptr) return false;
     PyLease* lease = lease_;
     py::object keep = std::move(lease_object_);  // alive until this returns
@@ -798,6 +851,8 @@ class PyGeneration {
   bool cap_;
   PyLease* lease_ = nullptr;  // owned by lease_object_ while entered
   py::object lease_object_;
+  unsigned long thread_ = 0;  // the thread that entered the block
+  bool preempted_ = false;    // preempt() asked for LeasePreempted in it
 };
 
 WaitOptions wait_options(std::optional<double> timeout, std::optional<CancelToken> cancel) {
@@ -946,6 +1001,8 @@ PYBIND11_MODULE(_core, mod) {
                            "The context manager of GPUManager.managed_generation(): waits for "
                            "the lease on entry, releases it on exit.")
       .def("__enter__", &PyGeneration::enter)
+      .def("_preempt", &PyGeneration::preempt,
+           "Raises LeasePreempted in the running block's thread; False when none runs.")
       .def("__exit__", [](PyGeneration& g, py::handle type, py::handle value, py::handle) {
         return g.exit(type, value);
       });
@@ -999,9 +1056,12 @@ PYBIND11_MODULE(_core, mod) {
           "try_acquire",
           [](PyManager& m, std::string job_id, std::uint64_t bytes, int gpus, int priority,
              int device, std::string command, std::string kind, std::uint64_t default_bytes,
-             bool cap) {
+             bool cap, std::string resident, bool preemptible, std::optional<double> revoke_grace) {
             LeaseRequest r = make_request(std::move(job_id), bytes, gpus, priority, device,
                                           std::move(command), std::move(kind), default_bytes);
+            r.resident = std::move(resident);
+            r.preemptible = preemptible;
+            r.revoke_grace_s = revoke_grace;
             StatusOr<Lease> lease = Status(ErrorCode::kInternal, "");
             {
               py::gil_scoped_release nogil;
@@ -1011,9 +1071,11 @@ PYBIND11_MODULE(_core, mod) {
           },
           py::arg("job_id"), py::arg("bytes"), py::arg("gpus") = 1, py::arg("priority") = 0,
           py::arg("device") = -1, py::arg("command") = "", py::arg("kind") = "",
-          py::arg("default_bytes") = 0, py::arg("cap") = false,
+          py::arg("default_bytes") = 0, py::arg("cap") = false, py::arg("resident") = "",
+          py::arg("preemptible") = false, py::arg("revoke_grace") = py::none(),
           "bytes = 0 with a kind asks for the kind's learned estimate (else default_bytes). "
-          "cap: count the lease toward this process's torch memory cap.")
+          "cap: count the lease toward this process's torch memory cap. resident, "
+          "preemptible, revoke_grace: a revocable lease (docs/scheduling.md).")
       .def(
           "acquire",
           [](PyManager& m, std::string job_id, std::uint64_t bytes, std::optional<double> timeout,
@@ -1072,18 +1134,45 @@ PYBIND11_MODULE(_core, mod) {
           "generation",
           [](py::object self, std::string job_id, std::uint64_t bytes,
              std::optional<double> timeout, int priority, std::string kind,
-             std::uint64_t default_bytes, bool cap) {
+             std::uint64_t default_bytes, bool cap, bool preemptible,
+             std::optional<double> revoke_grace) {
             if (timeout && (std::isnan(*timeout) || *timeout < 0)) {
               throw py::value_error("timeout must be a non-negative number of seconds or None");
             }
-            return PyGeneration(std::move(self),
-                                make_request(std::move(job_id), bytes, 1, priority, -1, "",
-                                             std::move(kind), default_bytes),
-                                timeout, cap);
+            LeaseRequest r = make_request(std::move(job_id), bytes, 1, priority, -1, "",
+                                          std::move(kind), default_bytes);
+            r.preemptible = preemptible;
+            r.revoke_grace_s = revoke_grace;
+            return PyGeneration(std::move(self), std::move(r), timeout, cap);
           },
           py::arg("job_id"), py::arg("bytes"), py::arg("timeout") = py::none(),
           py::arg("priority") = 0, py::arg("kind") = "", py::arg("default_bytes") = 0,
-          py::arg("cap") = false)
+          py::arg("cap") = false, py::arg("preemptible") = false,
+          py::arg("revoke_grace") = py::none())
+      .def("set_revoke_callback", &PyManager::set_revoke_callback, py::arg("callback"),
+           "callback(notice) runs when a revocable lease of this process is revoked.")
+      .def(
+          "touch",
+          [](PyManager& m, const std::string& job_id) {
+            Status s;
+            {
+              py::gil_scoped_release nogil;
+              s = m.manager().ledger()->touch(job_id);
+            }
+            check(s);
+          },
+          py::arg("job_id"), "A resident lease was used now (revoked last among residents).")
+      .def(
+          "revoke",
+          [](PyManager& m, const std::string& job_id) {
+            Status s;
+            {
+              py::gil_scoped_release nogil;
+              s = m.manager().ledger()->revoke(job_id);
+            }
+            check(s);
+          },
+          py::arg("job_id"), "Revokes a revocable lease now, as a waiter would.")
       .def("set_error_callback", &PyManager::set_error_callback, py::arg("callback"),
            "callback(exception, lease) runs when a generation() block raises, before the "
            "release.")

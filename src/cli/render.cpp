@@ -288,6 +288,15 @@ std::string render_unbounded(const Snapshot& s, const RenderOptions& o) {
         out << "      " << paint(safe(l.enforcement), kBoldRed, o.color) << "\n";
       }
       if (!l.estimate.empty()) out << "      size " << safe(l.estimate) << "\n";
+      if (l.revoking) {
+        const std::string line =
+            "REVOKED" + (l.revoked_for.empty() ? "" : " for job '" + safe(l.revoked_for) + "'") +
+            ": killed in " + format_duration(l.revoke_in_s) + " unless released";
+        out << "      " << paint(line, kBoldRed, o.color) << "\n";
+      } else if (!l.revocable.empty()) {
+        out << "      revocable: "
+            << (l.resident.empty() ? l.revocable : "resident '" + safe(l.resident) + "'") << "\n";
+      }
     }
     if (limit_rows(s.leases.size()) < s.leases.size()) {
       out << "  ... " << s.leases.size() - limit_rows(s.leases.size()) << " more\n";
@@ -321,6 +330,10 @@ std::string render_unbounded(const Snapshot& s, const RenderOptions& o) {
       << ", max " << format_duration(st.hold_seconds.max) << "; wait mean "
       << format_duration(st.wait_seconds.mean()) << ", max " << format_duration(st.wait_seconds.max)
       << "\n";
+  if (st.revocations_preempted + st.revocations_resident > 0) {
+    out << "       revocations: preempted " << st.revocations_preempted << ", resident "
+        << st.revocations_resident << ", killed at the grace's end " << st.revocation_kills << "\n";
+  }
   return out.str();
 }
 

@@ -4,6 +4,11 @@
 // SIGUSR2 to it, releases the lease when it ends and exits with CMD's exit code (128+N when
 // signal N killed it).
 //
+// --preemptible / --resident NAME: the lease is revocable (docs/scheduling.md, "Revocable
+// leases"). When the daemon revokes it, CMD gets --preempt-signal (SIGTERM), and the lease is
+// released when CMD exits; a CMD that outlives the grace is killed by the daemon, with this
+// process.
+//
 // Threads: the main thread acquires, forks and waits for CMD; a signal thread (a signalfd)
 // turns the six signals into a cancelled wait before CMD starts and into a forwarded signal
 // after. They are blocked in every other thread, the daemon client's reader included.
@@ -141,6 +146,17 @@ class SignalForwarder {
     group_ = group;
     if (pending_ != 0) send(pending_);
     pending_ = 0;
+    if (revoke_signal_ != 0) send(revoke_signal_);
+  }
+  // The lease is being revoked: CMD gets `signo` now, or as soon as it runs.
+  void revoke(int signo) {
+    std::lock_guard<std::mutex> lock(mu_);
+    revoke_signal_ = signo;
+    if (child_ > 0) send(signo);
+  }
+  bool revoked() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return revoke_signal_ != 0;
   }
   // CMD has ended (not reaped yet, so its pid cannot have been reused): nothing is forwarded
   // after this returns.
@@ -193,9 +209,10 @@ class SignalForwarder {
   std::array<int, 2> stop_fds_{-1, -1};
   int error_ = 0;
   std::mutex mu_;
-  pid_t child_ = 0;     // guarded by mu_
-  bool group_ = false;  // guarded by mu_
-  int pending_ = 0;     // guarded by mu_
+  pid_t child_ = 0;        // guarded by mu_
+  bool group_ = false;     // guarded by mu_
+  int pending_ = 0;        // guarded by mu_
+  int revoke_signal_ = 0;  // guarded by mu_; the lease is being revoked
   std::atomic<int> received_{0};
   std::thread thread_;
 };
@@ -271,6 +288,23 @@ int run_command(const std::vector<std::string>& command, std::vector<char*>& arg
   return code;
 }
 
+// --preempt-signal: a signal's name (TERM, SIGTERM) or number, or nothing.
+std::optional<int> parse_signal(std::string text) {
+  if (text.rfind("SIG", 0) == 0) text = text.substr(3);
+  static constexpr std::pair<const char*, int> kNames[] = {
+      {"TERM", SIGTERM}, {"INT", SIGINT},   {"HUP", SIGHUP},   {"QUIT", SIGQUIT},
+      {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"KILL", SIGKILL}, {"ALRM", SIGALRM}};
+  for (const auto& [name, signo] : kNames) {
+    if (text == name) return signo;
+  }
+  int signo = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), signo);
+  if (ec != std::errc() || end != text.data() + text.size() || signo < 1 || signo >= NSIG) {
+    return std::nullopt;
+  }
+  return signo;
+}
+
 // --timeout: a finite number of seconds from 0 to kMaxTimeoutSeconds, else nothing.
 std::optional<double> parse_timeout(const std::string& text) {
   double seconds = 0;
@@ -294,6 +328,10 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
     std::string kind;
     std::string default_vram;
     std::string socket;
+    bool preemptible = false;
+    std::string resident;
+    std::string preempt_signal = "TERM";
+    double revoke_grace = -1;
     std::vector<std::string> command;
   };
   auto opts = std::make_shared<Options>();
@@ -314,6 +352,18 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
                   "Give up waiting for the lease after this many seconds, 0 to 1e9 (default: "
                   "wait)");
   sub->add_option("--job-id", opts->job_id, "Job id (default: run-<hostname>-<pid>)");
+  sub->add_flag("--preemptible", opts->preemptible,
+                "The lease may be revoked for a waiter of higher priority: CMD then gets "
+                "--preempt-signal and has the grace period to exit");
+  sub->add_option("--resident", opts->resident,
+                  "Hold the lease as a resident model of this name (an idle model kept loaded "
+                  "while nobody needs its memory; revoked before preemptible jobs)");
+  sub->add_option("--preempt-signal", opts->preempt_signal,
+                  "The signal CMD gets when the lease is revoked (name or number)")
+      ->capture_default_str();
+  sub->add_option("--revoke-grace", opts->revoke_grace,
+                  "Seconds CMD has to exit once revoked before it is killed (default: the "
+                  "daemon's --revoke-grace)");
   sub->add_option("--socket", opts->socket,
                   "The daemon's socket (default: GPUMGR_SOCKET, else the default path)");
   sub->add_option("command", opts->command, "The command and its arguments, after --")->required();
@@ -373,6 +423,40 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
               std::fprintf(stderr, "gpumgr run: --gpus must be >= 1, got %d\n", opts->gpus);
               return kExitUsage;
             }
+            const std::optional<int> preempt_signal = parse_signal(opts->preempt_signal);
+            if (!preempt_signal) {
+              std::fprintf(stderr,
+                           "gpumgr run: --preempt-signal must be a signal name (TERM, USR1) or "
+                           "number, got %s\n",
+                           terminal_safe(opts->preempt_signal).c_str());
+              return kExitUsage;
+            }
+            const bool revocable = opts->preemptible || sub->count("--resident") > 0;
+            if (sub->count("--resident") > 0 && opts->preemptible) {
+              std::fprintf(stderr,
+                           "gpumgr run: --preemptible and --resident exclude each other: a "
+                           "lease is one or the other\n");
+              return kExitUsage;
+            }
+            if (sub->count("--resident") > 0) {
+              bool control = false;
+              for (const char c : opts->resident) {
+                control = control || static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+              }
+              if (opts->resident.empty() || control) {
+                std::fprintf(stderr,
+                             "gpumgr run: --resident: the name must not be empty or contain "
+                             "control characters\n");
+                return kExitUsage;
+              }
+            }
+            if (sub->count("--revoke-grace") > 0 &&
+                (!revocable || !(opts->revoke_grace >= 0 && opts->revoke_grace <= 86400))) {
+              std::fprintf(stderr, "gpumgr run: --revoke-grace: %s\n",
+                           !revocable ? "only with --preemptible or --resident"
+                                      : "must be a number of seconds from 0 to 86400");
+              return kExitUsage;
+            }
             std::string socket = opts->socket;
             if (socket.empty()) {
               const char* env = std::getenv("GPUMGR_SOCKET");
@@ -387,6 +471,9 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
             request.default_bytes = default_bytes;
             request.gpus = opts->gpus;
             request.priority = opts->priority;
+            request.preemptible = opts->preemptible;
+            request.resident = opts->resident;
+            if (sub->count("--revoke-grace") > 0) request.revoke_grace_s = opts->revoke_grace;
             request.command = join(opts->command, " ");
             if (request.command.size() > daemon::kMaxCommandBytes) {
               request.command.resize(daemon::kMaxCommandBytes);
@@ -406,6 +493,18 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
             if (!ledger.ok()) {
               std::fprintf(stderr, "gpumgr run: %s\n", ledger.status().message().c_str());
               return exit_code_for(ledger.status());
+            }
+            if (revocable) {
+              // On the client's reading thread: a line and a signal, nothing that blocks.
+              ledger.value()->set_revoke_handler(
+                  [&forwarder, job = request.job_id, signo = *preempt_signal,
+                   name = opts->preempt_signal](const RevokeNotice& notice) {
+                    if (notice.job_id != job) return;
+                    std::fprintf(stderr, "gpumgr run: job '%s': %s; sending %s to the command\n",
+                                 terminal_safe(job).c_str(), terminal_safe(notice.message).c_str(),
+                                 terminal_safe(name).c_str());
+                    forwarder.revoke(signo);
+                  });
             }
             WaitOptions wait;
             if (timeout) wait = WaitOptions::for_seconds(*timeout);

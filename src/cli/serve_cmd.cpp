@@ -179,6 +179,11 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
   bind(Field::kOveruseGrace, sub->add_option("--overuse-grace", f.overuse_grace_s,
                                              "Seconds overuse may last before terminate acts")
                                  ->capture_default_str());
+  bind(Field::kRevokeGrace,
+       sub->add_option("--revoke-grace", f.revoke_grace_s,
+                       "Seconds a revoked lease's holder has to release it before its processes "
+                       "are killed (a request may give its own)")
+           ->capture_default_str());
   bind(Field::kOveruseTolerance,
        sub->add_option("--overuse-tolerance", f.overuse_tolerance_percent,
                        "Percent over its lease a holder may use before it counts as overuse")

@@ -54,7 +54,7 @@ int exit_code(const Status& status) {
 }
 
 nlohmann::json to_json(const sim::SimReport& r) {
-  return {
+  nlohmann::json j = {
       {"policy", r.policy},
       {"jobs", r.jobs},
       {"makespan_s", r.makespan_s},
@@ -71,6 +71,12 @@ nlohmann::json to_json(const sim::SimReport& r) {
         {"exclusive_s", r.lower_bound.exclusive_s},
         {"binding", std::string(r.lower_bound.binding())}}},
   };
+  // Only for traces with revocable jobs: other reports stay as they were.
+  if (r.preemptions + r.residents_unloaded > 0) {
+    j["preemptions"] = r.preemptions;
+    j["residents_unloaded"] = r.residents_unloaded;
+  }
+  return j;
 }
 
 std::string fmt(const char* format, double value) {
@@ -90,6 +96,12 @@ void print_table(const std::vector<sim::SimReport>& reports) {
                 fmt("%.1fs", r.mean_wait_s).c_str(), fmt("%.1fs", r.p50_wait_s).c_str(),
                 fmt("%.1fs", r.p99_wait_s).c_str(), fmt("%.1fs", r.max_wait_s).c_str(),
                 100 * r.utilization);
+  }
+  for (const sim::SimReport& r : reports) {
+    if (r.preemptions + r.residents_unloaded == 0) continue;
+    std::printf("%s: %llu preemption(s) (work started over), %llu resident(s) unloaded\n",
+                r.policy.c_str(), static_cast<unsigned long long>(r.preemptions),
+                static_cast<unsigned long long>(r.residents_unloaded));
   }
 }
 

@@ -636,7 +636,23 @@ class RemoteLedger final : public Ledger {
     return reply.ok() ? reply->status : reply.status();
   }
 
+  void set_revoke_handler(std::function<void(const RevokeNotice&)> handler) override {
+    MutexLock lock(mutex_);
+    on_revoke_ = std::move(handler);
+  }
+
+  Status revoke(std::string_view job_id) override { return job_call(Op::kRevoke, job_id); }
+  Status touch(std::string_view job_id) override { return job_call(Op::kTouch, job_id); }
+
  private:
+  Status job_call(Op op, std::string_view job_id) {
+    Request r;
+    r.op = op;
+    r.job_id = std::string(job_id);
+    auto reply = call(std::move(r));
+    return reply.ok() ? reply->status : reply.status();
+  }
+
   // The live connection, connecting again when the last one dropped.
   StatusOr<std::shared_ptr<Connection>> connection() {
     MutexLock lock(mutex_);
@@ -828,6 +844,23 @@ class RemoteLedger final : public Ledger {
   // process of our uid) released is lost, and release() will say who ended it.
   Connection::EventHandler event_handler() {
     return [this](const nlohmann::json& event) {
+      // A lease of ours is being revoked: the holder's handler decides what to do.
+      if (event.value("event", "") == "lease_revoked") {
+        RevokeNotice notice;
+        notice.job_id = event.value("job_id", "");
+        notice.cause = event.value("cause", "");
+        notice.for_job = event.value("for_job", "");
+        notice.grace_s = event.value("grace_s", 0.0);
+        notice.message = event.value("reason", "");
+        std::function<void(const RevokeNotice&)> handler;
+        {
+          MutexLock lock(mutex_);
+          if (held_.count(notice.job_id) == 0) return;
+          handler = on_revoke_;
+        }
+        if (handler) handler(notice);
+        return;
+      }
       if (event.value("event", "") != "lease_ended") return;
       const std::string job = event.value("job_id", "");
       const std::string reason = event.value("reason", "it was ended");
@@ -877,6 +910,7 @@ class RemoteLedger final : public Ledger {
   // Leases granted through this ledger, by job id.
   std::unordered_map<std::string, Held> held_ GUARDED_BY(mutex_);
   bool stopping_ GUARDED_BY(mutex_) = false;
+  std::function<void(const RevokeNotice&)> on_revoke_ GUARDED_BY(mutex_);
   std::thread keeper_;  // started at the first grant
 };
 

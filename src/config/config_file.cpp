@@ -187,6 +187,9 @@ std::optional<std::string> read_value(const FieldInfo& f, const toml::node& node
         case Field::kOveruseGrace:
           value.overuse_grace_s = d;
           break;
+        case Field::kRevokeGrace:
+          value.revoke_grace_s = d;
+          break;
         case Field::kOveruseTolerance:
           value.overuse_tolerance_percent = d;
           break;

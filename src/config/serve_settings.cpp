@@ -49,6 +49,8 @@ const std::array<Entry, kFieldCount> kEntries = {{
     {{Field::kMaxConcurrentJobs, "limits", "max_concurrent_jobs", "--max-concurrent-jobs",
       ValueKind::kInteger, true},
      &ServeSettings::max_concurrent_jobs},
+    {{Field::kRevokeGrace, "limits", "revoke_grace", "--revoke-grace", ValueKind::kNumber, true},
+     &ServeSettings::revoke_grace_s},
     {{Field::kOnOveruse, "overuse", "policy", "--on-overuse", ValueKind::kString, true},
      &ServeSettings::on_overuse},
     {{Field::kOveruseGrace, "overuse", "grace", "--overuse-grace", ValueKind::kNumber, true},
@@ -183,6 +185,11 @@ std::optional<std::string> check_field(const ServeSettings& s, Field field) {
         return "must be between 1 and 1000000, got " + std::to_string(s.max_concurrent_jobs);
       }
       return std::nullopt;
+    case Field::kRevokeGrace: {
+      LedgerConfig c;
+      c.revoke_grace_s = s.revoke_grace_s;
+      return refused(validate_config(c));
+    }
     case Field::kOnOveruse:
       return refused(parse_overuse_policy(s.on_overuse).status());
     case Field::kOveruseGrace:
@@ -217,6 +224,7 @@ LedgerConfig to_ledger_config(const ServeSettings& s) {
   LedgerConfig c;
   c.max_concurrent_jobs = static_cast<int>(s.max_concurrent_jobs);
   c.memory_limit = s.memory_limit;
+  c.revoke_grace_s = s.revoke_grace_s;
   c.poll_interval =
       std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(s.poll_interval_s * 1000)));
   auto policy = parse_overuse_policy(s.on_overuse);

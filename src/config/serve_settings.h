@@ -37,6 +37,7 @@ struct ServeSettings {
   // [limits]
   double memory_limit = 0.8;
   long long max_concurrent_jobs = 3;
+  double revoke_grace_s = 30;  // seconds a revoked lease's holder has to release
   // [overuse]
   std::string on_overuse = "report";
   double overuse_grace_s = 10;
@@ -61,6 +62,7 @@ enum class Field {
   kPollInterval,
   kMemoryLimit,
   kMaxConcurrentJobs,
+  kRevokeGrace,
   kOnOveruse,
   kOveruseGrace,
   kOveruseTolerance,

@@ -80,6 +80,12 @@ Status validate_config(const LedgerConfig& config) {
     return InvalidArgument("poll_interval must be positive, got " +
                            std::to_string(config.poll_interval.count()) + " ms");
   }
+  if (!(config.revoke_grace_s >= 0 && config.revoke_grace_s <= 86400)) {  // NaN fails both
+    char value[32];
+    std::snprintf(value, sizeof value, "%g", config.revoke_grace_s);
+    return InvalidArgument(
+        std::string("revoke grace must be a finite number of seconds in [0, 86400], got ") + value);
+  }
   return core::validate_overuse_config(config.overuse);
 }
 

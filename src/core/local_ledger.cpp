@@ -457,12 +457,129 @@ void LocalLedger::fill_lease_info_locked(const ActiveEntry& entry, LeaseInfo& in
     const auto found = tracks_.find(job_id);
     if (found != tracks_.end()) info.estimate = found->second.estimate;
   }
+  info.revocable.assign(revocable_name(lease.revocable));
+  info.resident.assign(lease.resident);
+  info.revoking = lease.revoking;
+  info.revoked_for.assign(lease.revoked_for);
+  info.revoke_in_s = 0;
+  info.revoke_grace_s = lease.revocable == Revocable::kNo
+                            ? 0.0
+                            : lease.revoke_grace_s.value_or(config_.revoke_grace_s);
+  if (lease.revoking) {
+    if (const auto at = revocations_.deadline(job_id)) {
+      info.revoke_in_s = static_cast<double>(elapsed_ns(now_ns(), *at)) / 1e9;
+    }
+  }
 }
 
 void LocalLedger::schedule_locked(TimeNs now, Calls& calls) {
   // Nobody waits (the common case on release): a pass would grant nothing.
   if (scheduler_.waiting_count() == 0) return;
   handle_grants_locked(scheduler_.schedule(now), calls);
+}
+
+void LocalLedger::start_revocations_locked(const std::vector<Revocation>& revocations, TimeNs now,
+                                           Calls& calls) {
+  for (const Revocation& r : revocations) {
+    const ActiveEntry* entry = scheduler_.find_active(r.job_id);
+    if (entry == nullptr) continue;
+    const ActiveLease& lease = entry->second;
+    const double grace_s = lease.revoke_grace_s.value_or(config_.revoke_grace_s);
+    revocations_.add(r.job_id, r.lease_id, now + static_cast<TimeNs>(grace_s * 1e9));
+    if (r.cause == RevokeCause::kResident) {
+      ++stats_.revocations_resident;
+    } else {
+      ++stats_.revocations_preempted;
+    }
+    RevokeNotice notice;
+    notice.job_id = r.job_id;
+    notice.cause = std::string(revoke_cause_name(r.cause));
+    notice.for_job = r.for_job;
+    notice.grace_s = grace_s;
+    const std::string what =
+        lease.revocable == Revocable::kResident ? "resident '" + lease.resident + "'" : "lease";
+    const std::string grace = std::to_string(static_cast<long long>(std::ceil(grace_s)));
+    notice.message = (r.for_job.empty() ? what + " revoked on request"
+                                        : what + " revoked for job '" + r.for_job + "'") +
+                     ": release within " + grace + " s, or its processes are killed";
+    LeaseEvent event;
+    event.kind = LeaseEvent::Kind::kRevoked;
+    event.job_id = r.job_id;
+    event.pid = lease.holder.pid;
+    event.uid = lease.holder.uid;
+    event.device = lease.devices.empty() ? -1 : lease.devices.front();
+    event.leased_bytes = lease.bytes;
+    event.message = notice.message;
+    emit_locked(std::move(event), calls);
+    if (on_revoke_) calls.push_back([handler = on_revoke_, notice] { handler(notice); });
+  }
+  // The housekeeper must wake at the first grace's end.
+  if (!revocations.empty()) housekeeper_cv_.notify_all();
+}
+
+void LocalLedger::end_revocations_locked(TimeNs now, Calls& calls) {
+  if (revocations_.empty()) return;
+  for (const auto& [job_id, lease_id] : revocations_.take_due(now)) {
+    const ActiveEntry* entry = scheduler_.find_active(job_id);
+    if (entry == nullptr || entry->second.lease_id != lease_id) continue;
+    const Holder holder = entry->second.holder;
+    // An in-process holder is this process: its lease is released, never its threads killed.
+    const int signalled = holder.pid == self_.pid ? 0 : signaller_(holder.pid, SIGKILL);
+    ++stats_.revocation_kills;
+    LeaseEvent event;
+    event.kind = LeaseEvent::Kind::kRevokeKilled;
+    event.job_id = job_id;
+    event.pid = holder.pid;
+    event.uid = holder.uid;
+    event.leased_bytes = entry->second.bytes;
+    event.message = "had not released its revoked lease at the grace's end: sent SIGKILL to " +
+                    std::to_string(signalled) + " process(es); lease released as preempted";
+    if (on_revoke_) {
+      RevokeNotice notice;
+      notice.job_id = job_id;
+      notice.cause = std::string(revoke_cause_name(entry->second.revocable == Revocable::kResident
+                                                       ? RevokeCause::kResident
+                                                       : RevokeCause::kPreempted));
+      notice.for_job = entry->second.revoked_for;
+      notice.message = event.message;
+      notice.ended = true;
+      calls.push_back([handler = on_revoke_, notice] { handler(notice); });
+    }
+    emit_locked(std::move(event), calls);
+    (void)release_locked(job_id, JobOutcome::kFailed, std::nullopt, calls, nullptr, lease_id);
+  }
+}
+
+void LocalLedger::set_revoke_handler(std::function<void(const RevokeNotice&)> handler) {
+  MutexLock lock(mutex_);
+  on_revoke_ = std::move(handler);
+}
+
+Status LocalLedger::revoke_as(std::string_view job_id,
+                              const std::optional<std::uint32_t>& requester_uid) {
+  Calls calls;
+  {
+    MutexLock lock(mutex_);
+    auto r = scheduler_.revoke(job_id, requester_uid);
+    if (!r.ok()) return r.status();
+    start_revocations_locked({r.value()}, now_ns(), calls);
+  }
+  run_all(calls);
+  return Status::Ok();
+}
+
+Status LocalLedger::touch_as(std::string_view job_id,
+                             const std::optional<std::uint32_t>& requester_uid) {
+  MutexLock lock(mutex_);
+  const ActiveEntry* entry = scheduler_.find_active(job_id);
+  if (entry != nullptr && requester_uid && *requester_uid != 0 &&
+      *requester_uid != entry->second.holder.uid) {
+    return Status(ErrorCode::kPermissionDenied,
+                  "job '" + std::string(job_id) + "' is held by uid " +
+                      std::to_string(entry->second.holder.uid) + "; uid " +
+                      std::to_string(*requester_uid) + " may not use it");
+  }
+  return scheduler_.touch(job_id, now_ns());
 }
 
 void LocalLedger::record_grant_locked(const ActiveLease& lease) {
@@ -491,6 +608,10 @@ void LocalLedger::handle_grants_locked(const std::vector<Grant>& grants, Calls& 
     calls.push_back(
         [done = std::move(it->second), info = lease_info_locked(*entry)] { done(info); });
     pending_.erase(it);
+  }
+  // Every pass (enqueue's and schedule's) ends here: what it decided to revoke starts now.
+  if (scheduler_.revocable_count() > 0) {
+    start_revocations_locked(scheduler_.take_revocations(), now_ns(), calls);
   }
 }
 
@@ -743,6 +864,7 @@ Status LocalLedger::release_locked(std::string_view job_id, JobOutcome outcome,
   const TimeNs now = now_ns();
   auto released = scheduler_.release(job_id, now, requester_uid, lease_id);
   if (!released.ok()) return released.status();
+  if (!revocations_.empty()) revocations_.forget(job_id);
   if (outcome == JobOutcome::kSucceeded) {
     ++stats_.jobs_succeeded;
   } else {
@@ -921,6 +1043,9 @@ void LocalLedger::housekeeper_loop() NO_THREAD_SAFETY_ANALYSIS {
     // Read each round: reconfigure() may change it (and wakes this thread).
     const TimeNs poll_ns = poll_ns_.load(std::memory_order_relaxed);
     std::optional<TimeNs> wake = scheduler_.next_deadline();
+    if (const auto grace_end = revocations_.next()) {
+      wake = wake ? std::min(*wake, *grace_end) : *grace_end;
+    }
     // While anyone waits, outside processes may free memory; while a lease is held, its
     // holder's use is measured (overuse, peaks): poll the backend every interval.
     const bool polling = scheduler_.waiting_count() > 0 || scheduler_.active_count() > 0;
@@ -939,6 +1064,7 @@ void LocalLedger::housekeeper_loop() NO_THREAD_SAFETY_ANALYSIS {
     Calls calls;
     TimeNs now = now_ns();
     finish_dropped_locked(scheduler_.expire(now), calls);
+    end_revocations_locked(now, calls);
     if ((scheduler_.waiting_count() > 0 || scheduler_.active_count() > 0) &&
         now - last_refresh_ >= poll_ns) {
       lock.native().unlock();
@@ -985,6 +1111,7 @@ Status LocalLedger::reconfigure(const LedgerConfig& config) {
     config_.memory_limit = config.memory_limit;
     config_.poll_interval = config.poll_interval;
     config_.overuse = config.overuse;
+    config_.revoke_grace_s = config.revoke_grace_s;  // for revocations from now on
     poll_ns_.store(
         std::chrono::duration_cast<std::chrono::nanoseconds>(config.poll_interval).count(),
         std::memory_order_relaxed);

@@ -23,6 +23,7 @@
 
 #include "core/accounting.h"
 #include "core/overuse.h"
+#include "core/revocation.h"
 #include "core/scheduler.h"
 #include "gpumgr/device.h"
 #include "gpumgr/ledger.h"
@@ -85,6 +86,14 @@ class LocalLedger final : public Ledger {
   StatusOr<Snapshot> snapshot() override;
   StatusOr<std::vector<KindEstimate>> estimates() override;
   Status forget_kind(std::string_view kind) override;
+  // Revocable leases (core/revocation.h). The handler hears of every revocation (the daemon
+  // routes each to its holder's connection), on the thread that caused it, outside the lock.
+  void set_revoke_handler(std::function<void(const RevokeNotice&)> handler) override;
+  Status revoke(std::string_view job_id) override { return revoke_as(job_id, std::nullopt); }
+  Status touch(std::string_view job_id) override { return touch_as(job_id, std::nullopt); }
+  // On behalf of `requester_uid` (none: no check): only the holder's uid or root.
+  Status revoke_as(std::string_view job_id, const std::optional<std::uint32_t>& requester_uid);
+  Status touch_as(std::string_view job_id, const std::optional<std::uint32_t>& requester_uid);
 
   // What opening the history said, if anything worth saying ("the history database ... was
   // corrupt; moved it to ..."); empty otherwise.
@@ -207,6 +216,12 @@ class LocalLedger final : public Ledger {
   TimeNs refresh_if_stale();
   // Runs a scheduling pass and collects the callbacks of those granted.
   void schedule_locked(TimeNs now, std::vector<std::function<void()>>& calls) REQUIRES(mutex_);
+  // Tells the holders of the leases the scheduler revoked and starts their grace periods.
+  void start_revocations_locked(const std::vector<Revocation>& revocations, TimeNs now,
+                                std::vector<std::function<void()>>& calls) REQUIRES(mutex_);
+  // Kills the holders of revoked leases whose grace has ended and releases those leases.
+  void end_revocations_locked(TimeNs now, std::vector<std::function<void()>>& calls)
+      REQUIRES(mutex_);
   // Records one grant: holder attribution and statistics.
   void record_grant_locked(const ActiveLease& lease) REQUIRES(mutex_);
   // Records grants and queues the callbacks of those that waited.
@@ -253,6 +268,8 @@ class LocalLedger final : public Ledger {
   const std::shared_ptr<state::KindHistory> history_;  // null: no history kept
   const std::string history_note_;
   EventHandler on_event_ GUARDED_BY(mutex_);
+  std::function<void(const RevokeNotice&)> on_revoke_ GUARDED_BY(mutex_);
+  RevocationDeadlines revocations_ GUARDED_BY(mutex_);  // leases being revoked
   Signaller signaller_ GUARDED_BY(mutex_);
   // Whether the housekeeper sleeps with no wake-up time (nothing held, nothing waiting): a
   // grant must wake it so that the lease is measured every poll interval.

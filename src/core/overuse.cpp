@@ -15,6 +15,10 @@ std::string_view lease_event_name(LeaseEvent::Kind kind) {
       return "terminating";
     case LeaseEvent::Kind::kKilled:
       return "killed";
+    case LeaseEvent::Kind::kRevoked:
+      return "revoked";
+    case LeaseEvent::Kind::kRevokeKilled:
+      return "revoke-killed";
   }
   return "unknown";
 }

@@ -17,13 +17,16 @@
 
 namespace gpumgr::core {
 
-// Something the overuse policy did, for the daemon's log and the in-process event handler.
+// Something the overuse policy (or a revocation) did, for the daemon's log and the in-process event
+// handler.
 struct LeaseEvent {
   enum class Kind {
     kOveruseStarted,  // the holder went over its lease (beyond the tolerance)
     kOveruseEnded,    // it is back under
     kTerminating,     // `terminate`: SIGTERM sent to the holder's process tree
     kKilled,          // `terminate`: SIGKILL sent, the lease released as failed
+    kRevoked,         // a revocable lease was revoked: its holder has the grace to release
+    kRevokeKilled,    // a revoked lease's holder had not released at the grace's end
   };
   Kind kind = Kind::kOveruseStarted;
   std::string job_id;

@@ -56,14 +56,6 @@ bool has_control_character(std::string_view text) {
   return n % 8 != 0 && word_has(text.data() + n - 8);
 }
 
-// Whether a request may be placed on device `i`: its pinned device, one of its allowed
-// devices, or any device.
-bool may_use(const LeaseRequest& request, std::size_t i) {
-  if (request.device >= 0) return static_cast<std::size_t>(request.device) == i;
-  const std::vector<int>& only = request.allowed_devices;
-  return only.empty() || std::find(only.begin(), only.end(), static_cast<int>(i)) != only.end();
-}
-
 std::string device_list_text(std::span<const int> devices) {
   std::string out;
   for (const int d : devices) out += (out.empty() ? "" : ",") + std::to_string(d);
@@ -139,6 +131,7 @@ Status check_names(const LeaseRequest& request) {
 
 Status Scheduler::check_fields(const LeaseRequest& request) const {
   if (Status s = check_names(request); !s.ok()) return s;
+  if (Status s = check_revocable(request); !s.ok()) return s;
   return check_shape(request.bytes, request.gpus, request.device, request.allowed_devices);
 }
 
@@ -378,6 +371,15 @@ ActiveEntry& Scheduler::grant(ActiveEntry& entry, const LeaseRequest& request, H
   lease.kind_id = intern_kind(request.kind);
   const std::optional<TimeNs> hold = expected_hold(lease.kind_id);
   lease.expected_end = hold ? now + *hold : kUnknownEnd;
+  lease.revocable = !request.resident.empty() ? Revocable::kResident
+                    : request.preemptible     ? Revocable::kPreemptible
+                                              : Revocable::kNo;
+  lease.resident.assign(request.resident);
+  lease.last_used = now;
+  lease.revoke_grace_s = request.revoke_grace_s;
+  lease.revoking = false;
+  lease.revoked_for.clear();
+  note_revocable(entry, 1);
   return entry;
 }
 
@@ -577,6 +579,7 @@ StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now,
     update_fit(static_cast<std::size_t>(d));
   }
   observe_hold(lease.kind_id, static_cast<double>(elapsed_ns(lease.granted_at, now)));
+  note_revocable(*it, -1);
   // The entry is kept, device list and all, for a later grant; once kMaxSpare are kept, it
   // replaces one of them (each in turn).
   ActiveMap::node_type* kept;
@@ -738,6 +741,7 @@ std::vector<Grant> Scheduler::schedule(TimeNs now) {
     remove_waiter(chosen);
   }
   if (queue_.empty()) update_reservation();
+  plan_revocations();
   return grants;
 }
 
@@ -892,6 +896,7 @@ StatusOr<const ActiveEntry*> Scheduler::adopt(const LeaseRequest& request,
                                               std::span<const int> devices, Holder holder,
                                               TimeNs requested_at, TimeNs granted_at) {
   if (Status s = check_names(request); !s.ok()) return s;
+  if (Status s = check_revocable(request); !s.ok()) return s;
   if (request.bytes == 0) return InvalidArgument("an adopted lease must hold some bytes, got 0");
   if (devices.empty()) return InvalidArgument("an adopted lease must name its devices");
   std::vector<bool> seen(devices_.size(), false);

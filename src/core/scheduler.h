@@ -27,6 +27,7 @@
 // - Greedy: no reservation; every waiter that fits anywhere starts, in queue order.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -53,9 +54,20 @@ using TimeNs = std::int64_t;
 // wait is never shorter than nothing.
 inline TimeNs elapsed_ns(TimeNs start, TimeNs end) { return end > start ? end - start : 0; }
 
+// Whether a request may be placed on device `i`: its pinned device, one of its allowed
+// devices, or any device. Any thread may call it.
+inline bool may_use(const LeaseRequest& request, std::size_t i) {
+  if (request.device >= 0) return static_cast<std::size_t>(request.device) == i;
+  const std::vector<int>& only = request.allowed_devices;
+  return only.empty() || std::find(only.begin(), only.end(), static_cast<int>(i)) != only.end();
+}
+
 // Checks a job kind as job ids are checked: not empty, at most 256 bytes, no control
 // characters. Any thread may call it.
 Status check_kind(std::string_view kind);
+// Checks a resident's name (LeaseRequest::resident): not empty, at most 256 bytes, no
+// control characters. Any thread may call it.
+Status check_resident_name(std::string_view name);
 
 struct Holder {
   std::uint32_t pid = 0;
@@ -107,6 +119,22 @@ struct Released {
   std::uint64_t lease_id = 0;
 };
 
+// Whether and how a lease may be revoked (LeaseRequest::preemptible, ::resident).
+enum class Revocable { kNo, kPreemptible, kResident };
+
+// Why a lease was revoked: a resident gave way, or a preemptible job was preempted.
+enum class RevokeCause { kResident, kPreempted };
+std::string_view revoke_cause_name(RevokeCause cause);  // "resident", "preempted"
+
+// A revocation the scheduler decided (docs/scheduling.md, "Revocable leases"): the owner
+// tells the holder, and the lease stays active (its memory counted) until it is released.
+struct Revocation {
+  std::string job_id;  // the lease revoked
+  std::uint64_t lease_id = 0;
+  std::string for_job;  // the waiter it makes room for; empty for an explicit revoke()
+  RevokeCause cause = RevokeCause::kPreempted;
+};
+
 // A lease the scheduler holds, keyed by job id.
 struct ActiveLease {
   std::uint64_t lease_id = 0;  // unique per scheduler, from 1
@@ -122,6 +150,14 @@ struct ActiveLease {
   // kUnknownEnd when its kind has no estimate.
   TimeNs expected_end = 0;
   int kind_id = -1;  // the scheduler's number for `kind`; -1: none
+  Revocable revocable = Revocable::kNo;
+  std::string resident;  // LeaseRequest::resident
+  // Residents: when the model was last used (touch()); the grant time until then. Least
+  // recently used residents are revoked first.
+  TimeNs last_used = 0;
+  std::optional<double> revoke_grace_s;  // LeaseRequest::revoke_grace_s
+  bool revoking = false;                 // revoked, not yet released
+  std::string revoked_for;               // the waiter it was revoked for (it may have left since)
 };
 
 // ActiveLease::expected_end of a lease whose kind has no estimate.
@@ -194,8 +230,25 @@ class Scheduler {
   // The earliest deadline among waiters, if any.
   std::optional<TimeNs> next_deadline() const;
 
-  // Grants every waiter that may start now, in order, and returns those grants.
+  // Grants every waiter that may start now, in order, and returns those grants. Then
+  // decides the revocations that waiters which cannot fit otherwise need (take_revocations).
   std::vector<Grant> schedule(TimeNs now);
+
+  // Revocable leases (src/core/revocation.cpp; docs/scheduling.md, "Revocable leases").
+  // The revocations decided since the last call, in the order decided. The leases stay
+  // active, marked revoking, until their owner releases them.
+  std::vector<Revocation> take_revocations();
+  // A resident lease was used now: it becomes the most recently used. kNotFound for no such
+  // lease, kFailedPrecondition for a lease that is not resident or is being revoked.
+  Status touch(std::string_view job_id, TimeNs now);
+  // Revokes a revocable lease on request (no waiter needs it): kNotFound, kPermissionDenied
+  // when `requester_uid` is given, is not root and is not the holder's, kFailedPrecondition
+  // for a lease that is not revocable or is already being revoked.
+  StatusOr<Revocation> revoke(std::string_view job_id,
+                              const std::optional<std::uint32_t>& requester_uid = std::nullopt);
+  // How many active leases are revocable, and how many of them are being revoked.
+  int revocable_count() const { return revocable_count_; }
+  int revoking_count() const { return revoking_count_; }
 
   // Takes back a lease that an earlier daemon granted (a restart, docs/daemon.md): the job
   // holds `request.bytes` on each of `devices` again, as it did, whether or not it would fit
@@ -334,6 +387,15 @@ class Scheduler {
     fit_bytes_[device] = d.healthy ? d.admissible() : 0;
   }
 
+  // Revocations (revocation.cpp): after a pass, picks the leases to revoke for waiters that
+  // cannot fit otherwise and queues them for take_revocations().
+  void plan_revocations();
+  // kInvalidArgument for a bad resident name or a lease both preemptible and resident,
+  // kAlreadyExists for a resident name in use.
+  Status check_revocable(const LeaseRequest& request) const;
+  // Keeps the revocable counts and resident names when a lease is granted or released.
+  void note_revocable(const ActiveEntry& entry, int delta);
+
   SchedulerConfig config_;
   std::vector<DeviceState> devices_;
   // The largest lease each device can take now: its admissible bytes, or 0 while it is
@@ -377,6 +439,12 @@ class Scheduler {
   };
   std::unordered_map<std::string, int, JobIdHash, std::equal_to<>> kind_ids_;
   std::vector<KindStats> kind_stats_;
+
+  int revocable_count_ = 0;
+  int revoking_count_ = 0;
+  // Resident names of active leases, and the job that holds each.
+  std::unordered_map<std::string, std::string, JobIdHash, std::equal_to<>> residents_;
+  std::vector<Revocation> revocations_;  // decided, not yet taken
 };
 
 }  // namespace gpumgr::core

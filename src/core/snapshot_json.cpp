@@ -156,6 +156,11 @@ LeaseInfo lease_from_json_unchecked(const json& j) {
   l.overused_s = j.value("overused_s", 0.0);
   l.estimate = j.value("estimate", std::string());
   l.enforcement = j.value("enforcement", std::string());
+  l.revocable = j.value("revocable", std::string());
+  l.resident = j.value("resident", std::string());
+  l.revoking = j.value("revoking", false);
+  l.revoke_in_s = j.value("revoke_in_s", 0.0);
+  l.revoked_for = j.value("revoked_for", std::string());
   return l;
 }
 
@@ -181,14 +186,25 @@ json to_json(const LeaseInfo& l) {
     put_optional(entry, "peak_used_bytes", u.peak_used_bytes);
     usage.push_back(entry);
   }
-  return {{"job_id", l.job_id},     {"devices", l.devices},
-          {"bytes", l.bytes},       {"priority", l.priority},
-          {"pid", l.pid},           {"uid", l.uid},
-          {"command", l.command},   {"granted_at", granted},
-          {"age_s", age},           {"waited_s", l.waited_s},
-          {"kind", l.kind},         {"usage", usage},
-          {"overused", l.overused}, {"overused_s", l.overused_s},
-          {"estimate", l.estimate}, {"enforcement", l.enforcement}};
+  json j = {{"job_id", l.job_id},     {"devices", l.devices},
+            {"bytes", l.bytes},       {"priority", l.priority},
+            {"pid", l.pid},           {"uid", l.uid},
+            {"command", l.command},   {"granted_at", granted},
+            {"age_s", age},           {"waited_s", l.waited_s},
+            {"kind", l.kind},         {"usage", usage},
+            {"overused", l.overused}, {"overused_s", l.overused_s},
+            {"estimate", l.estimate}, {"enforcement", l.enforcement}};
+  // Revocable leases only: a plain lease's JSON stays as it was.
+  if (!l.revocable.empty()) {
+    j["revocable"] = l.revocable;
+    if (!l.resident.empty()) j["resident"] = l.resident;
+    j["revoking"] = l.revoking;
+    if (l.revoking) {
+      j["revoke_in_s"] = l.revoke_in_s;
+      j["revoked_for"] = l.revoked_for;
+    }
+  }
+  return j;
 }
 
 json to_json(const KindEstimate& e) {
@@ -253,6 +269,7 @@ json to_json(const Snapshot& s) {
                  {"poll_interval_ms", s.config.poll_interval.count()},
                  {"on_overuse", std::string(overuse_policy_name(s.config.overuse.policy))},
                  {"overuse_grace_s", s.config.overuse.grace_s},
+                 {"revoke_grace_s", s.config.revoke_grace_s},
                  {"overuse_tolerance_percent", s.config.overuse.tolerance_percent}};
   json devices = json::array();
   for (const auto& d : s.devices) devices.push_back(device_json(d));
@@ -272,6 +289,9 @@ json to_json(const Snapshot& s) {
                 {"jobs_cancelled", st.jobs_cancelled},
                 {"overuse_events", st.overuse_events},
                 {"overuse_terminations", st.overuse_terminations},
+                {"revocations_preempted", st.revocations_preempted},
+                {"revocations_resident", st.revocations_resident},
+                {"revocation_kills", st.revocation_kills},
                 {"active_jobs", st.active_jobs},
                 {"peak_active_jobs", st.peak_active_jobs},
                 {"hold_seconds", to_json(st.hold_seconds)},
@@ -315,6 +335,7 @@ StatusOr<Snapshot> snapshot_from_json(const json& j) {
     if (!overuse.ok()) return overuse.status();
     s.config.overuse.policy = overuse.value();
     s.config.overuse.grace_s = c.value("overuse_grace_s", 10.0);
+    s.config.revoke_grace_s = c.value("revoke_grace_s", 30.0);
     s.config.overuse.tolerance_percent = c.value("overuse_tolerance_percent", 5.0);
     for (const auto& d : j.at("devices")) s.devices.push_back(device_from_json(d));
     for (const auto& l : j.at("leases")) s.leases.push_back(lease_from_json_unchecked(l));
@@ -327,6 +348,9 @@ StatusOr<Snapshot> snapshot_from_json(const json& j) {
     s.stats.jobs_cancelled = st.at("jobs_cancelled").get<std::uint64_t>();
     s.stats.overuse_events = st.value("overuse_events", std::uint64_t{0});
     s.stats.overuse_terminations = st.value("overuse_terminations", std::uint64_t{0});
+    s.stats.revocations_preempted = st.value("revocations_preempted", std::uint64_t{0});
+    s.stats.revocations_resident = st.value("revocations_resident", std::uint64_t{0});
+    s.stats.revocation_kills = st.value("revocation_kills", std::uint64_t{0});
     s.stats.active_jobs = st.at("active_jobs").get<int>();
     s.stats.peak_active_jobs = st.at("peak_active_jobs").get<int>();
     s.stats.hold_seconds = histogram_from_json(st.at("hold_seconds"));

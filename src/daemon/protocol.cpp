@@ -29,6 +29,8 @@ constexpr std::pair<Op, std::string_view> kOps[] = {
     {Op::kEstimates, "estimates"},
     {Op::kForgetKind, "forget_kind"},
     {Op::kReattach, "reattach"},
+    {Op::kRevoke, "revoke"},
+    {Op::kTouch, "touch"},
 };
 
 // Never throws: invalid UTF-8 (which the parser already refuses) is replaced, not fatal.
@@ -203,6 +205,27 @@ Status decode_fields(const json& j, Request& r) {
       auto command = get_string(j, "command", false, kMaxCommandBytes);
       if (!command.ok()) return command.status();
       r.lease.command = std::move(command).value();
+      auto preemptible = get_bool(j, "preemptible", false);
+      if (!preemptible.ok()) return preemptible.status();
+      r.lease.preemptible = *preemptible;
+      auto resident = get_string(j, "resident", false, kMaxJobIdBytes);
+      if (!resident.ok()) return resident.status();
+      if (j.contains("resident") && !j.at("resident").is_null() && resident->empty()) {
+        return InvalidArgument("field 'resident' must not be empty");
+      }
+      r.lease.resident = std::move(resident).value();
+      if (const auto it = j.find("revoke_grace_s"); it != j.end() && !it->is_null()) {
+        if (!it->is_number()) {
+          return InvalidArgument("field 'revoke_grace_s' must be a number of seconds, got " +
+                                 type_of(*it));
+        }
+        const double g = it->get<double>();
+        if (!std::isfinite(g) || g < 0 || g > 86400) {
+          return InvalidArgument("field 'revoke_grace_s' must be in [0, 86400] seconds, got " +
+                                 it->dump());
+        }
+        r.lease.revoke_grace_s = g;
+      }
       auto wait = get_bool(j, "wait", r.op == Op::kAcquire);
       if (!wait.ok()) return wait.status();
       r.wait = *wait && r.op == Op::kAcquire;
@@ -222,7 +245,9 @@ Status decode_fields(const json& j, Request& r) {
     }
     case Op::kRelease:
     case Op::kCancel:
-    case Op::kReattach: {
+    case Op::kReattach:
+    case Op::kRevoke:
+    case Op::kTouch: {
       auto job = get_string(j, "job_id", true, kMaxJobIdBytes);
       if (!job.ok()) return job.status();
       if (job->empty()) return InvalidArgument("field 'job_id' must not be empty");
@@ -319,7 +344,7 @@ StatusOr<Request> decode_request(std::string_view line, std::optional<std::uint6
   if (!known) {
     return InvalidArgument("unknown operation '" + name.substr(0, 64) +
                            "'; known: hello, acquire, try_acquire, release, cancel, status, "
-                           "can_admit, ping, estimates, forget_kind");
+                           "can_admit, ping, estimates, forget_kind, reattach, revoke, touch");
   }
   if (Status s = decode_fields(j, r); !s.ok()) {
     return Status(s.code(), std::string(op_name(r.op)) + ": " + s.message());
@@ -346,6 +371,9 @@ std::string encode_request(const Request& r) {
       if (r.lease.default_bytes != 0) j["default_bytes"] = r.lease.default_bytes;
       if (!r.lease.allowed_devices.empty()) j["allowed_devices"] = r.lease.allowed_devices;
       if (r.lease.holder_pid != 0) j["holder_pid"] = r.lease.holder_pid;
+      if (r.lease.preemptible) j["preemptible"] = true;
+      if (!r.lease.resident.empty()) j["resident"] = r.lease.resident;
+      if (r.lease.revoke_grace_s) j["revoke_grace_s"] = *r.lease.revoke_grace_s;
       if (r.op == Op::kAcquire) {
         j["wait"] = r.wait;
         if (r.timeout_s) j["timeout_s"] = *r.timeout_s;
@@ -357,6 +385,8 @@ std::string encode_request(const Request& r) {
       if (!r.token.empty()) j["token"] = r.token;
       break;
     case Op::kCancel:
+    case Op::kRevoke:
+    case Op::kTouch:
       j["job_id"] = r.job_id;
       break;
     case Op::kReattach:

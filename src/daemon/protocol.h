@@ -46,6 +46,8 @@ enum class Op {
   kEstimates,   // the history of job kinds
   kForgetKind,  // forget one kind's history
   kReattach,    // after a daemon restart: take back a lease (by its token) or a queue place
+  kRevoke,      // revoke a revocable lease now (docs/scheduling.md, "Revocable leases")
+  kTouch,       // a resident lease was used now (least recently used ones are revoked first)
 };
 std::string_view op_name(Op op);
 
@@ -57,11 +59,12 @@ struct Request {
   int version = 0;
   std::string client;
   // acquire, try_acquire (lease.job_id, bytes, gpus, priority, device, command, kind,
-  // default_bytes), can_admit (lease.bytes, gpus, device), forget_kind (lease.kind)
+  // default_bytes, preemptible, resident, revoke_grace_s), can_admit (lease.bytes, gpus, device),
+  // forget_kind (lease.kind)
   LeaseRequest lease;
   bool wait = true;                 // acquire: false makes it a try_acquire
   std::optional<double> timeout_s;  // acquire: none waits until granted or cancelled
-  // release, cancel, reattach
+  // release, cancel, reattach, revoke, touch
   std::string job_id;
   JobOutcome outcome = JobOutcome::kSucceeded;
   // release: the token the grant carried; when given, only the lease it names is released

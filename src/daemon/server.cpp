@@ -627,6 +627,9 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     record.request.priority = lease.priority;
     record.request.command = lease.command;
     record.request.kind = lease.kind;
+    record.request.preemptible = lease.revocable == "preemptible";
+    record.request.resident = lease.resident;
+    if (!lease.revocable.empty()) record.request.revoke_grace_s = lease.revoke_grace_s;
     record.devices = lease.devices;
     record.estimate = lease.estimate;
     record.holder = holder;
@@ -740,6 +743,14 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       case Op::kReattach:
         handle_reattach(conn, r);
         return;
+      case Op::kRevoke:
+      case Op::kTouch: {
+        // Only the holder's uid (or root) may revoke a lease or mark it used.
+        Status s = r.op == Op::kRevoke ? ledger->revoke_as(r.job_id, conn->peer.uid)
+                                       : ledger->touch_as(r.job_id, conn->peer.uid);
+        send(conn, s.ok() ? encode_ok(r.id) : encode_error(r.id, s));
+        return;
+      }
       case Op::kHello:
         return;
     }
@@ -965,6 +976,50 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
                                 {"daemon_pid", ::getpid()},
                                 {"peer", {{"pid", conn->peer.pid}, {"uid", conn->peer.uid}}},
                                 {"max_request_bytes", kMaxRequestBytes}}));
+  }
+
+  // ---- revocable leases ----
+
+  // The ledger's revocations come to the loop; each goes to its holder's connection as a
+  // lease_revoked event (docs/protocol.md). At the grace's end the ledger has released the
+  // lease: its ownership ends as at a release by someone else (lease_ended).
+  void watch_revocations() {
+    std::weak_ptr<Impl> weak = shared_from_this();
+    ledger->set_revoke_handler([weak, mailbox = mailbox](const RevokeNotice& notice) {
+      MutexLock lock(mailbox->mutex);
+      if (mailbox->io == nullptr) return;
+      asio::post(*mailbox->io, [weak, notice] {
+        if (auto self = weak.lock()) self->on_revoked(notice);
+      });
+    });
+  }
+
+  void on_revoked(const RevokeNotice& notice) {
+    const auto o = owner.find(notice.job_id);
+    if (o == owner.end()) return;
+    const auto c = connections.find(o->second);
+    const ConnPtr conn = c == connections.end() ? nullptr : c->second;
+    if (notice.ended) {
+      log(LogLevel::kWarning, "job '" + notice.job_id + "' " + notice.message);
+      if (conn != nullptr) {
+        conn->held.erase(notice.job_id);
+        send(conn, encode_event("lease_ended",
+                                {{"job_id", notice.job_id},
+                                 {"reason", "revoked and not released within its grace period"}}));
+      }
+      owner.erase(o);
+      tokens.erase(notice.job_id);
+      detached.erase(notice.job_id);
+      forget_in_journal(notice.job_id);
+      return;
+    }
+    log(LogLevel::kInfo, "job '" + notice.job_id + "' " + notice.message);
+    if (conn == nullptr) return;  // restored, not reattached: the grace runs all the same
+    send(conn, encode_event("lease_revoked", {{"job_id", notice.job_id},
+                                              {"cause", notice.cause},
+                                              {"for_job", notice.for_job},
+                                              {"grace_s", notice.grace_s},
+                                              {"reason", notice.message}}));
   }
 
   // A release by another connection of the same uid (or root) also ends this ownership,
@@ -1340,6 +1395,7 @@ StatusOr<std::unique_ptr<Server>> Server::create(ServerOptions options,
   auto impl = std::make_shared<Impl>();
   impl->options = std::move(options);
   impl->ledger = std::move(ledger);
+  impl->watch_revocations();
   std::error_code ec;
   asio::local::stream_protocol::endpoint endpoint(path);
   impl->acceptor.open(endpoint.protocol(), ec);

@@ -278,6 +278,30 @@ std::string render_metrics(const Snapshot& s, const MetricsContext& context) {
   w.family("gpumgr_lease_overuse_terminations_total", "counter",
            "Leases whose holder the overuse policy (--on-overuse terminate) terminated.");
   w.sample("gpumgr_lease_overuse_terminations_total", {}, st.overuse_terminations);
+  // Revocable leases (docs/scheduling.md, "Revocable leases").
+  w.family("gpumgr_lease_revocable", "gauge",
+           "1 for each revocable lease, labelled preemptible or resident (plain leases have no "
+           "sample).");
+  for (const auto& l : s.leases) {
+    if (!l.revocable.empty()) {
+      w.sample("gpumgr_lease_revocable", {{"job_id", l.job_id}, {"revocable", l.revocable}},
+               std::uint64_t{1});
+    }
+  }
+  w.family("gpumgr_lease_revoke_deadline_seconds", "gauge",
+           "Seconds until the holder of a lease being revoked is killed unless it releases.");
+  for (const auto& l : s.leases) {
+    if (l.revoking)
+      w.sample("gpumgr_lease_revoke_deadline_seconds", {{"job_id", l.job_id}}, l.revoke_in_s);
+  }
+  w.family("gpumgr_revocations_total", "counter",
+           "Revocable leases revoked for a waiter (or on request), by cause: preempted (a "
+           "preemptible job) or resident (an idle model).");
+  w.sample("gpumgr_revocations_total", {{"cause", "preempted"}}, st.revocations_preempted);
+  w.sample("gpumgr_revocations_total", {{"cause", "resident"}}, st.revocations_resident);
+  w.family("gpumgr_revocation_kills_total", "counter",
+           "Holders of revoked leases killed because they had not released at the grace's end.");
+  w.sample("gpumgr_revocation_kills_total", {}, st.revocation_kills);
   w.family("gpumgr_jobs_total", "counter",
            "Jobs that ended, by outcome: succeeded or failed (released leases), rejected "
            "(refused), timed_out or cancelled (gave up waiting).");

@@ -6,6 +6,7 @@
 #include <numeric>
 #include <optional>
 #include <queue>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 
@@ -103,28 +104,76 @@ StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
   report.jobs = n;
   report.timeline.resize(n);
   std::vector<TimeNs> start(n, -1);
+  // Revocable jobs: the end of a resident revoked before its duration (-1: none), and how
+  // many times each grant of a job was taken back (a completion of an older grant is stale).
+  std::vector<TimeNs> cut(n, -1);
+  std::vector<std::uint64_t> attempt(n, 0);
+  std::vector<TimeNs> held(n, 0);  // lease time over every grant, lost work included
 
-  // Completions, earliest first (ties: lowest trace index, so the order is deterministic).
-  using Completion = std::pair<TimeNs, std::size_t>;
+  // Completions, earliest first (ties: lowest trace index, so the order is deterministic);
+  // each names the grant it ends.
+  using Completion = std::tuple<TimeNs, std::size_t, std::uint64_t>;
   std::priority_queue<Completion, std::vector<Completion>, std::greater<>> completions;
   auto record = [&](const std::vector<core::Grant>& grants, TimeNs now) {
     for (const core::Grant& g : grants) {
       const std::size_t i = index_of.at(g.job_id);
       start[i] = now;
       report.timeline[i].devices = g.devices;
-      completions.emplace(now + duration[i], i);
+      completions.emplace(now + duration[i], i, attempt[i]);
+    }
+  };
+  auto request_of = [&](const TraceJob& job) {
+    LeaseRequest request;
+    request.job_id = job.job_id;
+    request.bytes = job.vram_bytes;
+    request.gpus = job.gpus;
+    request.priority = job.priority;
+    request.kind = job.kind;
+    request.preemptible = job.preemptible;
+    request.resident = job.resident;
+    return request;
+  };
+  // Revocations take effect at once (no grace in a replay): a resident ends there, a
+  // preemptible job queues again from the start, keeping its first arrival; then the pass
+  // that the freed memory allows.
+  auto revoke = [&](TimeNs now) -> Status {
+    while (true) {
+      const std::vector<core::Revocation> revocations = scheduler.take_revocations();
+      if (revocations.empty()) return Status::Ok();
+      for (const core::Revocation& r : revocations) {
+        const std::size_t i = index_of.at(r.job_id);
+        if (StatusOr<core::Released> rel = scheduler.release(r.job_id, now); !rel.ok()) {
+          return Status(ErrorCode::kInternal,
+                        "revoking '" + r.job_id + "': " + rel.status().to_string());
+        }
+        ++attempt[i];
+        held[i] += now - start[i];
+        if (jobs[i].preemptible) {
+          ++report.preemptions;
+          StatusOr<std::vector<core::Grant>> grants =
+              scheduler.enqueue(request_of(jobs[i]), core::Holder{}, now, std::nullopt, arrival[i]);
+          if (!grants.ok()) return grants.status();
+          record(*grants, now);
+        } else {
+          ++report.residents_unloaded;
+          cut[i] = now;
+        }
+      }
+      record(scheduler.schedule(now), now);
     }
   };
 
   std::size_t next = 0;  // the next arrival, in `order`
   while (next < n || !completions.empty()) {
-    TimeNs now = next < n ? arrival[order[next]] : completions.top().first;
-    if (!completions.empty()) now = std::min(now, completions.top().first);
+    TimeNs now = next < n ? arrival[order[next]] : std::get<0>(completions.top());
+    if (!completions.empty()) now = std::min(now, std::get<0>(completions.top()));
 
     bool released = false;
-    while (!completions.empty() && completions.top().first == now) {
-      const std::size_t i = completions.top().second;
+    while (!completions.empty() && std::get<0>(completions.top()) == now) {
+      const auto [at, i, grant] = completions.top();
       completions.pop();
+      if (grant != attempt[i]) continue;  // that grant was revoked
+      held[i] += duration[i];
       if (StatusOr<core::Released> r = scheduler.release(jobs[i].job_id, now); !r.ok()) {
         return Status(ErrorCode::kInternal,
                       "releasing '" + jobs[i].job_id + "': " + r.status().to_string());
@@ -133,22 +182,18 @@ StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
     }
     // Waiters first get what the releases freed, before this instant's arrivals compete.
     if (released) record(scheduler.schedule(now), now);
+    if (Status s = revoke(now); !s.ok()) return s;
 
     while (next < n && arrival[order[next]] == now) {
       const TraceJob& job = jobs[order[next]];
-      LeaseRequest request;
-      request.job_id = job.job_id;
-      request.bytes = job.vram_bytes;
-      request.gpus = job.gpus;
-      request.priority = job.priority;
-      request.kind = job.kind;
       StatusOr<std::vector<core::Grant>> grants =
-          scheduler.enqueue(request, core::Holder{}, now, std::nullopt);
+          scheduler.enqueue(request_of(job), core::Holder{}, now, std::nullopt);
       if (!grants.ok()) {
         return Status(grants.status().code(),
                       "job '" + job.job_id + "': " + grants.status().message());
       }
       record(*grants, now);
+      if (Status s = revoke(now); !s.ok()) return s;
       ++next;
     }
 
@@ -170,11 +215,14 @@ StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
     s.job_id = jobs[i].job_id;
     s.arrival_s = rounded[i].arrival_s;
     s.start_s = to_s(start[i]);
-    s.end_s = to_s(start[i] + duration[i]);
-    makespan = std::max(makespan, start[i] + duration[i]);
+    const TimeNs end = cut[i] >= 0 ? cut[i] : start[i] + duration[i];
+    s.end_s = to_s(end);
+    makespan = std::max(makespan, end);
     waits.push_back(to_s(start[i] - arrival[i]));
-    leased_byte_seconds +=
-        static_cast<double>(jobs[i].vram_bytes) * jobs[i].gpus * rounded[i].duration_s;
+    // A resident revoked early held its memory only until then: the bound counts what it
+    // held (it can only fall), as the utilization does, lost work of preempted jobs included.
+    if (cut[i] >= 0) rounded[i].duration_s = to_s(cut[i] - start[i]);
+    leased_byte_seconds += static_cast<double>(jobs[i].vram_bytes) * jobs[i].gpus * to_s(held[i]);
   }
   report.makespan_s = to_s(makespan);
   // The bound's terms, snapped down to the nanosecond grid the replay's times lie on. The

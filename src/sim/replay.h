@@ -47,6 +47,10 @@ struct SimReport {
   double max_wait_s = 0;
   // Mean fraction of the pool's total lease capacity that was leased over [0, makespan].
   double utilization = 0;
+  // Revocable jobs (the trace's preemptible and resident columns): revocations take effect
+  // at once; a preempted job starts over from its beginning (its start is the last grant).
+  std::uint64_t preemptions = 0;
+  std::uint64_t residents_unloaded = 0;
   std::vector<SimJob> timeline;
 };
 

@@ -72,9 +72,21 @@ StatusOr<std::vector<std::string>> split_csv(std::string_view line, std::size_t 
   return fields;
 }
 
-enum Column { kArrival, kVram, kDuration, kGpus, kPriority, kJobId, kKind, kColumnCount };
+enum Column {
+  kArrival,
+  kVram,
+  kDuration,
+  kGpus,
+  kPriority,
+  kJobId,
+  kKind,
+  kPreemptible,
+  kResident,
+  kColumnCount
+};
 constexpr std::array<const char*, kColumnCount> kColumnNames = {
-    "arrival_s", "vram_mib", "duration_s", "gpus", "priority", "job_id", "kind"};
+    "arrival_s", "vram_mib", "duration_s",  "gpus",    "priority",
+    "job_id",    "kind",     "preemptible", "resident"};
 constexpr int kRequiredColumns = 3;  // the first three of kColumnNames
 
 struct Cell {
@@ -214,6 +226,23 @@ StatusOr<std::vector<TraceJob>> parse_trace(std::istream& in) {
       job.kind = fields[*index[kKind]];
       if (Status s = core::check_kind(job.kind); !s.ok()) {
         return InvalidArgument(at_line(line_no) + "kind: " + s.message());
+      }
+    }
+    if (index[kPreemptible] && !fields[*index[kPreemptible]].empty()) {
+      const std::string& flag = fields[*index[kPreemptible]];
+      if (flag != "0" && flag != "1") {
+        return InvalidArgument(cell(kPreemptible).error("must be 0 or 1"));
+      }
+      job.preemptible = flag == "1";
+    }
+    if (index[kResident] && !fields[*index[kResident]].empty()) {
+      job.resident = fields[*index[kResident]];
+      if (Status s = core::check_resident_name(job.resident); !s.ok()) {
+        return InvalidArgument(at_line(line_no) + "resident: " + s.message());
+      }
+      if (job.preemptible) {
+        return InvalidArgument(at_line(line_no) +
+                               "a job is either preemptible or resident, not both");
       }
     }
     const auto [it, inserted] = id_lines.emplace(job.job_id, line_no);

@@ -1,8 +1,8 @@
 // Job traces for `gpumgr simulate`: the CSV format of docs/simulate.md, parsed into jobs.
 //
 // A trace is CSV with a header line. Columns `arrival_s,vram_mib,duration_s` are required;
-// `gpus,priority,job_id,kind` are optional (defaults 1, 0, the 1-based data row number and no
-// kind). Columns
+// `gpus,priority,job_id,kind,preemptible,resident` are optional (defaults 1, 0, the 1-based
+// data row number, no kind, 0 and none). Columns
 // may come in any order and unknown columns are ignored, so that converters can keep extra
 // fields. Every error names the line (the header is line 1) and, where there is one, the column.
 //
@@ -27,6 +27,10 @@ struct TraceJob {
   int gpus = 1;
   int priority = 0;  // higher first, as in LeaseRequest
   std::string kind;  // LeaseRequest::kind; empty: none
+  // Revocable leases (docs/simulate.md): a preemptible job revoked for a waiter starts over
+  // (its work is lost); a resident holds its memory for its duration unless revoked first.
+  bool preemptible = false;
+  std::string resident;  // LeaseRequest::resident; empty: not resident
 };
 
 // Parses a whole trace. Rejects: a missing or duplicated header column, rows with a field

@@ -33,17 +33,25 @@ constexpr const char* kSchemaSql =
     " uid INTEGER NOT NULL,"
     " start_ticks INTEGER NOT NULL,"
     " boot_id TEXT NOT NULL,"
-    " requested_at INTEGER NOT NULL,"            // unix ns
-    " granted_at INTEGER,"                       // unix ns; NULL for a waiter
-    " deadline INTEGER,"                         // unix ns; NULL: none
-    " holder_pid INTEGER NOT NULL DEFAULT 0,"    // LeaseRequest::holder_pid
-    " allowed_devices TEXT NOT NULL DEFAULT ''"  // "0,2": LeaseRequest::allowed_devices
+    " requested_at INTEGER NOT NULL,"             // unix ns
+    " granted_at INTEGER,"                        // unix ns; NULL for a waiter
+    " deadline INTEGER,"                          // unix ns; NULL: none
+    " holder_pid INTEGER NOT NULL DEFAULT 0,"     // LeaseRequest::holder_pid
+    " allowed_devices TEXT NOT NULL DEFAULT '',"  // "0,2": LeaseRequest::allowed_devices
+    " preemptible INTEGER NOT NULL DEFAULT 0,"    // revocable leases
+    " resident TEXT NOT NULL DEFAULT '',"
+    " revoke_grace REAL"  // seconds; NULL: the daemon's --revoke-grace
     ");";
 
-// Version 1 had neither holder_pid nor allowed_devices.
+// upgrades[i] takes version i + 1 to i + 2.
 constexpr const char* kUpgrades[] = {
+    // Version 1 had neither holder_pid nor allowed_devices.
     "ALTER TABLE jobs ADD COLUMN holder_pid INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE jobs ADD COLUMN allowed_devices TEXT NOT NULL DEFAULT '';",
+    // Version 2 had no revocable leases.
+    "ALTER TABLE jobs ADD COLUMN preemptible INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN resident TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE jobs ADD COLUMN revoke_grace REAL;",
 };
 
 // PRAGMA application_id "gpmj".
@@ -51,18 +59,19 @@ constexpr DatabaseSpec kJournalFile{
     "lease journal",
     "not a gpumgr lease journal",
     0x67706d6a,
-    2,
+    3,
     kSchemaSql,
     "SELECT seq, job_id, leased, bytes, gpus, priority, device, command, kind, default_bytes, "
     "devices, token, estimate, pid, uid, start_ticks, boot_id, requested_at, granted_at, "
-    "deadline, holder_pid, allowed_devices FROM jobs LIMIT 0",
+    "deadline, holder_pid, allowed_devices, preemptible, resident, revoke_grace FROM jobs "
+    "LIMIT 0",
     kUpgrades};
 
 constexpr const char* kInsertSql =
     "INSERT INTO jobs (job_id, leased, bytes, gpus, priority, device, command, kind, "
     "default_bytes, devices, token, estimate, pid, uid, start_ticks, boot_id, requested_at, "
-    "granted_at, deadline, holder_pid, allowed_devices) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    "granted_at, deadline, holder_pid, allowed_devices, preemptible, resident, revoke_grace) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 
 void bind_text(sqlite3_stmt* st, int column, const std::string& text) {
   sqlite3_bind_text(st, column, text.data(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
@@ -143,6 +152,13 @@ void bind_row(sqlite3_stmt* st, const JournalRow& row) {
   }
   sqlite3_bind_int64(st, 20, r.holder_pid);
   bind_text(st, 21, device_list(r.allowed_devices));
+  sqlite3_bind_int(st, 22, r.preemptible ? 1 : 0);
+  bind_text(st, 23, r.resident);
+  if (r.revoke_grace_s) {
+    sqlite3_bind_double(st, 24, *r.revoke_grace_s);
+  } else {
+    sqlite3_bind_null(st, 24);
+  }
 }
 
 }  // namespace
@@ -189,7 +205,8 @@ StatusOr<JournalContents> LeaseJournal::load() {
                          "SELECT job_id, leased, bytes, gpus, priority, device, command, kind, "
                          "default_bytes, devices, token, estimate, pid, uid, start_ticks, "
                          "boot_id, requested_at, granted_at, deadline, holder_pid, "
-                         "allowed_devices FROM jobs ORDER BY seq",
+                         "allowed_devices, preemptible, resident, revoke_grace FROM jobs "
+                         "ORDER BY seq",
                          -1, st.out(), nullptr) != SQLITE_OK) {
     return Unavailable(database_error(db_, kJournalFile, path_, "reading it"));
   }
@@ -214,6 +231,9 @@ StatusOr<JournalContents> LeaseJournal::load() {
                                               "' has an unreadable list of allowed devices");
     }
     r.allowed_devices = std::move(*allowed);
+    r.preemptible = sqlite3_column_int(s, 21) != 0;
+    r.resident = column_text(s, 22);
+    if (sqlite3_column_type(s, 23) != SQLITE_NULL) r.revoke_grace_s = sqlite3_column_double(s, 23);
     ProcessIdentity holder;
     holder.pid = static_cast<std::uint32_t>(sqlite3_column_int64(s, 12));
     holder.uid = static_cast<std::uint32_t>(sqlite3_column_int64(s, 13));

@@ -93,6 +93,17 @@ TEST(Protocol, RejectsBadRequestsNamingTheProblem) {
       {R"({"id":9,"op":"hello"})", "'version'", 9},
       {R"({"id":9,"op":"hello","version":"1"})", "'version'", 9},
       {R"({"id":10,"op":"can_admit"})", "'bytes'", 10},
+      {R"({"id":11,"op":"acquire","job_id":"j","bytes":1,"preemptible":1})", "'preemptible'", 11},
+      {R"({"id":11,"op":"acquire","job_id":"j","bytes":1,"resident":""})", "'resident'", 11},
+      {R"({"id":11,"op":"acquire","job_id":"j","bytes":1,"resident":3})", "'resident'", 11},
+      {R"({"id":11,"op":"acquire","job_id":"j","bytes":1,"revoke_grace_s":-1})", "'revoke_grace_s'",
+       11},
+      {R"({"id":11,"op":"acquire","job_id":"j","bytes":1,"revoke_grace_s":"5"})",
+       "'revoke_grace_s'", 11},
+      {R"({"id":11,"op":"acquire","job_id":"j","bytes":1,"revoke_grace_s":1e9})",
+       "'revoke_grace_s'", 11},
+      {R"({"id":12,"op":"revoke"})", "'job_id'", 12},
+      {R"({"id":12,"op":"touch","job_id":""})", "'job_id'", 12},
   };
   for (const auto& c : cases) {
     std::optional<std::uint64_t> id;
@@ -134,6 +145,39 @@ TEST(Protocol, RequestsRoundTrip) {
   EXPECT_EQ(back->lease.job_id, r.lease.job_id);
   EXPECT_EQ(back->lease.gpus, 2);
   EXPECT_DOUBLE_EQ(*back->timeout_s, 1.25);
+}
+
+TEST(Protocol, RevocableFieldsAndOperationsRoundTrip) {
+  Request r;
+  r.id = 7;
+  r.op = Op::kAcquire;
+  r.lease.job_id = "model";
+  r.lease.bytes = 1;
+  r.lease.resident = "llama";
+  r.lease.revoke_grace_s = 2.5;
+  auto back = decode_request(encode_request(r));
+  ASSERT_TRUE(back.ok()) << back.status().to_string();
+  EXPECT_EQ(back->lease.resident, "llama");
+  EXPECT_FALSE(back->lease.preemptible);
+  ASSERT_TRUE(back->lease.revoke_grace_s.has_value());
+  EXPECT_DOUBLE_EQ(*back->lease.revoke_grace_s, 2.5);
+  r.lease.resident.clear();
+  r.lease.preemptible = true;
+  r.lease.revoke_grace_s.reset();
+  back = decode_request(encode_request(r));
+  ASSERT_TRUE(back.ok());
+  EXPECT_TRUE(back->lease.preemptible);
+  EXPECT_FALSE(back->lease.revoke_grace_s.has_value());
+  for (const Op op : {Op::kRevoke, Op::kTouch}) {
+    Request j;
+    j.id = 8;
+    j.op = op;
+    j.job_id = "model";
+    back = decode_request(encode_request(j));
+    ASSERT_TRUE(back.ok()) << back.status().to_string();
+    EXPECT_EQ(back->op, op);
+    EXPECT_EQ(back->job_id, "model");
+  }
 }
 
 TEST(Protocol, RepliesRoundTrip) {

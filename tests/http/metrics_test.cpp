@@ -200,6 +200,17 @@ gpumgr_lease_overuse_total 5
 # HELP gpumgr_lease_overuse_terminations_total Leases whose holder the overuse policy (--on-overuse terminate) terminated.
 # TYPE gpumgr_lease_overuse_terminations_total counter
 gpumgr_lease_overuse_terminations_total 2
+# HELP gpumgr_lease_revocable 1 for each revocable lease, labelled preemptible or resident (plain leases have no sample).
+# TYPE gpumgr_lease_revocable gauge
+# HELP gpumgr_lease_revoke_deadline_seconds Seconds until the holder of a lease being revoked is killed unless it releases.
+# TYPE gpumgr_lease_revoke_deadline_seconds gauge
+# HELP gpumgr_revocations_total Revocable leases revoked for a waiter (or on request), by cause: preempted (a preemptible job) or resident (an idle model).
+# TYPE gpumgr_revocations_total counter
+gpumgr_revocations_total{cause="preempted"} 0
+gpumgr_revocations_total{cause="resident"} 0
+# HELP gpumgr_revocation_kills_total Holders of revoked leases killed because they had not released at the grace's end.
+# TYPE gpumgr_revocation_kills_total counter
+gpumgr_revocation_kills_total 0
 # HELP gpumgr_jobs_total Jobs that ended, by outcome: succeeded or failed (released leases), rejected (refused), timed_out or cancelled (gave up waiting).
 # TYPE gpumgr_jobs_total counter
 gpumgr_jobs_total{outcome="succeeded"} 7

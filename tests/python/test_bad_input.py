@@ -7,8 +7,9 @@ import threading
 
 import pytest
 
-from gpu_manager import DuplicateJobError, GPUCapacityError, GPUManager, GPUManagerError
-from conftest import state
+from gpu_manager import (DuplicateJobError, GPUCapacityError, GPUManager, GPUManagerError,
+                         LeasePreempted)
+from conftest import state, wait_until
 
 BAD_VRAM = [
     (0, ValueError, "must be a positive number of MiB, got 0"),
@@ -166,3 +167,87 @@ def test_queue_policies(simulate):
     with pytest.raises(ValueError,
                        match="unknown queue policy 'lifo': use backfill, fifo or greedy"):
         GPUManager(queue="lifo")
+
+
+# ---- revocable leases: resident models and preemptible blocks ----
+
+BAD_RESIDENT_NAMES = [
+    ("", ValueError, "resident name must not be empty"),
+    ("llama\x1b[2J", ValueError, "must not contain control characters"),
+    ("a\nb", ValueError, "must not contain control characters"),
+    ("x" * 241, ValueError, "241 bytes long; the limit is 240"),
+    (None, TypeError, "resident name must be a str"),
+    (7, TypeError, "resident name must be a str"),
+]
+
+
+@pytest.mark.parametrize("name,error,message", BAD_RESIDENT_NAMES)
+def test_bad_resident_names(two_gpus, name, error, message):
+    two_gpus.allocate_job("keeps", 1000)
+    before = state(two_gpus)
+    with pytest.raises(error, match=message):
+        two_gpus.keep_resident(name, 1000)
+    assert state(two_gpus) == before
+
+
+def test_bad_resident_arguments(two_gpus):
+    before = state(two_gpus)
+    with pytest.raises(TypeError, match="unload must be callable"):
+        two_gpus.keep_resident("m", 1000, unload="not a function")
+    with pytest.raises(ValueError, match="must be a positive number of MiB"):
+        two_gpus.keep_resident("m", 0)
+    for grace in (-1, math.nan, math.inf, 10**6):
+        with pytest.raises(ValueError, match="revoke_grace must be a finite number"):
+            two_gpus.keep_resident("m", 1000, revoke_grace=grace)
+    with pytest.raises(TypeError, match="revoke_grace must be a number"):
+        two_gpus.keep_resident("m", 1000, revoke_grace="5")
+    assert state(two_gpus) == before
+
+
+def test_keep_resident_twice_with_one_name(two_gpus):
+    model = two_gpus.keep_resident("llama", 1000)
+    before = state(two_gpus)
+    with pytest.raises(DuplicateJobError, match="already"):
+        two_gpus.keep_resident("llama", 2000)
+    assert state(two_gpus) == before
+    model.release()
+
+
+def test_use_of_a_revoked_or_released_resident(two_gpus):
+    model = two_gpus.keep_resident("llama", 1000)
+    two_gpus.revoke(model.job_id)  # no unload callback: released once the holder hears
+    wait_until(lambda: model.revoked, "the resident to hear of its revocation")
+    wait_until(lambda: not [l for l in two_gpus.snapshot()["leases"]
+                            if l["job_id"] == model.job_id], "the resident's lease to go")
+    before = state(two_gpus)
+    with pytest.raises(LeasePreempted, match="revoked"):
+        model.use()
+    other = two_gpus.keep_resident("other", 1000)
+    other.release()
+    with pytest.raises(GPUManagerError, match="released"):
+        other.use()
+    assert state(two_gpus)["leases"] == before["leases"]
+
+
+def test_bad_preemptible_arguments(two_gpus):
+    before = state(two_gpus)
+    with pytest.raises(ValueError, match="need preemptible=True"):
+        two_gpus.managed_generation("p", 1000, on_preempt=print)
+    with pytest.raises(TypeError, match="on_preempt must be callable"):
+        two_gpus.managed_generation("p", 1000, preemptible=True, on_preempt=3)
+    with pytest.raises(ValueError, match="revoke_grace must be a finite number"):
+        two_gpus.managed_generation("p", 1000, preemptible=True, revoke_grace=math.nan)
+    with pytest.raises(TypeError, match="preemptible"):
+        two_gpus.managed_generation("p", 1000, preemptible="yes")
+    with pytest.raises(GPUManagerError, match="cannot be revoked"):
+        two_gpus.allocate_job("plain", 1000)
+        two_gpus.revoke("plain")
+    two_gpus.cleanup_after_job("plain")
+    with pytest.raises(ValueError, match="no active lease for job 'ghost'"):
+        two_gpus.revoke("ghost")
+    after = state(two_gpus)
+    for snap in (before, after):
+        snap["stats"].pop("jobs_succeeded", None)
+        snap["stats"].pop("jobs_processed", None)
+        snap["stats"].pop("peak_active_jobs", None)
+    assert after == before

@@ -14,7 +14,7 @@ namespace {
 
 TraceJob job(std::string id, double arrival, std::uint64_t gib, double duration, int gpus = 1,
              int priority = 0) {
-  return TraceJob{std::move(id), arrival, gib * kGiB, duration, gpus, priority, ""};
+  return TraceJob{std::move(id), arrival, gib * kGiB, duration, gpus, priority, "", false, ""};
 }
 
 const SimJob& find(const SimReport& report, const std::string& id) {

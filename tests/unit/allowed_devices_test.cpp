@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <memory>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/local_ledger.h"
@@ -89,6 +91,27 @@ TEST(AllowedDevices, AConfinedHeadReservesOnlyAmongItsDevices) {
   later.job_id = "later";
   later.bytes = 4 * kGiB;
   EXPECT_EQ(started_on(s, later), std::vector<int>{0});
+}
+
+TEST(AllowedDevices, AConfinedWaiterRevokesOnlyOnItsOwnDevices) {
+  Scheduler s = four_devices({10, 10});
+  // Both preemptible; the one on device 0 has the lower priority, so that an unconfined
+  // waiter would take it first.
+  for (const auto& [id, device, priority] : {std::tuple{"p0", 0, -1}, std::tuple{"p1", 1, 0}}) {
+    LeaseRequest r = confined(id, 9, {device});
+    r.preemptible = true;
+    r.priority = priority;
+    started_on(s, r);
+  }
+  LeaseRequest urgent = confined("urgent", 8, {1});
+  urgent.priority = 5;
+  ASSERT_TRUE(s.enqueue(urgent, Holder{2, 2}, 0, std::nullopt).ok());
+  std::vector<std::string> victims;
+  for (const Revocation& r : s.take_revocations()) {
+    EXPECT_EQ(r.for_job, "urgent");
+    victims.push_back(r.job_id);
+  }
+  EXPECT_EQ(victims, std::vector<std::string>{"p1"});
 }
 
 TEST(AllowedDevices, BadSetsAreRefusedWithTheirReason) {

@@ -97,12 +97,23 @@ State state_of(Manager& m) {
 TEST(BadInputTest, EveryBadInputIsRefusedWithANamedProblemAndChangesNothing) {
   // One manager with history: a held lease, a finished job, so that "unchanged" is not the
   // trivial empty state.
-  auto sim = testing::make_sim_manager({24 * kGiB, 24 * kGiB}, local_options(3, 0.8));
+  auto sim = testing::make_sim_manager({24 * kGiB, 24 * kGiB}, local_options(5, 0.8));
   ASSERT_NE(sim.manager, nullptr);
   Manager& target = *sim.manager;
   auto held = target.try_acquire(request("held", 2 * kGiB));
   ASSERT_TRUE(held.ok());
   ASSERT_TRUE(target.try_acquire(request("done", kGiB)).ok());  // released at once
+  // A resident model, and one being revoked (its grace is long: it stays so).
+  LeaseRequest model = request("model", kGiB);
+  model.resident = "llama";
+  auto resident = target.try_acquire(model);
+  ASSERT_TRUE(resident.ok()) << resident.status().to_string();
+  LeaseRequest gone = request("gone", kGiB);
+  gone.resident = "gone";
+  gone.revoke_grace_s = 3600;
+  auto revoked = target.try_acquire(gone);
+  ASSERT_TRUE(revoked.ok()) << revoked.status().to_string();
+  ASSERT_TRUE(target.ledger()->revoke("gone").ok());
 
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const std::vector<Row> rows = {
@@ -313,6 +324,69 @@ TEST(BadInputTest, EveryBadInputIsRefusedWithANamedProblemAndChangesNothing) {
        ErrorCode::kInvalidArgument, "job kind is 257 characters long"},
       {"empty job kind", [](Manager&) { return check_job_kind(""); }, ErrorCode::kInvalidArgument,
        "job kind must not be empty"},
+      // Revocable leases
+      {"resident name with control characters",
+       [](Manager& m) {
+         LeaseRequest r = request("r", kGiB);
+         r.resident = "llama\x1b[2J";
+         return status_of(m.try_acquire(r));
+       },
+       ErrorCode::kInvalidArgument, "resident name must not contain control characters"},
+      {"resident name in use",
+       [](Manager& m) {
+         LeaseRequest r = request("another", kGiB);
+         r.resident = "llama";
+         return status_of(m.try_acquire(r));
+       },
+       ErrorCode::kAlreadyExists, "resident 'llama' already exists"},
+      {"resident name in use, blocking",
+       [](Manager& m) {
+         LeaseRequest r = request("another", kGiB);
+         r.resident = "llama";
+         return status_of(m.acquire(r, WaitOptions::for_seconds(5)));
+       },
+       ErrorCode::kAlreadyExists, "resident 'llama' already exists"},
+      {"both preemptible and resident",
+       [](Manager& m) {
+         LeaseRequest r = request("both", kGiB);
+         r.resident = "x";
+         r.preemptible = true;
+         return status_of(m.try_acquire(r));
+       },
+       ErrorCode::kInvalidArgument, "either preemptible or resident"},
+      {"revoke grace NaN",
+       [nan](Manager& m) {
+         LeaseRequest r = request("g", kGiB);
+         r.preemptible = true;
+         r.revoke_grace_s = nan;
+         return status_of(m.try_acquire(r));
+       },
+       ErrorCode::kInvalidArgument, "revoke grace must be a finite number"},
+      {"revoke grace negative",
+       [](Manager& m) {
+         LeaseRequest r = request("g", kGiB);
+         r.preemptible = true;
+         r.revoke_grace_s = -1;
+         return status_of(m.acquire(r, WaitOptions::for_seconds(5)));
+       },
+       ErrorCode::kInvalidArgument, "revoke grace must be a finite number"},
+      {"ledger revoke grace negative",
+       [](Manager&) {
+         LedgerConfig c;
+         c.revoke_grace_s = -1;
+         return validate_config(c);
+       },
+       ErrorCode::kInvalidArgument, "revoke grace must be a finite number"},
+      {"use of a revoked resident", [](Manager& m) { return m.ledger()->touch("gone"); },
+       ErrorCode::kFailedPrecondition, "resident 'gone' is being revoked"},
+      {"use of a plain lease as a resident", [](Manager& m) { return m.ledger()->touch("held"); },
+       ErrorCode::kFailedPrecondition, "is not a resident"},
+      {"revoke of a plain lease", [](Manager& m) { return m.ledger()->revoke("held"); },
+       ErrorCode::kFailedPrecondition, "cannot be revoked"},
+      {"revoke twice", [](Manager& m) { return m.ledger()->revoke("gone"); },
+       ErrorCode::kFailedPrecondition, "already being revoked"},
+      {"revoke of an unknown job", [](Manager& m) { return m.ledger()->revoke("ghost"); },
+       ErrorCode::kNotFound, "no active lease for job 'ghost'"},
       {"an estimate with no history kept",
        [](Manager& m) {
          LeaseRequest r = request("auto", 0);

@@ -36,6 +36,7 @@ poll_interval = 0.5
 [limits]
 memory_limit = 0.6
 max_concurrent_jobs = 7
+revoke_grace = 45
 
 [overuse]
 policy = "terminate"
@@ -93,7 +94,7 @@ TEST(ConfigFile, EveryKeyIsReadIntoItsSetting) {
   }
   EXPECT_EQ(r->positions[index_of(Field::kSocket)].line, 3);
   EXPECT_EQ(r->positions[index_of(Field::kSocket)].column, 10);
-  EXPECT_EQ(r->positions[index_of(Field::kKillOrphansGrace)].line, 31);
+  EXPECT_EQ(r->positions[index_of(Field::kKillOrphansGrace)].line, 32);
 
   // The settings as the ledger gets them.
   const LedgerConfig c = to_ledger_config(s);
@@ -103,6 +104,7 @@ TEST(ConfigFile, EveryKeyIsReadIntoItsSetting) {
   EXPECT_EQ(c.overuse.policy, OverusePolicy::kTerminate);
   EXPECT_EQ(c.overuse.grace_s, 3.5);
   EXPECT_EQ(c.overuse.tolerance_percent, 20);
+  EXPECT_EQ(c.revoke_grace_s, 45);
 }
 
 TEST(ConfigFile, TheEveryKeyFileNamesEveryField) {
@@ -176,7 +178,7 @@ TEST(ConfigFile, ASyntaxErrorNamesItsLineAndColumn) {
 TEST(ConfigFile, AnUnknownKeyIsAnErrorNamingItAndItsLine) {
   EXPECT_EQ(error_of("[limits]\nmemory_limit = 0.5\nmax_jobs = 4\n"),
             "/etc/gpumgr/gpumgr.toml:3:1: unknown key 'limits.max_jobs'; the keys of [limits] "
-            "are memory_limit, max_concurrent_jobs");
+            "are memory_limit, max_concurrent_jobs, revoke_grace");
   // A key outside any table: where it belongs is suggested.
   EXPECT_EQ(error_of("\nmemory_limit = 0.5\n"),
             "/etc/gpumgr/gpumgr.toml:2:1: unknown key 'memory_limit' outside a table (put it in "
@@ -406,10 +408,10 @@ TEST(ConfigFile, AReloadAppliesReloadableKeysAndKeepsRestartOnlyOnes) {
 TEST(ConfigFile, WhichKeysReload) {
   // docs/config.md's table: these and only these apply on a reload.
   FieldSet reloadable;
-  for (Field f :
-       {Field::kQuiet, Field::kPollInterval, Field::kMemoryLimit, Field::kMaxConcurrentJobs,
-        Field::kOnOveruse, Field::kOveruseGrace, Field::kOveruseTolerance, Field::kHelloTimeout,
-        Field::kMaxConnectionsPerUid, Field::kKillOrphans, Field::kKillOrphansGrace}) {
+  for (Field f : {Field::kQuiet, Field::kPollInterval, Field::kMemoryLimit,
+                  Field::kMaxConcurrentJobs, Field::kRevokeGrace, Field::kOnOveruse,
+                  Field::kOveruseGrace, Field::kOveruseTolerance, Field::kHelloTimeout,
+                  Field::kMaxConnectionsPerUid, Field::kKillOrphans, Field::kKillOrphansGrace}) {
     reloadable.set(index_of(f));
   }
   for (const FieldInfo& f : all_fields()) {

@@ -122,7 +122,7 @@ TEST(LeaseJournalTest, LeasesAndWaitersComeBackWithEveryField) {
   EXPECT_EQ(c->waiters[2].request.allowed_devices, (std::vector<int>{2, 0}));
 }
 
-// A journal written by the previous schema (version 1: no holder_pid, no allowed_devices),
+// A journal written by the first schema (version 1: no holder_pid, no allowed_devices),
 // as an upgraded daemon finds it: kept, its jobs read back, and written to in the new schema.
 TEST(LeaseJournalTest, AVersionOneFileIsUpgradedInPlace) {
   TempDir dir("gpumgr-journal");
@@ -172,7 +172,7 @@ TEST(LeaseJournalTest, AVersionOneFileIsUpgradedInPlace) {
   }
   auto newer = open_ok(path, &note);
   ASSERT_NE(newer, nullptr);
-  EXPECT_NE(note.find("schema version 9, this gpumgr reads version 2"), std::string::npos) << note;
+  EXPECT_NE(note.find("schema version 9, this gpumgr reads version 3"), std::string::npos) << note;
   EXPECT_EQ(newer->size().value(), 0u);
 }
 
