@@ -122,15 +122,18 @@ TEST(LeaseJournalTest, LeasesAndWaitersComeBackWithEveryField) {
   EXPECT_EQ(c->waiters[2].request.allowed_devices, (std::vector<int>{2, 0}));
 }
 
-// A journal written by the first schema (version 1: no holder_pid, no allowed_devices),
-// as an upgraded daemon finds it: kept, its jobs read back, and written to in the new schema.
-TEST(LeaseJournalTest, AVersionOneFileIsUpgradedInPlace) {
+// Journals written by the older schemas, as an upgraded daemon finds them: version 1 (no
+// holder_pid, no allowed_devices) and version 2 (no revocable leases). Each is kept, its jobs
+// read back, and written to in the new schema.
+class JournalUpgrade : public ::testing::TestWithParam<int> {};
+
+TEST_P(JournalUpgrade, AnOlderFileIsUpgradedInPlace) {
   TempDir dir("gpumgr-journal");
   const std::string path = dir.file("leases.db");
   {
     sqlite3* db = nullptr;
     ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-    const char* v1 =
+    std::string sql =
         "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL UNIQUE,"
         " leased INTEGER NOT NULL, bytes INTEGER NOT NULL, gpus INTEGER NOT NULL,"
         " priority INTEGER NOT NULL, device INTEGER NOT NULL, command TEXT NOT NULL,"
@@ -140,10 +143,18 @@ TEST(LeaseJournalTest, AVersionOneFileIsUpgradedInPlace) {
         " requested_at INTEGER NOT NULL, granted_at INTEGER, deadline INTEGER);"
         "INSERT INTO jobs (job_id, leased, bytes, gpus, priority, device, command, kind,"
         " default_bytes, devices, token, estimate, pid, uid, start_ticks, boot_id,"
-        " requested_at, granted_at, deadline) VALUES ('old-lease', 1, 1024, 1, 0, -1, 'x', '',"
+        " requested_at, granted_at, deadline) VALUES ('old-lease', 1, 1024, 1, 2, -1, 'x', '',"
         " 0, '1', 'tok', '', 55, 1000, 99, 'boot', 1, 2, NULL);"
-        "PRAGMA application_id=1735421290; PRAGMA user_version=1;";
-    ASSERT_EQ(sqlite3_exec(db, v1, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+        "PRAGMA application_id=1735421290;";
+    if (GetParam() == 2) {
+      sql +=
+          "ALTER TABLE jobs ADD COLUMN holder_pid INTEGER NOT NULL DEFAULT 0;"
+          "ALTER TABLE jobs ADD COLUMN allowed_devices TEXT NOT NULL DEFAULT '';"
+          "UPDATE jobs SET holder_pid = 56;";
+    }
+    sql += "PRAGMA user_version=" + std::to_string(GetParam()) + ";";
+    ASSERT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK)
+        << sqlite3_errmsg(db);
     sqlite3_close(db);
   }
   std::string note;
@@ -158,9 +169,24 @@ TEST(LeaseJournalTest, AVersionOneFileIsUpgradedInPlace) {
   EXPECT_EQ(c->leases[0].request.job_id, "old-lease");
   EXPECT_EQ(c->leases[0].devices, std::vector<int>{1});
   EXPECT_EQ(c->leases[0].holder.pid, 55u);
-  EXPECT_EQ(c->leases[0].request.holder_pid, 0u);
+  EXPECT_EQ(c->leases[0].request.priority, 2);
+  EXPECT_EQ(c->leases[0].request.holder_pid, GetParam() == 2 ? 56u : 0u);
   EXPECT_TRUE(c->leases[0].request.allowed_devices.empty());
+  EXPECT_FALSE(c->leases[0].request.preemptible);
+  EXPECT_EQ(c->leases[0].request.resident, "");
+  EXPECT_FALSE(c->leases[0].request.revoke_grace_s.has_value());
   ASSERT_EQ(c->waiters.size(), 1u);
+  // The new columns are written from now on.
+  JournaledLease p = lease("new-lease", {0}, kGiB);
+  p.request.preemptible = true;
+  p.request.revoke_grace_s = 2.5;
+  ASSERT_TRUE(j->put_lease(p).ok());
+  auto again = j->load();
+  ASSERT_TRUE(again.ok());
+  ASSERT_EQ(again->leases.size(), 2u);
+  EXPECT_TRUE(again->leases[1].request.preemptible);
+  EXPECT_EQ(again->leases[1].request.revoke_grace_s, 2.5);
+  EXPECT_EQ(again->leases[1].request.holder_pid, 78u);
   j.reset();
 
   // A file from a newer gpumgr cannot be read: moved aside, never misread.
@@ -175,6 +201,8 @@ TEST(LeaseJournalTest, AVersionOneFileIsUpgradedInPlace) {
   EXPECT_NE(note.find("schema version 9, this gpumgr reads version 3"), std::string::npos) << note;
   EXPECT_EQ(newer->size().value(), 0u);
 }
+
+INSTANTIATE_TEST_SUITE_P(FromEveryOlderVersion, JournalUpgrade, ::testing::Values(1, 2));
 
 TEST(LeaseJournalTest, AGrantedWaiterBecomesALeaseAndLeasesKeepGrantOrder) {
   TempDir dir("gpumgr-journal");
