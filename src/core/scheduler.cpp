@@ -74,7 +74,8 @@ Scheduler::Scheduler(SchedulerConfig config, std::size_t device_count)
       reserved_mark_(device_count, 0),
       reserved_extra_(device_count, 0),
       all_devices_(device_count, true),
-      capacities_desc_(device_count, 0) {}
+      capacities_desc_(device_count, 0),
+      usage_(config.fair_share_half_life) {}
 
 void Scheduler::set_device(int device, std::uint64_t capacity, std::uint64_t foreign,
                            bool healthy) {
@@ -83,6 +84,9 @@ void Scheduler::set_device(int device, std::uint64_t capacity, std::uint64_t for
     d.capacity = capacity;
     for (std::size_t i = 0; i < devices_.size(); ++i) capacities_desc_[i] = devices_[i].capacity;
     std::sort(capacities_desc_.begin(), capacities_desc_.end(), std::greater<>());
+    // What a quota's share ("50%") is of.
+    quotas_.set_host_capacity(
+        std::accumulate(capacities_desc_.begin(), capacities_desc_.end(), std::uint64_t{0}));
   }
   d.foreign = foreign;
   d.healthy = healthy;
@@ -319,6 +323,7 @@ ActiveEntry& Scheduler::grant(ActiveEntry& entry, const LeaseRequest& request, H
   lease.kind_id = intern_kind(request.kind);
   const std::optional<TimeNs> hold = expected_hold(lease.kind_id);
   lease.expected_end = hold ? now + *hold : kUnknownEnd;
+  charge(lease, now);
   return entry;
 }
 
@@ -329,8 +334,14 @@ void Scheduler::update_reservation() {
     std::fill(allowed_.begin(), allowed_.end(), true);
     return;
   }
-  const Waiter& head = queue_.begin()->second;
-  const LeaseRequest& r = head.request;
+  const auto head_it = head();
+  if (head_it == queue_.end()) {  // every waiter waits for its quota: nothing to reserve for
+    reserved_for_.clear();
+    reserved_.clear();
+    std::fill(allowed_.begin(), allowed_.end(), true);
+    return;
+  }
+  const LeaseRequest& r = head_it->second.request;
   bool keep = reserved_for_ == r.job_id && !reserved_.empty();
   for (const int d : reserved_) {
     if (!devices_[static_cast<std::size_t>(d)].healthy) keep = false;
@@ -404,10 +415,20 @@ StatusOr<const ActiveEntry*> Scheduler::try_start(const LeaseRequest& request, H
                "concurrency limit reached: " + std::to_string(active_count()) + " of " +
                    std::to_string(config_.max_concurrent_jobs) + " jobs are active"));
   }
+  if (quotas_.limited()) {
+    // Beyond the user's quota beside its running leases: it may wait (enqueue) until they end.
+    const std::uint64_t total = lease_total(request.bytes, static_cast<std::size_t>(request.gpus));
+    if (!quotas_.allows(holder.uid, total)) {
+      return duplicate_or(request.job_id,
+                          Status(ErrorCode::kResourceExhausted,
+                                 "quota reached: " + quotas_.why_waiting(holder.uid, total)));
+    }
+  }
   // Nobody waits: any device will do. Otherwise the request may use only what no waiter
   // has reserved, unless it outranks the head (then it would be the head itself).
   const std::vector<bool>* allowed = &all_devices_;
   if (!queue_.empty()) {
+    rank_users(now);
     if (config_.queue == QueuePolicy::kFifo) {
       return duplicate_or(request.job_id, Status(ErrorCode::kResourceExhausted,
                                                  std::to_string(queue_.size()) +
@@ -415,7 +436,10 @@ StatusOr<const ActiveEntry*> Scheduler::try_start(const LeaseRequest& request, H
     }
     if (!greedy_now(now)) {
       update_reservation();
-      if (request.priority <= queue_.begin()->second.request.priority) allowed = &allowed_;
+      const auto h = head();
+      if (h != queue_.end() && request.priority <= h->second.request.priority) {
+        allowed = &allowed_;
+      }
     }
   }
   // A single-GPU request (the common case) allocates nothing here once table entries are
@@ -456,12 +480,15 @@ StatusOr<std::vector<Grant>> Scheduler::enqueue(const LeaseRequest& request, Hol
                                                 TimeNs now, std::optional<TimeNs> deadline,
                                                 std::optional<TimeNs> requested_at) {
   if (Status s = check(request); !s.ok()) return s;
+  // A request its quota can never fit would wait for good.
+  if (Status s = quotas_.check_admission(request, holder.uid); !s.ok()) return s;
   const Key key{-request.priority, next_seq_++};
   const int kind_id = intern_kind(request.kind);
   Waiter waiter{request,  holder,  std::min(now, requested_at.value_or(now)),
                 deadline, key.seq, kind_id};
-  fit_[key.neg_priority][ClassKey{request.gpus, request.device, kind_id}].push_back(key.seq,
-                                                                                    request.bytes);
+  UserBucket& bucket = fit_[key.neg_priority][holder.uid];
+  bucket.classes[ClassKey{request.gpus, request.device, kind_id}].push_back(key.seq, request.bytes);
+  bucket.seqs.insert(bucket.seqs.end(), key.seq);
   waiting_index_.emplace(request.job_id, key);
   if (deadline) deadlines_.emplace(*deadline, key);
   if (request.gpus > 1) gang_waiters_.insert(key);
@@ -473,9 +500,13 @@ void Scheduler::remove_waiter(std::map<Key, Waiter>::iterator it) {
   const Key key = it->first;
   const Waiter& w = it->second;
   auto level = fit_.find(key.neg_priority);
-  auto cls = level->second.find(ClassKey{w.request.gpus, w.request.device, w.kind_id});
+  auto user = level->second.find(w.holder.uid);
+  UserBucket& bucket = user->second;
+  auto cls = bucket.classes.find(ClassKey{w.request.gpus, w.request.device, w.kind_id});
   cls->second.erase(key.seq);
-  if (cls->second.empty()) level->second.erase(cls);
+  if (cls->second.empty()) bucket.classes.erase(cls);
+  bucket.seqs.erase(key.seq);
+  if (bucket.seqs.empty()) level->second.erase(user);
   if (level->second.empty()) fit_.erase(level);
   if (w.deadline) deadlines_.erase({*w.deadline, key});
   gang_waiters_.erase(key);
@@ -517,6 +548,7 @@ StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now,
     --dev.leases;
     update_fit(static_cast<std::size_t>(d));
   }
+  discharge(lease, now);
   observe_hold(lease.kind_id, static_cast<double>(elapsed_ns(lease.granted_at, now)));
   // The entry is kept, device list and all, for a later grant; once kMaxSpare are kept, it
   // replaces one of them (each in turn).
@@ -565,14 +597,28 @@ std::optional<TimeNs> Scheduler::next_deadline() const {
 std::optional<Scheduler::Key> Scheduler::reserve_for_gangs(const Key& head,
                                                            std::vector<bool>& allowed,
                                                            std::vector<bool>* gang_allowed) const {
-  for (const Key& key : gang_waiters_) {
+  // Fair share ranks users: the gangs are walked in the queue's order.
+  std::vector<Key> order(gang_waiters_.begin(), gang_waiters_.end());
+  if (ranked_) {
+    std::stable_sort(order.begin(), order.end(),
+                     [this](const Key& a, const Key& b) { return rank_of(a) < rank_of(b); });
+  }
+  for (const Key& key : order) {
     if (key == head) continue;
+    const Waiter& w = queue_.at(key);
+    // A gang its quota keeps waiting reserves nothing: it could not use what it held back.
+    if (quotas_.limited() &&
+        (held(w.holder.uid) ||
+         !quotas_.allows(w.holder.uid,
+                         lease_total(w.request.bytes, static_cast<std::size_t>(w.request.gpus))))) {
+      continue;
+    }
     int free_devices = 0;
     for (std::size_t i = 0; i < devices_.size(); ++i) {
       if (allowed[i] && devices_[i].healthy) ++free_devices;
     }
     if (free_devices < 2) break;  // no multi-GPU job can use what is left
-    const LeaseRequest& r = queue_.at(key).request;
+    const LeaseRequest& r = w.request;
     if (!place(r, allowed).empty()) {
       // It may start now on devices no earlier job reserved; schedule() weighs it against
       // the earliest backfill candidate.
@@ -596,8 +642,11 @@ std::optional<Scheduler::Key> Scheduler::reserve_for_gangs(const Key& head,
 
 std::vector<Grant> Scheduler::schedule(TimeNs now) {
   std::vector<Grant> grants;
+  rank_users(now);
   while (!queue_.empty() && !limit_reached()) {
-    auto head = queue_.begin();
+    const auto head_it = this->head();
+    if (head_it == queue_.end()) break;          // every waiter waits for its own quota
+    auto head = queue_.erase(head_it, head_it);  // the same place, as a mutable iterator
     std::vector<int> devices = place(head->second.request, all_devices_);
     auto chosen = head;
     if (devices.empty()) {
@@ -641,22 +690,35 @@ std::vector<Grant> Scheduler::schedule(TimeNs now) {
         }
         return *shadow > now && *hold <= *shadow - now;  // no expected start: none
       };
-      std::optional<Key> found;
-      for (const auto& [neg_priority, classes] : fit_) {
-        for (const auto& [cls, index] : classes) {
-          std::uint64_t limit =
-              std::max(threshold(cls, allowed), greedy ? 0 : headroom_threshold(cls));
-          if (ends_in_time(cls.kind_id)) limit = std::max(limit, threshold(cls, with_reserved));
-          const auto seq = index.first_at_most(limit);
-          if (seq && (!found || *seq < found->seq)) found = Key{neg_priority, *seq};
+      // The first waiter in order that fits: per user, its earliest in each class within
+      // what the devices and the user's quota allow.
+      std::optional<Rank> found;
+      for (const auto& [neg_priority, level] : fit_) {
+        for (const auto& [uid, bucket] : level) {
+          std::uint64_t quota_bytes = QuotaBook::kUnlimited;
+          if (quotas_.limited()) {
+            if (held(uid)) continue;
+            const QuotaBook::Headroom room = quotas_.headroom(uid);
+            if (room.jobs == 0) continue;
+            quota_bytes = room.bytes;
+          }
+          for (const auto& [cls, index] : bucket.classes) {
+            std::uint64_t limit =
+                std::max(threshold(cls, allowed), greedy ? 0 : headroom_threshold(cls));
+            if (ends_in_time(cls.kind_id)) limit = std::max(limit, threshold(cls, with_reserved));
+            limit = std::min(limit, quota_bytes / static_cast<std::uint64_t>(cls.gpus));
+            const auto seq = index.first_at_most(limit);
+            const Rank rank{neg_priority, bucket.rank, seq.value_or(0)};
+            if (seq && (!found || rank < *found)) found = rank;
+          }
         }
         if (found) break;
       }
-      if (gang && (!found || *gang < *found)) {
+      if (gang && (!found || rank_of(*gang) < *found)) {
         chosen = queue_.find(*gang);
         devices = place(chosen->second.request, gang_allowed);
       } else if (found) {
-        chosen = queue_.find(*found);
+        chosen = queue_.find(Key{found->neg_priority, found->seq});
         devices = place(chosen->second.request, allowed);
         if (devices.empty() && !greedy) {
           const int d = place_in_headroom(chosen->second.request);
@@ -686,7 +748,9 @@ bool Scheduler::greedy_now(TimeNs now) const {
   if (config_.queue == QueuePolicy::kGreedy) return true;
   if (config_.queue != QueuePolicy::kBackfill || !(config_.reserve_after_holds > 0)) return false;
   if (queue_.empty() || holds_seen_ == 0) return false;  // no hold seen yet: reserve at once
-  const Waiter& head = queue_.begin()->second;
+  const auto head_it = this->head();
+  if (head_it == queue_.end()) return false;
+  const Waiter& head = head_it->second;
   // Once the head has reserved it keeps its reservation (the mean may grow meanwhile).
   if (!reserved_.empty() && reserved_for_ == head.request.job_id) return false;
   const TimeNs waited = elapsed_ns(head.requested_at, now);
@@ -806,8 +870,9 @@ std::vector<bool> Scheduler::backfill_devices(bool* gang_can_start) const {
     return all_devices_;  // nobody reserves anything
   }
   std::vector<bool> allowed = allowed_;
+  const auto head_it = head();
   const bool startable =
-      !queue_.empty() && reserve_for_gangs(queue_.begin()->first, allowed, nullptr).has_value();
+      head_it != queue_.end() && reserve_for_gangs(head_it->first, allowed, nullptr).has_value();
   if (gang_can_start != nullptr) *gang_can_start = startable;
   return allowed;
 }
@@ -816,6 +881,12 @@ std::vector<const Scheduler::Waiter*> Scheduler::waiters() const {
   std::vector<const Waiter*> out;
   out.reserve(queue_.size());
   for (const auto& [key, waiter] : queue_) out.push_back(&waiter);
+  if (ranked_) {  // fair share: users by their rank at the last pass
+    std::stable_sort(out.begin(), out.end(), [this](const Waiter* a, const Waiter* b) {
+      return rank_of(Key{-a->request.priority, a->seq}) <
+             rank_of(Key{-b->request.priority, b->seq});
+    });
+  }
   return out;
 }
 
