@@ -72,9 +72,9 @@ StatusOr<std::vector<std::string>> split_csv(std::string_view line, std::size_t 
   return fields;
 }
 
-enum Column { kArrival, kVram, kDuration, kGpus, kPriority, kJobId, kKind, kColumnCount };
+enum Column { kArrival, kVram, kDuration, kGpus, kPriority, kJobId, kKind, kUser, kColumnCount };
 constexpr std::array<const char*, kColumnCount> kColumnNames = {
-    "arrival_s", "vram_mib", "duration_s", "gpus", "priority", "job_id", "kind"};
+    "arrival_s", "vram_mib", "duration_s", "gpus", "priority", "job_id", "kind", "user"};
 constexpr int kRequiredColumns = 3;  // the first three of kColumnNames
 
 struct Cell {
@@ -214,6 +214,15 @@ StatusOr<std::vector<TraceJob>> parse_trace(std::istream& in) {
       job.kind = fields[*index[kKind]];
       if (Status s = core::check_kind(job.kind); !s.ok()) {
         return InvalidArgument(at_line(line_no) + "kind: " + s.message());
+      }
+    }
+    if (index[kUser] && !fields[*index[kUser]].empty()) {
+      job.user = fields[*index[kUser]];
+      // A user's name is checked as a kind is: it is printed in the per-user report.
+      if (Status s = core::check_kind(job.user); !s.ok()) {
+        std::string why = s.message();
+        if (why.rfind("job kind", 0) == 0) why = "user" + why.substr(8);
+        return InvalidArgument(at_line(line_no) + "user: " + why);
       }
     }
     const auto [it, inserted] = id_lines.emplace(job.job_id, line_no);
