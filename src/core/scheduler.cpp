@@ -434,6 +434,7 @@ StatusOr<const ActiveEntry*> Scheduler::try_start(const LeaseRequest& request, H
                                                  std::to_string(queue_.size()) +
                                                      " earlier job(s) wait and the queue is FIFO"));
     }
+    find_held();
     if (!greedy_now(now)) {
       update_reservation();
       const auto h = head();
@@ -486,9 +487,15 @@ StatusOr<std::vector<Grant>> Scheduler::enqueue(const LeaseRequest& request, Hol
   const int kind_id = intern_kind(request.kind);
   Waiter waiter{request,  holder,  std::min(now, requested_at.value_or(now)),
                 deadline, key.seq, kind_id};
-  UserBucket& bucket = fit_[key.neg_priority][holder.uid];
-  bucket.classes[ClassKey{request.gpus, request.device, kind_id}].push_back(key.seq, request.bytes);
-  bucket.seqs.insert(bucket.seqs.end(), key.seq);
+  Level& level = fit_[key.neg_priority];
+  const ClassKey cls{request.gpus, request.device, kind_id};
+  level.classes[cls].push_back(key.seq, request.bytes);
+  UserBucket& bucket = level.users[holder.uid];
+  bucket.classes[cls].push_back(key.seq, request.bytes);
+  bucket.seqs.emplace_hint(
+      bucket.seqs.end(), key.seq,
+      UserBucket::Entry{waiter.requested_at,
+                        lease_total(request.bytes, static_cast<std::size_t>(request.gpus))});
   waiting_index_.emplace(request.job_id, key);
   if (deadline) deadlines_.emplace(*deadline, key);
   if (request.gpus > 1) gang_waiters_.insert(key);
@@ -500,14 +507,18 @@ void Scheduler::remove_waiter(std::map<Key, Waiter>::iterator it) {
   const Key key = it->first;
   const Waiter& w = it->second;
   auto level = fit_.find(key.neg_priority);
-  auto user = level->second.find(w.holder.uid);
+  const ClassKey class_key{w.request.gpus, w.request.device, w.kind_id};
+  auto all = level->second.classes.find(class_key);
+  all->second.erase(key.seq);
+  if (all->second.empty()) level->second.classes.erase(all);
+  auto user = level->second.users.find(w.holder.uid);
   UserBucket& bucket = user->second;
-  auto cls = bucket.classes.find(ClassKey{w.request.gpus, w.request.device, w.kind_id});
+  auto cls = bucket.classes.find(class_key);
   cls->second.erase(key.seq);
   if (cls->second.empty()) bucket.classes.erase(cls);
   bucket.seqs.erase(key.seq);
-  if (bucket.seqs.empty()) level->second.erase(user);
-  if (level->second.empty()) fit_.erase(level);
+  if (bucket.seqs.empty()) level->second.users.erase(user);
+  if (level->second.users.empty()) fit_.erase(level);
   if (w.deadline) deadlines_.erase({*w.deadline, key});
   gang_waiters_.erase(key);
   waiting_index_.erase(w.request.job_id);
@@ -644,6 +655,7 @@ std::vector<Grant> Scheduler::schedule(TimeNs now) {
   std::vector<Grant> grants;
   rank_users(now);
   while (!queue_.empty() && !limit_reached()) {
+    find_held();  // each grant changes what its user holds
     const auto head_it = this->head();
     if (head_it == queue_.end()) break;          // every waiter waits for its own quota
     auto head = queue_.erase(head_it, head_it);  // the same place, as a mutable iterator
@@ -690,27 +702,27 @@ std::vector<Grant> Scheduler::schedule(TimeNs now) {
         }
         return *shadow > now && *hold <= *shadow - now;  // no expected start: none
       };
-      // The first waiter in order that fits: per user, its earliest in each class within
-      // what the devices and the user's quota allow.
+      // The first waiter in order that fits. Every user's waiters of a class together say
+      // whether any fits, and the earliest (arrival order); where users are ranked or have
+      // quotas, the users' own indexes then pick in their order, within their quotas.
       std::optional<Rank> found;
       for (const auto& [neg_priority, level] : fit_) {
-        for (const auto& [uid, bucket] : level) {
-          std::uint64_t quota_bytes = QuotaBook::kUnlimited;
-          if (quotas_.limited()) {
-            if (held(uid)) continue;
-            const QuotaBook::Headroom room = quotas_.headroom(uid);
-            if (room.jobs == 0) continue;
-            quota_bytes = room.bytes;
-          }
-          for (const auto& [cls, index] : bucket.classes) {
-            std::uint64_t limit =
-                std::max(threshold(cls, allowed), greedy ? 0 : headroom_threshold(cls));
-            if (ends_in_time(cls.kind_id)) limit = std::max(limit, threshold(cls, with_reserved));
-            limit = std::min(limit, quota_bytes / static_cast<std::uint64_t>(cls.gpus));
-            const auto seq = index.first_at_most(limit);
-            const Rank rank{neg_priority, bucket.rank, seq.value_or(0)};
-            if (seq && (!found || rank < *found)) found = rank;
-          }
+        fitting_.clear();
+        std::optional<std::uint64_t> earliest;
+        for (const auto& [cls, index] : level.classes) {
+          std::uint64_t limit =
+              std::max(threshold(cls, allowed), greedy ? 0 : headroom_threshold(cls));
+          if (ends_in_time(cls.kind_id)) limit = std::max(limit, threshold(cls, with_reserved));
+          const auto seq = index.first_at_most(limit);
+          if (!seq) continue;
+          fitting_.emplace_back(&cls, limit);
+          if (!earliest || *seq < *earliest) earliest = seq;
+        }
+        if (!earliest) continue;
+        if (!quotas_.limited() && level.order.size() < 2) {
+          found = Rank{neg_priority, 0, *earliest};
+        } else {
+          found = first_fitting_by_user(neg_priority, level);
         }
         if (found) break;
       }
@@ -870,6 +882,7 @@ std::vector<bool> Scheduler::backfill_devices(bool* gang_can_start) const {
     return all_devices_;  // nobody reserves anything
   }
   std::vector<bool> allowed = allowed_;
+  find_held();
   const auto head_it = head();
   const bool startable =
       head_it != queue_.end() && reserve_for_gangs(head_it->first, allowed, nullptr).has_value();

@@ -45,6 +45,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "core/fair_share.h"
@@ -327,10 +328,22 @@ class Scheduler {
   // One user's waiters at one priority: their fit indexes by class, and their order.
   struct UserBucket {
     std::map<ClassKey, FitIndex> classes;
-    std::set<std::uint64_t> seqs;  // arrival order: the first is the user's earliest here
+    // Its waiters here by seq (arrival order: the first is the user's earliest here), with
+    // what ranking and quotas read of them without a look into the queue.
+    struct Entry {
+      TimeNs requested_at;
+      std::uint64_t total;  // lease_total(): size times GPUs
+    };
+    std::map<std::uint64_t, Entry> seqs;
     int rank = 0;  // the user's place among this priority's users (fair share); 0 without
   };
-  using Level = std::map<std::uint32_t, UserBucket>;  // by uid
+  // The waiters of one priority: every user's together by class (does anything fit, and the
+  // earliest that does: arrival order), and each user's own (fair share, quotas).
+  struct Level {
+    std::map<ClassKey, FitIndex> classes;
+    std::map<std::uint32_t, UserBucket> users;  // by uid
+    std::vector<std::uint32_t> order;  // users by rank at the last ranking; empty: unranked
+  };
   // A waiter's place in the queue's order: priority, its user's rank there, arrival.
   struct Rank {
     int neg_priority;
@@ -357,8 +370,12 @@ class Scheduler {
   Status duplicate_or(std::string_view job_id, Status failure) const;
   void remove_waiter(std::map<Key, Waiter>::iterator it);
   // The tenancy rules (scheduler_tenants.cpp). The head of the queue: the first waiter in
-  // order whose user's quota lets it start (queue_.end() when none may).
+  // order whose user's quota lets it start (queue_.end() when none may). Reads held_: call
+  // find_held() first where quotas may have changed.
   std::map<Key, Waiter>::const_iterator head() const;
+  // Among the classes of `level` in fitting_ (each with its limit), the first waiter in order
+  // of a user whose quota lets it start, within what that quota leaves.
+  std::optional<Rank> first_fitting_by_user(int neg_priority, const Level& level) const;
   // Orders the users of each priority by their use at `now` (fair share).
   void rank_users(TimeNs now);
   // Fills held_ with the users whose earliest waiter their quota keeps waiting.
@@ -459,7 +476,11 @@ class Scheduler {
   FairShare usage_;
   // Whether the users of some priority are ranked by use (ranks other than 0 exist).
   bool ranked_ = false;
-  mutable std::set<std::uint32_t> held_;  // find_held()'s answer
+  mutable std::unordered_set<std::uint32_t> held_;     // find_held()'s answer
+  mutable std::unordered_set<std::uint32_t> seen_;     // find_held()'s scratch
+  std::unordered_map<std::uint32_t, double> use_now_;  // rank_users()'s scratch
+  // A pass's classes that fit at one priority, with their limits (scratch).
+  std::vector<std::pair<const ClassKey*, std::uint64_t>> fitting_;
   std::uint64_t host_capacity_ = 0;
 };
 

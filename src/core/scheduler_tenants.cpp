@@ -26,14 +26,11 @@ void Scheduler::find_held() const {
   if (!quotas_.limited()) return;
   // A user's earliest waiter is at the highest priority where it waits: walk the priorities
   // from the top and judge each user where it first appears.
-  std::set<std::uint32_t> seen;
+  seen_.clear();
   for (const auto& [neg_priority, level] : fit_) {
-    for (const auto& [uid, bucket] : level) {
-      if (!seen.insert(uid).second) continue;
-      const Waiter& first = queue_.at(Key{neg_priority, *bucket.seqs.begin()});
-      const std::uint64_t total =
-          lease_total(first.request.bytes, static_cast<std::size_t>(first.request.gpus));
-      if (!quotas_.allows(uid, total)) held_.insert(uid);
+    for (const auto& [uid, bucket] : level.users) {
+      if (!seen_.insert(uid).second) continue;
+      if (!quotas_.allows(uid, bucket.seqs.begin()->second.total)) held_.insert(uid);
     }
   }
 }
@@ -42,15 +39,12 @@ std::map<Scheduler::Key, Scheduler::Waiter>::const_iterator Scheduler::head() co
   if (queue_.empty()) return queue_.end();
   // Without quotas, and where the top priority's users are not ranked, the queue's first
   // waiter is the head (the hot path: one look).
-  if (!quotas_.limited() && (!ranked_ || fit_.begin()->second.size() == 1)) {
-    return queue_.begin();
-  }
-  find_held();
+  if (!quotas_.limited() && fit_.begin()->second.order.size() < 2) return queue_.begin();
   for (const auto& [neg_priority, level] : fit_) {
     std::optional<std::pair<int, std::uint64_t>> best;  // (user rank, seq)
-    for (const auto& [uid, bucket] : level) {
+    for (const auto& [uid, bucket] : level.users) {
       if (held(uid)) continue;
-      const std::pair<int, std::uint64_t> candidate{bucket.rank, *bucket.seqs.begin()};
+      const std::pair<int, std::uint64_t> candidate{bucket.rank, bucket.seqs.begin()->first};
       if (!best || candidate < *best) best = candidate;
     }
     if (best) return queue_.find(Key{neg_priority, best->second});
@@ -62,7 +56,8 @@ void Scheduler::rank_users(TimeNs now) {
   if (!config_.fair_share) {
     if (ranked_) {
       for (auto& [neg_priority, level] : fit_) {
-        for (auto& [uid, bucket] : level) bucket.rank = 0;
+        for (auto& [uid, bucket] : level.users) bucket.rank = 0;
+        level.order.clear();
       }
       ranked_ = false;
     }
@@ -71,22 +66,31 @@ void Scheduler::rank_users(TimeNs now) {
   ranked_ = false;
   const auto aged_after = static_cast<double>(config_.fair_share_half_life) * kAgedHalfLives;
   // (aged first, then least use; aged users and ties by their earliest arrival here).
-  std::vector<std::tuple<int, double, std::uint64_t, UserBucket*>> order;
+  std::vector<std::tuple<int, double, std::uint64_t, std::uint32_t>> order;
+  use_now_.clear();  // each user's use, read once for all its priorities
   for (auto& [neg_priority, level] : fit_) {
-    if (level.size() < 2) {
-      for (auto& [uid, bucket] : level) bucket.rank = 0;
+    level.order.clear();
+    if (level.users.size() < 2) {
+      for (auto& [uid, bucket] : level.users) bucket.rank = 0;
       continue;
     }
     order.clear();
-    for (auto& [uid, bucket] : level) {
-      const std::uint64_t first = *bucket.seqs.begin();
-      const Waiter& w = queue_.at(Key{neg_priority, first});
-      const bool aged = static_cast<double>(elapsed_ns(w.requested_at, now)) >= aged_after;
-      order.emplace_back(aged ? 0 : 1, aged ? 0.0 : usage_.usage(uid, now), first, &bucket);
+    for (const auto& [uid, bucket] : level.users) {
+      const auto& [first, entry] = *bucket.seqs.begin();
+      const bool aged = static_cast<double>(elapsed_ns(entry.requested_at, now)) >= aged_after;
+      double use = 0;
+      if (!aged) {
+        const auto [it, added] = use_now_.try_emplace(uid, 0.0);
+        if (added) it->second = usage_.usage(uid, now);
+        use = it->second;
+      }
+      order.emplace_back(aged ? 0 : 1, use, first, uid);
     }
     std::sort(order.begin(), order.end());
     for (std::size_t i = 0; i < order.size(); ++i) {
-      std::get<3>(order[i])->rank = static_cast<int>(i);
+      const std::uint32_t uid = std::get<3>(order[i]);
+      level.users.at(uid).rank = static_cast<int>(i);
+      level.order.push_back(uid);
     }
     ranked_ = true;
   }
@@ -94,7 +98,50 @@ void Scheduler::rank_users(TimeNs now) {
 
 Scheduler::Rank Scheduler::rank_of(const Key& key) const {
   const Waiter& w = queue_.at(key);
-  return Rank{key.neg_priority, fit_.at(key.neg_priority).at(w.holder.uid).rank, key.seq};
+  return Rank{key.neg_priority, fit_.at(key.neg_priority).users.at(w.holder.uid).rank, key.seq};
+}
+
+std::optional<Scheduler::Rank> Scheduler::first_fitting_by_user(int neg_priority,
+                                                                const Level& level) const {
+  // The earliest waiter of one user among the fitting classes, within its quota.
+  auto earliest_of = [&](std::uint32_t uid, const UserBucket& bucket) {
+    std::optional<std::uint64_t> best;
+    std::uint64_t quota_bytes = QuotaBook::kUnlimited;
+    if (quotas_.limited()) {
+      if (held(uid)) return best;
+      const QuotaBook::Headroom room = quotas_.headroom(uid);
+      if (room.jobs == 0) return best;
+      quota_bytes = room.bytes;
+    }
+    for (const auto& [cls, limit] : fitting_) {
+      const auto it = bucket.classes.find(*cls);
+      if (it == bucket.classes.end()) continue;
+      const auto seq = it->second.first_at_most(
+          std::min(limit, quota_bytes / static_cast<std::uint64_t>(cls->gpus)));
+      if (seq && (!best || *seq < *best)) best = seq;
+    }
+    return best;
+  };
+  if (level.order.size() >= 2) {
+    // Ranked: the first user in order with a fitting waiter.
+    for (const std::uint32_t uid : level.order) {
+      const auto it = level.users.find(uid);
+      if (it == level.users.end()) continue;  // its last waiter here started in this pass
+      if (const auto seq = earliest_of(uid, it->second)) {
+        return Rank{neg_priority, it->second.rank, *seq};
+      }
+    }
+    return std::nullopt;
+  }
+  // Unranked (arrival order) with quotas: the earliest over the users.
+  std::optional<Rank> found;
+  for (const auto& [uid, bucket] : level.users) {
+    if (const auto seq = earliest_of(uid, bucket)) {
+      const Rank rank{neg_priority, 0, *seq};
+      if (!found || rank < *found) found = rank;
+    }
+  }
+  return found;
 }
 
 std::vector<Dropped> Scheduler::set_quotas(QuotaConfig config, QuotaBook::GroupResolver groups) {
@@ -145,7 +192,7 @@ std::vector<UserAccount> Scheduler::user_accounts(TimeNs now) const {
   }
   for (const auto& [uid, rule] : quotas_.config().users) users[uid];
   for (const auto& [neg_priority, level] : fit_) {
-    for (const auto& [uid, bucket] : level) users[uid].waiting += bucket.seqs.size();
+    for (const auto& [uid, bucket] : level.users) users[uid].waiting += bucket.seqs.size();
   }
   std::vector<UserAccount> out;
   out.reserve(users.size());
