@@ -491,11 +491,12 @@ StatusOr<std::vector<Grant>> Scheduler::enqueue(const LeaseRequest& request, Hol
   const ClassKey cls{request.gpus, request.device, kind_id};
   level.classes[cls].push_back(key.seq, request.bytes);
   UserBucket& bucket = level.users[holder.uid];
-  bucket.classes[cls].push_back(key.seq, request.bytes);
+  if (bucket.indexed) bucket.classes[cls].push_back(key.seq, request.bytes);
   bucket.seqs.emplace_hint(
       bucket.seqs.end(), key.seq,
       UserBucket::Entry{waiter.requested_at,
-                        lease_total(request.bytes, static_cast<std::size_t>(request.gpus))});
+                        lease_total(request.bytes, static_cast<std::size_t>(request.gpus)),
+                        request.bytes, cls});
   waiting_index_.emplace(request.job_id, key);
   if (deadline) deadlines_.emplace(*deadline, key);
   if (request.gpus > 1) gang_waiters_.insert(key);
@@ -513,9 +514,11 @@ void Scheduler::remove_waiter(std::map<Key, Waiter>::iterator it) {
   if (all->second.empty()) level->second.classes.erase(all);
   auto user = level->second.users.find(w.holder.uid);
   UserBucket& bucket = user->second;
-  auto cls = bucket.classes.find(class_key);
-  cls->second.erase(key.seq);
-  if (cls->second.empty()) bucket.classes.erase(cls);
+  if (bucket.indexed) {
+    auto cls = bucket.classes.find(class_key);
+    cls->second.erase(key.seq);
+    if (cls->second.empty()) bucket.classes.erase(cls);
+  }
   bucket.seqs.erase(key.seq);
   if (bucket.seqs.empty()) level->second.users.erase(user);
   if (level->second.users.empty()) fit_.erase(level);

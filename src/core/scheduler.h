@@ -325,17 +325,29 @@ class Scheduler {
     int kind_id;  // -1: no kind (duration backfill weighs a class by its kind's estimate)
     friend auto operator<=>(const ClassKey&, const ClassKey&) = default;
   };
-  // One user's waiters at one priority: their fit indexes by class, and their order.
+  // One user's waiters at one priority: their order, and their fit indexes by class.
   struct UserBucket {
-    std::map<ClassKey, FitIndex> classes;
     // Its waiters here by seq (arrival order: the first is the user's earliest here), with
-    // what ranking and quotas read of them without a look into the queue.
+    // what ranking, quotas and its fit indexes read of them without a look into the queue.
     struct Entry {
       TimeNs requested_at;
       std::uint64_t total;  // lease_total(): size times GPUs
+      std::uint64_t bytes;  // per device
+      ClassKey cls;
     };
     std::map<std::uint64_t, Entry> seqs;
+    // Built the first time a pass needs them (users ranked, or quotas), then kept up: a
+    // single user without quotas (the common host) pays for none.
+    mutable std::map<ClassKey, FitIndex> classes;
+    mutable bool indexed = false;
     int rank = 0;  // the user's place among this priority's users (fair share); 0 without
+    const std::map<ClassKey, FitIndex>& indexes() const {
+      if (!indexed) {
+        for (const auto& [seq, e] : seqs) classes[e.cls].push_back(seq, e.bytes);
+        indexed = true;
+      }
+      return classes;
+    }
   };
   // The waiters of one priority: every user's together by class (does anything fit, and the
   // earliest that does: arrival order), and each user's own (fair share, quotas).

@@ -114,8 +114,9 @@ std::optional<Scheduler::Rank> Scheduler::first_fitting_by_user(int neg_priority
       quota_bytes = room.bytes;
     }
     for (const auto& [cls, limit] : fitting_) {
-      const auto it = bucket.classes.find(*cls);
-      if (it == bucket.classes.end()) continue;
+      const auto& indexes = bucket.indexes();
+      const auto it = indexes.find(*cls);
+      if (it == indexes.end()) continue;
       const auto seq = it->second.first_at_most(
           std::min(limit, quota_bytes / static_cast<std::uint64_t>(cls->gpus)));
       if (seq && (!best || *seq < *best)) best = seq;
