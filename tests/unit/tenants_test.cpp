@@ -7,10 +7,12 @@
 
 #include <cmath>
 #include <map>
+#include <tuple>
 
 #include "core/fair_share.h"
 #include "core/quota_book.h"
 #include "core/scheduler.h"
+#include "core/snapshot_json.h"
 #include "gpumgr/units.h"
 
 namespace gpumgr::core {
@@ -400,6 +402,47 @@ TEST(FairShareOrder, BackfillStillFillsAroundTheFairShareHead) {
   EXPECT_EQ(enqueue(s, req("l-10", 10), user(2), 102 * kSecond), Strings{});
   EXPECT_EQ(queue_order(s), (Strings{"l-10", "h-10"}));
   EXPECT_EQ(enqueue(s, req("h-2", 2), user(1), 103 * kSecond), Strings{"h-2"});
+}
+
+// ---- Status JSON -----------------------------------------------------------------------
+
+TEST(TenantsJson, UsersQuotaWaitsAndFairShareSettingsSurviveTheJsonRoundTrip) {
+  Snapshot s;
+  s.config.fair_share = false;
+  s.config.fair_share_half_life_s = 600;
+  WaiterInfo w;
+  w.job_id = "w";
+  w.quota_wait = "uid 7 runs 2 of its 2 jobs (quota.default.max_jobs)";
+  s.queue = {w};
+  s.users = {UserUsage{7, 3 * kGiB, 2, 1, 8 * kGiB, 2, 12.5},
+             UserUsage{8, 0, 0, 0, std::nullopt, std::nullopt, 0}};
+  nlohmann::json j = to_json(s);
+  EXPECT_TRUE(j.at("users").at(1).at("max_vram_bytes").is_null());
+  auto back = snapshot_from_json(j);
+  ASSERT_TRUE(back.ok()) << back.status().to_string();
+  EXPECT_FALSE(back->config.fair_share);
+  EXPECT_EQ(back->config.fair_share_half_life_s, 600);
+  ASSERT_EQ(back->queue.size(), 1u);
+  EXPECT_EQ(back->queue[0].quota_wait, w.quota_wait);
+  ASSERT_EQ(back->users.size(), 2u);
+  for (std::size_t i = 0; i < 2; ++i) {
+    const UserUsage& a = s.users[i];
+    const UserUsage& b = back->users[i];
+    EXPECT_EQ(std::tie(a.uid, a.leased_bytes, a.jobs, a.waiting, a.max_vram_bytes, a.max_jobs,
+                       a.fair_share_gib_s),
+              std::tie(b.uid, b.leased_bytes, b.jobs, b.waiting, b.max_vram_bytes, b.max_jobs,
+                       b.fair_share_gib_s));
+  }
+  // An older daemon's JSON has no users, no quota_wait and no fair-share settings.
+  j.erase("users");
+  j.at("queue").at(0).erase("quota_wait");
+  j.at("config").erase("fair_share");
+  j.at("config").erase("fair_share_half_life_s");
+  auto old = snapshot_from_json(j);
+  ASSERT_TRUE(old.ok()) << old.status().to_string();
+  EXPECT_TRUE(old->users.empty());
+  EXPECT_EQ(old->queue[0].quota_wait, "");
+  EXPECT_TRUE(old->config.fair_share);
 }
 
 }  // namespace
