@@ -8,6 +8,9 @@
 // waiter needs more than half a device, so a device fits one job at a time and nothing else
 // fits until a release. At the head waits a high-priority job pinned to device 0, which is
 // never released: every pass must skip the head and backfill (the scheduler's slow path).
+// The *_Tenants variants run the same with the waiters spread over 16 users, with fair share
+// ordering them and a quota for everyone (generous enough that it never binds): the cost of
+// ranking users and asking each one's quota in every pass.
 #include <benchmark/benchmark.h>
 #include <time.h>
 
@@ -32,6 +35,7 @@ struct Bench {
   Scheduler scheduler{gpumgr::core::SchedulerConfig{1000, gpumgr::PlacementPolicy::kBestFit,
                                                     gpumgr::QueuePolicy::kBackfill},
                       kDevices};
+  std::uint32_t users = 1;
   std::mt19937_64 rng{42};
   std::uint64_t next_id = 0;
   gpumgr::core::TimeNs now = 1;
@@ -47,8 +51,21 @@ struct Bench {
     return r;
   }
 
-  Bench() {
+  // The holder of the next waiter: users in turn.
+  gpumgr::core::Holder holder() const {
+    return {1, 1 + static_cast<std::uint32_t>(next_id % users)};
+  }
+
+  explicit Bench(std::uint32_t user_count = 1) : users(user_count) {
     for (int d = 0; d < kDevices; ++d) scheduler.set_device(d, kCapacity, 0, true);
+    if (users > 1) {
+      gpumgr::core::QuotaConfig quotas;
+      quotas.default_rule = gpumgr::core::QuotaRule{};
+      quotas.default_rule->scope = "quota.default";
+      quotas.default_rule->limits.max_jobs = 100000;
+      quotas.default_rule->limits.max_vram_bytes = 1ULL << 60;
+      scheduler.set_quotas(quotas, {});
+    }
     for (int d = 0; d < kDevices; ++d) {
       gpumgr::LeaseRequest r;
       r.job_id = "holder-" + std::to_string(d);
@@ -64,7 +81,8 @@ struct Bench {
     head.priority = 10;
     (void)scheduler.enqueue(head, {1, 1}, now, std::nullopt);
     while (scheduler.waiting_count() < kWaiting) {
-      (void)scheduler.enqueue(waiter(), {1, 1}, ++now, std::nullopt);
+      const gpumgr::core::Holder h = holder();
+      (void)scheduler.enqueue(waiter(), h, ++now, std::nullopt);
     }
     if (scheduler.active_count() != kDevices) std::abort();
   }
@@ -83,17 +101,27 @@ Bench& bench() {
   return b;
 }
 
-void BM_EnqueueMustWait(benchmark::State& state) {
-  Bench& b = bench();
+Bench& tenants_bench() {
+  static Bench b(16);
+  return b;
+}
+
+void enqueue_must_wait(benchmark::State& state, Bench& b) {
   constexpr int kBatch = 64;
   std::vector<gpumgr::LeaseRequest> batch(kBatch);
+  std::vector<gpumgr::core::Holder> holders(kBatch);
   double cpu = 0;
   for (auto _ : state) {
-    for (auto& r : batch) r = b.waiter();  // ids and sizes made outside the timed part
+    for (int k = 0; k < kBatch; ++k) {  // ids and sizes made outside the timed part
+      holders[static_cast<std::size_t>(k)] = b.holder();
+      batch[static_cast<std::size_t>(k)] = b.waiter();
+    }
     const double cpu_start = thread_cpu_s();
     const auto start = std::chrono::steady_clock::now();
-    for (const auto& r : batch) {
-      auto grants = b.scheduler.enqueue(r, {1, 1}, ++b.now, std::nullopt);
+    for (int k = 0; k < kBatch; ++k) {
+      const auto& r = batch[static_cast<std::size_t>(k)];
+      auto grants =
+          b.scheduler.enqueue(r, holders[static_cast<std::size_t>(k)], ++b.now, std::nullopt);
       benchmark::DoNotOptimize(grants);
     }
     const auto stop = std::chrono::steady_clock::now();
@@ -108,10 +136,15 @@ void BM_EnqueueMustWait(benchmark::State& state) {
   state.counters["waiting"] = static_cast<double>(b.scheduler.waiting_count());
   state.counters["cpu_us"] = 1e6 * cpu / static_cast<double>(state.iterations());
 }
-BENCHMARK(BM_EnqueueMustWait)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
-void BM_ReleaseSchedules(benchmark::State& state) {
-  Bench& b = bench();
+void BM_EnqueueMustWait(benchmark::State& state) { enqueue_must_wait(state, bench()); }
+BENCHMARK(BM_EnqueueMustWait)->UseManualTime()->Unit(benchmark::kMicrosecond);
+void BM_EnqueueMustWait_Tenants(benchmark::State& state) {
+  enqueue_must_wait(state, tenants_bench());
+}
+BENCHMARK(BM_EnqueueMustWait_Tenants)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+void release_schedules(benchmark::State& state, Bench& b) {
   int device = 1;  // device 0 is the head's and is never released
   std::uint64_t granted = 0;
   double cpu = 0;
@@ -131,7 +164,8 @@ void BM_ReleaseSchedules(benchmark::State& state) {
     granted += grants.size();
     b.on_device[static_cast<std::size_t>(device)] = grants[0].job_id;
     // Keep 10,000 waiting: a new waiter replaces the one granted (it fits nowhere now).
-    auto none = b.scheduler.enqueue(b.waiter(), {1, 1}, ++b.now, std::nullopt);
+    const gpumgr::core::Holder h = b.holder();
+    auto none = b.scheduler.enqueue(b.waiter(), h, ++b.now, std::nullopt);
     if (!none.ok() || !none->empty()) {
       state.SkipWithError("the replacement waiter should wait");
       break;
@@ -142,7 +176,13 @@ void BM_ReleaseSchedules(benchmark::State& state) {
   state.counters["granted"] = static_cast<double>(granted);
   state.counters["cpu_us"] = 1e6 * cpu / static_cast<double>(state.iterations());
 }
+
+void BM_ReleaseSchedules(benchmark::State& state) { release_schedules(state, bench()); }
 BENCHMARK(BM_ReleaseSchedules)->UseManualTime()->Unit(benchmark::kMicrosecond);
+void BM_ReleaseSchedules_Tenants(benchmark::State& state) {
+  release_schedules(state, tenants_bench());
+}
+BENCHMARK(BM_ReleaseSchedules_Tenants)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

@@ -166,6 +166,9 @@ struct WaiterInfo {
   std::uint32_t uid = 0;
   std::string command;
   double waited_s = 0;
+  // Why it waits beyond the devices: its quota ("uid 1000 holds 6 GiB of its 8 GiB
+  // (quota.default.max_vram)"); empty when its quota lets it start.
+  std::string quota_wait;
 };
 
 // Cumulative distribution with fixed bucket bounds (seconds), Prometheus-style: counts[i]
@@ -246,6 +249,11 @@ struct LedgerConfig {
   // Where the ledger keeps its history of job kinds (a SQLite file); empty: none, and
   // requests for a kind's estimate fail. The daemon always has one (--state-dir).
   std::string history_path;
+  // Fair share (docs/scheduling.md): within a priority, the users with the least recent use
+  // (GiB-seconds leased, decayed with this half-life in seconds) go first; false: first
+  // come, first served.
+  bool fair_share = true;
+  double fair_share_half_life_s = 3600;
 };
 
 // What the history says of one job kind (`gpumgr estimates`).
@@ -262,12 +270,26 @@ struct KindEstimate {
   std::string estimate_note;  // "learned from 37 runs: p95 11.2 GiB + 10%", or why there is none
 };
 
+// One user's use of the host against its quota (docs/config.md), and its fair-share use.
+struct UserUsage {
+  std::uint32_t uid = 0;
+  std::uint64_t leased_bytes = 0;  // VRAM leased now: each lease's size times its devices
+  std::uint64_t jobs = 0;          // active leases
+  std::uint64_t waiting = 0;       // waiting requests
+  // The tightest quota that applies to it (its own, the default, its groups'); none: no limit.
+  std::optional<std::uint64_t> max_vram_bytes;
+  std::optional<std::uint64_t> max_jobs;
+  double fair_share_gib_s = 0;  // recent use: GiB-seconds leased, decayed (the half-life)
+};
+
 struct Snapshot {
   BackendInfo backend;
   LedgerConfig config;
   std::vector<DeviceAccount> devices;
   std::vector<LeaseInfo> leases;
   std::vector<WaiterInfo> queue;
+  // Each user with leases, waiters, recent use or a quota table of its own, by uid.
+  std::vector<UserUsage> users;
   LedgerStats stats;
   std::chrono::system_clock::time_point taken_at;
   std::string source;  // "in-process" or "daemon at /run/gpumgr/gpumgr.sock"

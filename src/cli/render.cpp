@@ -315,10 +315,38 @@ std::string render_unbounded(const Snapshot& s, const RenderOptions& o) {
           << pad(format_bytes(w.bytes), 11, true) << pad(std::to_string(w.gpus), 6, true)
           << pad(std::to_string(w.priority), 6, true) << pad(std::to_string(w.pid), 8, true)
           << pad(format_duration(w.waited_s), 9, true) << "  " << safe(w.command) << "\n";
+      if (!w.quota_wait.empty()) out << "      waits for its quota: " << safe(w.quota_wait) << "\n";
     }
     if (limit_rows(s.queue.size()) < s.queue.size()) {
       out << "  ... " << s.queue.size() - limit_rows(s.queue.size()) << " more\n";
     }
+  }
+  if (!s.users.empty()) {
+    // Each user's use against its quota ("-": no limit) and its fair-share use.
+    auto use_text = [](double gib_s) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, gib_s < 10 ? "%.1f" : "%.0f", gib_s);
+      return std::string(buf);
+    };
+    out << "\nUSERS (" << s.users.size() << ")\n";
+    out << "  " << pad("UID", 8) << pad("VRAM LEASED / QUOTA", 24) << pad("JOBS / QUOTA", 14)
+        << pad("WAITING", 8, true) << pad("RECENT USE", 14, true) << "\n";
+    for (std::size_t k = 0; k < limit_rows(s.users.size()); ++k) {
+      const UserUsage& u = s.users[k];
+      const std::string vram = format_bytes(u.leased_bytes) + " / " +
+                               (u.max_vram_bytes ? format_bytes(*u.max_vram_bytes) : "-");
+      const std::string jobs =
+          std::to_string(u.jobs) + " / " + (u.max_jobs ? std::to_string(*u.max_jobs) : "-");
+      out << "  " << pad(std::to_string(u.uid), 8) << pad(vram, 24) << pad(jobs, 14)
+          << pad(std::to_string(u.waiting), 8, true)
+          << pad(use_text(u.fair_share_gib_s) + " GiB-s", 14, true) << "\n";
+    }
+    if (limit_rows(s.users.size()) < s.users.size()) {
+      out << "  ... " << s.users.size() - limit_rows(s.users.size()) << " more\n";
+    }
+    out << "  RECENT USE: GiB-seconds leased, halved every "
+        << format_duration(s.config.fair_share_half_life_s) << "; the queue orders users by it "
+        << (s.config.fair_share ? "(fair share)" : "only with fair share (off)") << "\n";
   }
   const LedgerStats& st = s.stats;
   out << "\nSTATS  processed " << st.jobs_processed() << " (succeeded " << st.jobs_succeeded

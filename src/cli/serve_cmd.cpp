@@ -100,6 +100,8 @@ std::optional<daemon::ClientLimits> reload(ReloadState& state) {
                            (wanted->quotas.default_rule ? " and a default" : ", no default"));
     state.quotas = wanted->quotas;
   }
+  // Always, so that group members the system's database changed since are counted anew.
+  (void)state.ledger->set_quotas(state.quotas);
   if (!quiet || !plan.apply.quiet) {
     std::string changes;
     for (const std::string& c : plan.changed) changes += (changes.empty() ? "" : "; ") + c;
@@ -210,6 +212,23 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
   bind(Field::kKillOrphansGrace,
        sub->add_option("--kill-orphans-grace", f.kill_orphans_grace_s,
                        "Seconds between SIGTERM and SIGKILL for --kill-orphans")
+           ->capture_default_str());
+  bind(Field::kFairShare,
+       sub->add_flag("--fair-share,!--no-fair-share", f.fair_share,
+                     "Within a priority, serve the users with the least recent use first "
+                     "(default); --no-fair-share: first come, first served"));
+  bind(Field::kFairShareHalfLife,
+       sub->add_option("--fair-share-half-life", f.fair_share_half_life_s,
+                       "Half-life of the recent use fair share weighs: seconds, or 90s, 30m, "
+                       "1h, 2d")
+           ->transform(CLI::Validator(
+               [](std::string& text) {
+                 auto seconds = config::parse_duration(text);
+                 if (!seconds.ok()) return seconds.status().message();
+                 text = std::to_string(seconds.value());
+                 return std::string();
+               },
+               "DURATION"))
            ->capture_default_str());
   bind(Field::kQuiet, sub->add_flag("--quiet", f.quiet,
                                     "Print only errors, warnings (clients dropped, refused or "
@@ -333,6 +352,8 @@ Command setup_serve(CLI::App& app, const GlobalOptions& global) {
         reload_state->ledger = ledger.value();
         reload_state->quiet = quiet;
         reload_state->quotas = resolved->quotas;
+        // Waiting for quota and the figures of status: the ledger's scheduler counts them.
+        (void)ledger.value()->set_quotas(resolved->quotas);
         reload_state->host_capacity = host_capacity(*ledger.value());
         so.on_reload = [reload_state] { return reload(*reload_state); };
         so.admit = [reload_state](const LeaseRequest& r, const core::Holder& h) {

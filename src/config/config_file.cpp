@@ -70,6 +70,8 @@ std::string_view wanted_name(ValueKind kind) {
       return "a number";
     case ValueKind::kHttpAddress:
       return "an address (\"HOST:PORT\") or false";
+    case ValueKind::kDuration:
+      return "a duration (seconds, or a string such as \"1h\")";
   }
   return "a value";
 }
@@ -145,6 +147,9 @@ std::optional<std::string> read_value(const FieldInfo& f, const toml::node& node
         case Field::kKillOrphans:
           value.kill_orphans = v->get();
           break;
+        case Field::kFairShare:
+          value.fair_share = v->get();
+          break;
         default:
           return name + ": internal error: not a boolean field";
       }
@@ -201,6 +206,28 @@ std::optional<std::string> read_value(const FieldInfo& f, const toml::node& node
           break;
         default:
           return name + ": internal error: not a number field";
+      }
+      break;
+    }
+    case ValueKind::kDuration: {
+      double d = 0;
+      if (const auto* i = node.as_integer()) {
+        d = static_cast<double>(i->get());
+      } else if (const auto* x = node.as_floating_point()) {
+        d = x->get();
+      } else if (const auto* t = node.as_string()) {
+        auto parsed = parse_duration(t->get());
+        if (!parsed.ok()) return name + ": " + parsed.status().message();
+        d = parsed.value();
+      } else {
+        return wrong();
+      }
+      switch (f.field) {
+        case Field::kFairShareHalfLife:
+          value.fair_share_half_life_s = d;
+          break;
+        default:
+          return name + ": internal error: not a duration field";
       }
       break;
     }

@@ -1,6 +1,7 @@
 #include "config/serve_settings.h"
 
 #include <array>
+#include <cctype>
 #include <cmath>
 #include <sstream>
 #include <variant>
@@ -69,10 +70,15 @@ const std::array<Entry, kFieldCount> kEntries = {{
     {{Field::kKillOrphansGrace, "clients", "kill_orphans_grace", "--kill-orphans-grace",
       ValueKind::kNumber, true},
      &ServeSettings::kill_orphans_grace_s},
+    {{Field::kFairShare, "scheduling", "fair_share", "--fair-share", ValueKind::kBool, true},
+     &ServeSettings::fair_share},
+    {{Field::kFairShareHalfLife, "scheduling", "fair_share_half_life", "--fair-share-half-life",
+      ValueKind::kDuration, true},
+     &ServeSettings::fair_share_half_life_s},
 }};
 
-const std::array<std::string_view, 6> kSections = {"daemon", "http",    "devices",
-                                                   "limits", "overuse", "clients"};
+const std::array<std::string_view, 7> kSections = {"daemon",  "http",    "devices",   "limits",
+                                                   "overuse", "clients", "scheduling"};
 
 const std::array<FieldInfo, kFieldCount> kInfos = [] {
   std::array<FieldInfo, kFieldCount> infos{};
@@ -103,6 +109,49 @@ std::optional<std::string> refused(const Status& s) {
 }  // namespace
 
 std::span<const FieldInfo> all_fields() { return kInfos; }
+
+StatusOr<double> parse_duration(std::string_view text) {
+  auto bad = [&] {
+    return InvalidArgument("'" + std::string(text) +
+                           "' is not a duration: a number of seconds, or one with a unit "
+                           "(\"90s\", \"30m\", \"1h\", \"2d\")");
+  };
+  std::string t(text);
+  while (!t.empty() && t.back() == ' ') t.pop_back();
+  if (t.empty()) return bad();
+  double unit = 1;
+  switch (t.back()) {
+    case 's':
+      t.pop_back();
+      break;
+    case 'm':
+      unit = 60;
+      t.pop_back();
+      break;
+    case 'h':
+      unit = 3600;
+      t.pop_back();
+      break;
+    case 'd':
+      unit = 86400;
+      t.pop_back();
+      break;
+    default:
+      break;
+  }
+  if (t.empty() || !(std::isdigit(static_cast<unsigned char>(t.front())) || t.front() == '.')) {
+    return bad();
+  }
+  std::size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(t, &used);
+  } catch (...) {
+    return bad();
+  }
+  if (used != t.size() || !std::isfinite(v)) return bad();
+  return v * unit;
+}
 
 const FieldInfo& field_info(Field field) { return kInfos.at(index_of(field)); }
 
@@ -207,6 +256,11 @@ std::optional<std::string> check_field(const ServeSettings& s, Field field) {
       return std::nullopt;
     case Field::kKillOrphansGrace:
       return in_range(s.kill_orphans_grace_s, 0, 3600, "0 and 3600 seconds");
+    case Field::kFairShare:
+      return std::nullopt;
+    case Field::kFairShareHalfLife:
+      return in_range(s.fair_share_half_life_s, 1, 365 * 86400.0,
+                      "1 second and 365 days (31536000 seconds)");
     case Field::kCount:
       break;
   }
@@ -230,6 +284,8 @@ LedgerConfig to_ledger_config(const ServeSettings& s) {
   auto policy = parse_overuse_policy(s.on_overuse);
   c.overuse = {policy.ok() ? policy.value() : OverusePolicy::kReport, s.overuse_grace_s,
                s.overuse_tolerance_percent};
+  c.fair_share = s.fair_share;
+  c.fair_share_half_life_s = s.fair_share_half_life_s;
   return c;
 }
 

@@ -47,6 +47,9 @@ struct ServeSettings {
   long long max_connections_per_uid = 256;
   bool kill_orphans = false;
   double kill_orphans_grace_s = 5;
+  // [scheduling]
+  bool fair_share = true;
+  double fair_share_half_life_s = 3600;
 };
 
 enum class Field {
@@ -70,6 +73,8 @@ enum class Field {
   kMaxConnectionsPerUid,
   kKillOrphans,
   kKillOrphansGrace,
+  kFairShare,
+  kFairShareHalfLife,
   kCount
 };
 inline constexpr std::size_t kFieldCount = static_cast<std::size_t>(Field::kCount);
@@ -83,7 +88,12 @@ enum class ValueKind {
   kInteger,
   kNumber,       // an integer or a float
   kHttpAddress,  // "HOST:PORT", or "" / false for none
+  kDuration,     // seconds as a number, or a string with a unit: "90s", "30m", "1h", "2d"
 };
+
+// A duration as kDuration reads it ("1h", "30m", "90s", "2d", "1.5h", or a bare number of
+// seconds), in seconds; kInvalidArgument naming the text otherwise.
+StatusOr<double> parse_duration(std::string_view text);
 
 struct FieldInfo {
   Field field;

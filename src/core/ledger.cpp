@@ -86,6 +86,13 @@ Status validate_config(const LedgerConfig& config) {
     return InvalidArgument(
         std::string("revoke grace must be a finite number of seconds in [0, 86400], got ") + value);
   }
+  if (!(config.fair_share_half_life_s >= 1 && config.fair_share_half_life_s <= 365 * 86400.0)) {
+    char value[32];
+    std::snprintf(value, sizeof value, "%g", config.fair_share_half_life_s);
+    return InvalidArgument(
+        std::string("fair_share_half_life must be between 1 second and 365 days, got ") + value +
+        " s");
+  }
   return core::validate_overuse_config(config.overuse);
 }
 

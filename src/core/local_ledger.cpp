@@ -20,6 +20,15 @@ void run_all(Calls& calls) {
   calls.clear();
 }
 
+TimeNs seconds_to_ns(double seconds) { return static_cast<TimeNs>(std::llround(seconds * 1e9)); }
+
+SchedulerConfig scheduler_config(const LedgerConfig& config) {
+  SchedulerConfig s{config.max_concurrent_jobs, config.placement, config.queue};
+  s.fair_share = config.fair_share;
+  s.fair_share_half_life = seconds_to_ns(config.fair_share_half_life_s);
+  return s;
+}
+
 // The default Signaller: the holder and its descendants, never init or the ledger's own
 // process (a holder's pid comes from the kernel, but a bug must not take the daemon down).
 int signal_tree(std::uint32_t pid, int signal) {
@@ -114,8 +123,7 @@ LocalLedger::LocalLedger(std::shared_ptr<DeviceBackend> backend, const LedgerCon
       self_{static_cast<std::uint32_t>(::getpid()), static_cast<std::uint32_t>(::getuid())},
       config_(config),
       poll_ns_(std::chrono::duration_cast<std::chrono::nanoseconds>(config.poll_interval).count()),
-      scheduler_(SchedulerConfig{config.max_concurrent_jobs, config.placement, config.queue},
-                 devices.size()),
+      scheduler_(scheduler_config(config), devices.size()),
       history_(std::move(history)),
       history_note_(std::move(history_note)) {
   {
@@ -1028,7 +1036,12 @@ StatusOr<Snapshot> LocalLedger::snapshot() {
     info.uid = w->holder.uid;
     info.command = w->request.command;
     info.waited_s = static_cast<double>(elapsed_ns(w->requested_at, now)) / 1e9;
+    info.quota_wait = scheduler_.quota_wait(*w);
     snap.queue.push_back(std::move(info));
+  }
+  for (const UserAccount& a : scheduler_.user_accounts(now)) {
+    snap.users.push_back(UserUsage{a.uid, a.leased_bytes, a.jobs, a.waiting, a.max_vram_bytes,
+                                   a.max_jobs, a.usage_gib_s});
   }
   snap.stats = stats_;
   snap.stats.hold_seconds = hold_times_.to_histogram();
@@ -1116,13 +1129,29 @@ Status LocalLedger::reconfigure(const LedgerConfig& config) {
         std::chrono::duration_cast<std::chrono::nanoseconds>(config.poll_interval).count(),
         std::memory_order_relaxed);
     scheduler_.set_max_concurrent_jobs(config.max_concurrent_jobs);
+    config_.fair_share = config.fair_share;
+    config_.fair_share_half_life_s = config.fair_share_half_life_s;
+    const TimeNs now = now_ns();
+    scheduler_.set_fair_share(config.fair_share, seconds_to_ns(config.fair_share_half_life_s), now);
     // The capacities follow the memory limit: apply the last reading again under it.
     std::vector<DeviceInfo> reading = devices_;
     apply_devices_locked(std::move(reading));
-    schedule_locked(now_ns(), calls);
+    schedule_locked(now, calls);
   }
   // A new poll interval or new room: the housekeeper recomputes when it wakes.
   housekeeper_cv_.notify_all();
+  run_all(calls);
+  return Status::Ok();
+}
+
+Status LocalLedger::set_quotas(const QuotaConfig& quotas, QuotaBook::GroupResolver groups) {
+  Calls calls;
+  {
+    MutexLock lock(mutex_);
+    std::vector<Dropped> dropped = scheduler_.set_quotas(quotas, std::move(groups));
+    finish_dropped_locked(dropped, calls);
+    schedule_locked(now_ns(), calls);  // raised limits let waiters start
+  }
   run_all(calls);
   return Status::Ok();
 }

@@ -23,6 +23,8 @@
 
 #include "core/accounting.h"
 #include "core/overuse.h"
+#include "core/quota.h"
+#include "core/quota_book.h"
 #include "core/revocation.h"
 #include "core/scheduler.h"
 #include "gpumgr/device.h"
@@ -158,6 +160,11 @@ class LocalLedger final : public Ledger {
   // lowered one revokes no lease: leases above it run on, and no new one starts until it
   // fits. Waiters keep their places either way.
   Status reconfigure(const LedgerConfig& config);
+  // Installs quotas (at start and at each reload; docs/config.md): new limits apply to the
+  // next grants and never end a running lease. Waiters that can never fit them are dropped
+  // with kQuotaExceeded (their callbacks run on this thread); the others keep their places.
+  // `groups` gives a uid's groups (default: the system's user database, groups_of).
+  Status set_quotas(const QuotaConfig& quotas, QuotaBook::GroupResolver groups = groups_of);
 
  private:
   LocalLedger(std::shared_ptr<DeviceBackend> backend, const LedgerConfig& config, int pinned_device,

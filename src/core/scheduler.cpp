@@ -80,7 +80,8 @@ Scheduler::Scheduler(SchedulerConfig config, std::size_t device_count)
       reserved_mark_(device_count, 0),
       reserved_extra_(device_count, 0),
       all_devices_(device_count, true),
-      capacities_desc_(device_count, 0) {}
+      capacities_desc_(device_count, 0),
+      usage_(config.fair_share_half_life) {}
 
 void Scheduler::set_device(int device, std::uint64_t capacity, std::uint64_t foreign,
                            bool healthy) {
@@ -89,6 +90,9 @@ void Scheduler::set_device(int device, std::uint64_t capacity, std::uint64_t for
     d.capacity = capacity;
     for (std::size_t i = 0; i < devices_.size(); ++i) capacities_desc_[i] = devices_[i].capacity;
     std::sort(capacities_desc_.begin(), capacities_desc_.end(), std::greater<>());
+    // What a quota's share ("50%") is of.
+    quotas_.set_host_capacity(
+        std::accumulate(capacities_desc_.begin(), capacities_desc_.end(), std::uint64_t{0}));
   }
   d.foreign = foreign;
   d.healthy = healthy;
@@ -380,6 +384,7 @@ ActiveEntry& Scheduler::grant(ActiveEntry& entry, const LeaseRequest& request, H
   lease.revoking = false;
   lease.revoked_for.clear();
   note_revocable(entry, 1);
+  charge(lease, now);
   return entry;
 }
 
@@ -390,8 +395,14 @@ void Scheduler::update_reservation() {
     std::fill(allowed_.begin(), allowed_.end(), true);
     return;
   }
-  const Waiter& head = queue_.begin()->second;
-  const LeaseRequest& r = head.request;
+  const auto head_it = head();
+  if (head_it == queue_.end()) {  // every waiter waits for its quota: nothing to reserve for
+    reserved_for_.clear();
+    reserved_.clear();
+    std::fill(allowed_.begin(), allowed_.end(), true);
+    return;
+  }
+  const LeaseRequest& r = head_it->second.request;
   bool keep = reserved_for_ == r.job_id && !reserved_.empty();
   for (const int d : reserved_) {
     if (!devices_[static_cast<std::size_t>(d)].healthy) keep = false;
@@ -464,18 +475,32 @@ StatusOr<const ActiveEntry*> Scheduler::try_start(const LeaseRequest& request, H
                "concurrency limit reached: " + std::to_string(active_count()) + " of " +
                    std::to_string(config_.max_concurrent_jobs) + " jobs are active"));
   }
+  if (quotas_.limited()) {
+    // Beyond the user's quota beside its running leases: it may wait (enqueue) until they end.
+    const std::uint64_t total = lease_total(request.bytes, static_cast<std::size_t>(request.gpus));
+    if (!quotas_.allows(holder.uid, total)) {
+      return duplicate_or(request.job_id,
+                          Status(ErrorCode::kResourceExhausted,
+                                 "quota reached: " + quotas_.why_waiting(holder.uid, total)));
+    }
+  }
   // Nobody waits: any device will do. Otherwise the request may use only what no waiter
   // has reserved, unless it outranks the head (then it would be the head itself).
   const std::vector<bool>* allowed = &all_devices_;
   if (!queue_.empty()) {
+    rank_users(now);
     if (config_.queue == QueuePolicy::kFifo) {
       return duplicate_or(request.job_id, Status(ErrorCode::kResourceExhausted,
                                                  std::to_string(queue_.size()) +
                                                      " earlier job(s) wait and the queue is FIFO"));
     }
+    find_held();
     if (!greedy_now(now)) {
       update_reservation();
-      if (request.priority <= queue_.begin()->second.request.priority) allowed = &allowed_;
+      const auto h = head();
+      if (h != queue_.end() && request.priority <= h->second.request.priority) {
+        allowed = &allowed_;
+      }
     }
   }
   // A single-GPU request (the common case) allocates nothing here once table entries are
@@ -516,12 +541,22 @@ StatusOr<std::vector<Grant>> Scheduler::enqueue(const LeaseRequest& request, Hol
                                                 TimeNs now, std::optional<TimeNs> deadline,
                                                 std::optional<TimeNs> requested_at) {
   if (Status s = check(request); !s.ok()) return s;
+  // A request its quota can never fit would wait for good.
+  if (Status s = quotas_.check_admission(request, holder.uid); !s.ok()) return s;
   const Key key{-request.priority, next_seq_++};
   const int kind_id = intern_kind(request.kind);
   Waiter waiter{request,  holder,  std::min(now, requested_at.value_or(now)),
                 deadline, key.seq, kind_id};
-  fit_[key.neg_priority][ClassKey{request.gpus, request.device, kind_id, request.allowed_devices}]
-      .push_back(key.seq, request.bytes);
+  Level& level = fit_[key.neg_priority];
+  const ClassKey cls{request.gpus, request.device, kind_id, request.allowed_devices};
+  level.classes[cls].push_back(key.seq, request.bytes);
+  UserBucket& bucket = level.users[holder.uid];
+  if (bucket.indexed) bucket.classes[cls].push_back(key.seq, request.bytes);
+  bucket.seqs.emplace_hint(
+      bucket.seqs.end(), key.seq,
+      UserBucket::Entry{waiter.requested_at,
+                        lease_total(request.bytes, static_cast<std::size_t>(request.gpus)),
+                        request.bytes, cls});
   waiting_index_.emplace(request.job_id, key);
   if (deadline) deadlines_.emplace(*deadline, key);
   if (request.gpus > 1) gang_waiters_.insert(key);
@@ -533,11 +568,20 @@ void Scheduler::remove_waiter(std::map<Key, Waiter>::iterator it) {
   const Key key = it->first;
   const Waiter& w = it->second;
   auto level = fit_.find(key.neg_priority);
-  auto cls = level->second.find(
-      ClassKey{w.request.gpus, w.request.device, w.kind_id, w.request.allowed_devices});
-  cls->second.erase(key.seq);
-  if (cls->second.empty()) level->second.erase(cls);
-  if (level->second.empty()) fit_.erase(level);
+  const ClassKey class_key{w.request.gpus, w.request.device, w.kind_id, w.request.allowed_devices};
+  auto all = level->second.classes.find(class_key);
+  all->second.erase(key.seq);
+  if (all->second.empty()) level->second.classes.erase(all);
+  auto user = level->second.users.find(w.holder.uid);
+  UserBucket& bucket = user->second;
+  if (bucket.indexed) {
+    auto cls = bucket.classes.find(class_key);
+    cls->second.erase(key.seq);
+    if (cls->second.empty()) bucket.classes.erase(cls);
+  }
+  bucket.seqs.erase(key.seq);
+  if (bucket.seqs.empty()) level->second.users.erase(user);
+  if (level->second.users.empty()) fit_.erase(level);
   if (w.deadline) deadlines_.erase({*w.deadline, key});
   gang_waiters_.erase(key);
   waiting_index_.erase(w.request.job_id);
@@ -578,6 +622,7 @@ StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now,
     --dev.leases;
     update_fit(static_cast<std::size_t>(d));
   }
+  discharge(lease, now);
   observe_hold(lease.kind_id, static_cast<double>(elapsed_ns(lease.granted_at, now)));
   note_revocable(*it, -1);
   // The entry is kept, device list and all, for a later grant; once kMaxSpare are kept, it
@@ -627,14 +672,28 @@ std::optional<TimeNs> Scheduler::next_deadline() const {
 std::optional<Scheduler::Key> Scheduler::reserve_for_gangs(const Key& head,
                                                            std::vector<bool>& allowed,
                                                            std::vector<bool>* gang_allowed) const {
-  for (const Key& key : gang_waiters_) {
+  // Fair share ranks users: the gangs are walked in the queue's order.
+  std::vector<Key> order(gang_waiters_.begin(), gang_waiters_.end());
+  if (ranked_) {
+    std::stable_sort(order.begin(), order.end(),
+                     [this](const Key& a, const Key& b) { return rank_of(a) < rank_of(b); });
+  }
+  for (const Key& key : order) {
     if (key == head) continue;
+    const Waiter& w = queue_.at(key);
+    // A gang its quota keeps waiting reserves nothing: it could not use what it held back.
+    if (quotas_.limited() &&
+        (held(w.holder.uid) ||
+         !quotas_.allows(w.holder.uid,
+                         lease_total(w.request.bytes, static_cast<std::size_t>(w.request.gpus))))) {
+      continue;
+    }
     int free_devices = 0;
     for (std::size_t i = 0; i < devices_.size(); ++i) {
       if (allowed[i] && devices_[i].healthy) ++free_devices;
     }
     if (free_devices < 2) break;  // no multi-GPU job can use what is left
-    const LeaseRequest& r = queue_.at(key).request;
+    const LeaseRequest& r = w.request;
     if (!place(r, allowed).empty()) {
       // It may start now on devices no earlier job reserved; schedule() weighs it against
       // the earliest backfill candidate.
@@ -658,8 +717,12 @@ std::optional<Scheduler::Key> Scheduler::reserve_for_gangs(const Key& head,
 
 std::vector<Grant> Scheduler::schedule(TimeNs now) {
   std::vector<Grant> grants;
+  rank_users(now);
   while (!queue_.empty() && !limit_reached()) {
-    auto head = queue_.begin();
+    find_held();  // each grant changes what its user holds
+    const auto head_it = this->head();
+    if (head_it == queue_.end()) break;          // every waiter waits for its own quota
+    auto head = queue_.erase(head_it, head_it);  // the same place, as a mutable iterator
     std::vector<int> devices = place(head->second.request, all_devices_);
     auto chosen = head;
     if (devices.empty()) {
@@ -703,22 +766,35 @@ std::vector<Grant> Scheduler::schedule(TimeNs now) {
         }
         return *shadow > now && *hold <= *shadow - now;  // no expected start: none
       };
-      std::optional<Key> found;
-      for (const auto& [neg_priority, classes] : fit_) {
-        for (const auto& [cls, index] : classes) {
+      // The first waiter in order that fits. Every user's waiters of a class together say
+      // whether any fits, and the earliest (arrival order); where users are ranked or have
+      // quotas, the users' own indexes then pick in their order, within their quotas.
+      std::optional<Rank> found;
+      for (const auto& [neg_priority, level] : fit_) {
+        fitting_.clear();
+        std::optional<std::uint64_t> earliest;
+        for (const auto& [cls, index] : level.classes) {
           std::uint64_t limit =
               std::max(threshold(cls, allowed), greedy ? 0 : headroom_threshold(cls));
           if (ends_in_time(cls.kind_id)) limit = std::max(limit, threshold(cls, with_reserved));
           const auto seq = index.first_at_most(limit);
-          if (seq && (!found || *seq < found->seq)) found = Key{neg_priority, *seq};
+          if (!seq) continue;
+          fitting_.emplace_back(&cls, limit);
+          if (!earliest || *seq < *earliest) earliest = seq;
+        }
+        if (!earliest) continue;
+        if (!quotas_.limited() && level.order.size() < 2) {
+          found = Rank{neg_priority, 0, *earliest};
+        } else {
+          found = first_fitting_by_user(neg_priority, level);
         }
         if (found) break;
       }
-      if (gang && (!found || *gang < *found)) {
+      if (gang && (!found || rank_of(*gang) < *found)) {
         chosen = queue_.find(*gang);
         devices = place(chosen->second.request, gang_allowed);
       } else if (found) {
-        chosen = queue_.find(*found);
+        chosen = queue_.find(Key{found->neg_priority, found->seq});
         devices = place(chosen->second.request, allowed);
         if (devices.empty() && !greedy) {
           const int d = place_in_headroom(chosen->second.request);
@@ -749,7 +825,9 @@ bool Scheduler::greedy_now(TimeNs now) const {
   if (config_.queue == QueuePolicy::kGreedy) return true;
   if (config_.queue != QueuePolicy::kBackfill || !(config_.reserve_after_holds > 0)) return false;
   if (queue_.empty() || holds_seen_ == 0) return false;  // no hold seen yet: reserve at once
-  const Waiter& head = queue_.begin()->second;
+  const auto head_it = this->head();
+  if (head_it == queue_.end()) return false;
+  const Waiter& head = head_it->second;
   // Once the head has reserved it keeps its reservation (the mean may grow meanwhile).
   if (!reserved_.empty() && reserved_for_ == head.request.job_id) return false;
   const TimeNs waited = elapsed_ns(head.requested_at, now);
@@ -874,8 +952,10 @@ std::vector<bool> Scheduler::backfill_devices(bool* gang_can_start) const {
     return all_devices_;  // nobody reserves anything
   }
   std::vector<bool> allowed = allowed_;
+  find_held();
+  const auto head_it = head();
   const bool startable =
-      !queue_.empty() && reserve_for_gangs(queue_.begin()->first, allowed, nullptr).has_value();
+      head_it != queue_.end() && reserve_for_gangs(head_it->first, allowed, nullptr).has_value();
   if (gang_can_start != nullptr) *gang_can_start = startable;
   return allowed;
 }
@@ -884,6 +964,12 @@ std::vector<const Scheduler::Waiter*> Scheduler::waiters() const {
   std::vector<const Waiter*> out;
   out.reserve(queue_.size());
   for (const auto& [key, waiter] : queue_) out.push_back(&waiter);
+  if (ranked_) {  // fair share: users by their rank at the last pass
+    std::stable_sort(out.begin(), out.end(), [this](const Waiter* a, const Waiter* b) {
+      return rank_of(Key{-a->request.priority, a->seq}) <
+             rank_of(Key{-b->request.priority, b->seq});
+    });
+  }
   return out;
 }
 

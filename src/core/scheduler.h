@@ -10,7 +10,15 @@
 // - Admission: a lease of r bytes fits device d when r <= admissible_d = capacity_d -
 //   leased_d - overuse_d - foreign_d and fewer than max_concurrent_jobs leases are active
 //   (overuse_d: what holders use beyond their leases, docs/accounting.md).
-// - Order: higher priority first; first come, first served within a priority.
+// - Order: higher priority first. Within a priority, with fair share (the default), users
+//   go by their recent use (FairShare: decayed GiB-seconds leased), least first, then by
+//   arrival, each user's own waiters first come, first served; a user whose earliest waiter
+//   there has waited kAgedHalfLives half-lives goes by arrival ahead of the others (the bound
+//   on waiting, docs/scheduling.md). Without fair share: first come, first served.
+// - Quotas (QuotaBook): a waiter starts only when its lease keeps its user and the user's
+//   groups within max_vram and max_jobs; until then it waits, and it neither is the head
+//   nor reserves anything, so other users' waiters pass it. A user's later waiters start
+//   only within the room its earliest one leaves (they would take what it waits for).
 // - Backfill (the default queue policy): until the head of the queue has waited
 //   reserve_after_holds mean hold times, every waiter that fits starts (as greedy). Then the
 //   head reserves the devices where it will fit soonest (the smallest shortfall). A later
@@ -38,9 +46,12 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
+#include "core/fair_share.h"
 #include "core/fit_index.h"
+#include "core/quota_book.h"
 #include "gpumgr/ledger.h"
 #include "gpumgr/status.h"
 
@@ -90,6 +101,28 @@ struct SchedulerConfig {
   // seen and while the deviation is at most 40% of the mean; a lease of unknown kind, or
   // one past its expected end, is expected to end at any moment.
   bool duration_backfill = true;
+  // Fair share: within a priority, users go by their recent use, least first (see Order
+  // above); false: first come, first served. The half-life of that use, in nanoseconds.
+  bool fair_share = true;
+  TimeNs fair_share_half_life = FairShare::kDefaultHalfLife;
+};
+
+// A waiter whose user's earliest waiter at its priority has waited this many fair-share
+// half-lives is ordered by arrival, ahead of users ordered by use: fair share reorders, but
+// never postpones a user without bound.
+inline constexpr int kAgedHalfLives = 4;
+
+// One user's figures for status displays: what it holds against its quota, and its
+// fair-share use.
+struct UserAccount {
+  std::uint32_t uid = 0;
+  std::uint64_t leased_bytes = 0;  // VRAM leased: each lease's size times its devices
+  std::uint64_t jobs = 0;          // active leases
+  std::uint64_t waiting = 0;       // waiting requests
+  // The tightest quota that applies (its own, the default's, its groups'); none: no limit.
+  std::optional<std::uint64_t> max_vram_bytes;
+  std::optional<std::uint64_t> max_jobs;
+  double usage_gib_s = 0;  // fair-share use: decayed GiB-seconds leased
 };
 
 // A lease that was granted by a scheduling pass (or at once).
@@ -315,6 +348,23 @@ class Scheduler {
   // call schedule() afterwards.
   void set_max_concurrent_jobs(int n);
 
+  // Quotas (docs/config.md): installs the limits, at start and at each reload (see
+  // QuotaBook); `groups` says which groups a uid is in. A lowered quota ends no lease and
+  // changes no waiter's place; waiters that can never fit the new limits leave the queue
+  // (kQuotaExceeded) and are returned. Call schedule() afterwards: raised limits let waiters
+  // start.
+  std::vector<Dropped> set_quotas(QuotaConfig config, QuotaBook::GroupResolver groups);
+  const QuotaBook& quotas() const { return quotas_; }
+  // Why a waiter waits for its quota ("uid 1000 holds 6 GiB of its 8 GiB ..."), empty when
+  // its quota lets it start.
+  std::string quota_wait(const Waiter& waiter) const;
+  // Turns fair share on or off and sets its half-life, from `now` on (a reload). Call
+  // schedule() afterwards: the order may have changed.
+  void set_fair_share(bool on, TimeNs half_life, TimeNs now);
+  const FairShare& usage() const { return usage_; }
+  // Each user with leases or waiters, or with a quota table of its own, by uid.
+  std::vector<UserAccount> user_accounts(TimeNs now) const;
+
  private:
   // Queue order: higher priority first, then arrival.
   struct Key {
@@ -329,6 +379,44 @@ class Scheduler {
     int kind_id;  // -1: no kind (duration backfill weighs a class by its kind's estimate)
     std::vector<int> allowed;  // LeaseRequest::allowed_devices (empty: any)
     friend auto operator<=>(const ClassKey&, const ClassKey&) = default;
+  };
+  // One user's waiters at one priority: their order, and their fit indexes by class.
+  struct UserBucket {
+    // Its waiters here by seq (arrival order: the first is the user's earliest here), with
+    // what ranking, quotas and its fit indexes read of them without a look into the queue.
+    struct Entry {
+      TimeNs requested_at;
+      std::uint64_t total;  // lease_total(): size times GPUs
+      std::uint64_t bytes;  // per device
+      ClassKey cls;
+    };
+    std::map<std::uint64_t, Entry> seqs;
+    // Built the first time a pass needs them (users ranked, or quotas), then kept up: a
+    // single user without quotas (the common host) pays for none.
+    mutable std::map<ClassKey, FitIndex> classes;
+    mutable bool indexed = false;
+    int rank = 0;  // the user's place among this priority's users (fair share); 0 without
+    const std::map<ClassKey, FitIndex>& indexes() const {
+      if (!indexed) {
+        for (const auto& [seq, e] : seqs) classes[e.cls].push_back(seq, e.bytes);
+        indexed = true;
+      }
+      return classes;
+    }
+  };
+  // The waiters of one priority: every user's together by class (does anything fit, and the
+  // earliest that does: arrival order), and each user's own (fair share, quotas).
+  struct Level {
+    std::map<ClassKey, FitIndex> classes;
+    std::map<std::uint32_t, UserBucket> users;  // by uid
+    std::vector<std::uint32_t> order;  // users by rank at the last ranking; empty: unranked
+  };
+  // A waiter's place in the queue's order: priority, its user's rank there, arrival.
+  struct Rank {
+    int neg_priority;
+    int user_rank;
+    std::uint64_t seq;
+    friend auto operator<=>(const Rank&, const Rank&) = default;
   };
 
   // The devices a request would get now among `allowed`, by the placement policy; empty
@@ -348,6 +436,25 @@ class Scheduler {
   // paths report a duplicate id first, as check() would have.
   Status duplicate_or(std::string_view job_id, Status failure) const;
   void remove_waiter(std::map<Key, Waiter>::iterator it);
+  // The tenancy rules (scheduler_tenants.cpp). The head of the queue: the first waiter in
+  // order whose user's quota lets it start (queue_.end() when none may). Reads held_: call
+  // find_held() first where quotas may have changed.
+  std::map<Key, Waiter>::const_iterator head() const;
+  // Among the classes of `level` in fitting_ (each with its limit), the first waiter in order
+  // of a user whose quota lets it start, within what that quota leaves.
+  std::optional<Rank> first_fitting_by_user(int neg_priority, const Level& level) const;
+  // Orders the users of each priority by their use at `now` (fair share).
+  void rank_users(TimeNs now);
+  // Fills held_ with the users whose earliest waiter their quota keeps waiting.
+  void find_held() const;
+  bool held(std::uint32_t uid) const { return held_.count(uid) != 0; }
+  Rank rank_of(const Key& key) const;
+  // The VRAM (size times devices) a lease of this request holds.
+  static std::uint64_t lease_total(std::uint64_t bytes, std::size_t devices) {
+    return bytes * static_cast<std::uint64_t>(devices);
+  }
+  void charge(const ActiveLease& lease, TimeNs now);
+  void discharge(const ActiveLease& lease, TimeNs now);
   // Chooses the head's reserved devices (sticky while they stay valid); fills allowed_ with
   // the devices others may use.
   void update_reservation();
@@ -406,7 +513,7 @@ class Scheduler {
   std::map<Key, Waiter> queue_;
   std::unordered_map<std::string, Key, JobIdHash, std::equal_to<>> waiting_index_;
   std::set<std::pair<TimeNs, Key>> deadlines_;
-  std::map<int, std::map<ClassKey, FitIndex>> fit_;  // by -priority, then class
+  std::map<int, Level> fit_;  // by -priority, then user, then class
   std::uint64_t next_seq_ = 0;
   std::uint64_t last_lease_id_ = 0;
   // Entries of released leases, node and all, for the next grants: a steady stream of
@@ -445,6 +552,17 @@ class Scheduler {
   // Resident names of active leases, and the job that holds each.
   std::unordered_map<std::string, std::string, JobIdHash, std::equal_to<>> residents_;
   std::vector<Revocation> revocations_;  // decided, not yet taken
+  // Tenancy. The book's look-ups cache group membership (hence mutable).
+  mutable QuotaBook quotas_;
+  FairShare usage_;
+  // Whether the users of some priority are ranked by use (ranks other than 0 exist).
+  bool ranked_ = false;
+  mutable std::unordered_set<std::uint32_t> held_;     // find_held()'s answer
+  mutable std::unordered_set<std::uint32_t> seen_;     // find_held()'s scratch
+  std::unordered_map<std::uint32_t, double> use_now_;  // rank_users()'s scratch
+  // A pass's classes that fit at one priority, with their limits (scratch).
+  std::vector<std::pair<const ClassKey*, std::uint64_t>> fitting_;
+  std::uint64_t host_capacity_ = 0;
 };
 
 }  // namespace gpumgr::core

@@ -129,7 +129,37 @@ WaiterInfo waiter_from_json(const json& j) {
   w.uid = j.at("uid").get<std::uint32_t>();
   w.command = j.at("command").get<std::string>();
   w.waited_s = j.at("waited_s").get<double>();
+  w.quota_wait = j.value("quota_wait", std::string());
   return w;
+}
+
+// A quota's limit: a number, or null for none.
+json optional_json(const std::optional<std::uint64_t>& v) { return v ? json(*v) : json(nullptr); }
+std::optional<std::uint64_t> optional_from_json(const json& j) {
+  if (j.is_null()) return std::nullopt;
+  return j.get<std::uint64_t>();
+}
+
+json user_json(const UserUsage& u) {
+  return {{"uid", u.uid},
+          {"leased_bytes", u.leased_bytes},
+          {"jobs", u.jobs},
+          {"waiting", u.waiting},
+          {"max_vram_bytes", optional_json(u.max_vram_bytes)},
+          {"max_jobs", optional_json(u.max_jobs)},
+          {"fair_share_gib_s", u.fair_share_gib_s}};
+}
+
+UserUsage user_from_json(const json& j) {
+  UserUsage u;
+  u.uid = j.at("uid").get<std::uint32_t>();
+  u.leased_bytes = j.at("leased_bytes").get<std::uint64_t>();
+  u.jobs = j.at("jobs").get<std::uint64_t>();
+  u.waiting = j.at("waiting").get<std::uint64_t>();
+  u.max_vram_bytes = optional_from_json(j.at("max_vram_bytes"));
+  u.max_jobs = optional_from_json(j.at("max_jobs"));
+  u.fair_share_gib_s = j.at("fair_share_gib_s").get<double>();
+  return u;
 }
 
 LeaseInfo lease_from_json_unchecked(const json& j) {
@@ -245,10 +275,17 @@ StatusOr<KindEstimate> estimate_from_json(const json& j) {
 }
 
 json to_json(const WaiterInfo& w) {
-  json j = {{"job_id", w.job_id},     {"bytes", w.bytes},   {"gpus", w.gpus},
-            {"priority", w.priority}, {"device", w.device}, {"position", w.position},
-            {"pid", w.pid},           {"uid", w.uid},       {"command", w.command},
-            {"waited_s", w.waited_s}};
+  json j = {{"job_id", w.job_id},
+            {"bytes", w.bytes},
+            {"gpus", w.gpus},
+            {"priority", w.priority},
+            {"device", w.device},
+            {"position", w.position},
+            {"pid", w.pid},
+            {"uid", w.uid},
+            {"command", w.command},
+            {"waited_s", w.waited_s},
+            {"quota_wait", w.quota_wait}};
   if (!w.allowed_devices.empty()) j["allowed_devices"] = w.allowed_devices;
   return j;
 }
@@ -270,7 +307,9 @@ json to_json(const Snapshot& s) {
                  {"on_overuse", std::string(overuse_policy_name(s.config.overuse.policy))},
                  {"overuse_grace_s", s.config.overuse.grace_s},
                  {"revoke_grace_s", s.config.revoke_grace_s},
-                 {"overuse_tolerance_percent", s.config.overuse.tolerance_percent}};
+                 {"overuse_tolerance_percent", s.config.overuse.tolerance_percent},
+                 {"fair_share", s.config.fair_share},
+                 {"fair_share_half_life_s", s.config.fair_share_half_life_s}};
   json devices = json::array();
   for (const auto& d : s.devices) devices.push_back(device_json(d));
   j["devices"] = devices;
@@ -280,6 +319,9 @@ json to_json(const Snapshot& s) {
   json queue = json::array();
   for (const auto& w : s.queue) queue.push_back(to_json(w));
   j["queue"] = queue;
+  json users = json::array();
+  for (const auto& u : s.users) users.push_back(user_json(u));
+  j["users"] = users;
   const LedgerStats& st = s.stats;
   j["stats"] = {{"jobs_processed", st.jobs_processed()},
                 {"jobs_succeeded", st.jobs_succeeded},
@@ -331,6 +373,8 @@ StatusOr<Snapshot> snapshot_from_json(const json& j) {
     s.config.queue = queue.value();
     s.config.poll_interval =
         std::chrono::milliseconds(c.at("poll_interval_ms").get<std::int64_t>());
+    s.config.fair_share = c.value("fair_share", true);
+    s.config.fair_share_half_life_s = c.value("fair_share_half_life_s", 3600.0);
     auto overuse = parse_overuse_policy(c.value("on_overuse", std::string("report")));
     if (!overuse.ok()) return overuse.status();
     s.config.overuse.policy = overuse.value();
@@ -340,6 +384,10 @@ StatusOr<Snapshot> snapshot_from_json(const json& j) {
     for (const auto& d : j.at("devices")) s.devices.push_back(device_from_json(d));
     for (const auto& l : j.at("leases")) s.leases.push_back(lease_from_json_unchecked(l));
     for (const auto& w : j.at("queue")) s.queue.push_back(waiter_from_json(w));
+    // Absent from an older daemon's JSON: no users listed.
+    if (j.contains("users")) {
+      for (const auto& u : j.at("users")) s.users.push_back(user_from_json(u));
+    }
     const json& st = j.at("stats");
     s.stats.jobs_succeeded = st.at("jobs_succeeded").get<std::uint64_t>();
     s.stats.jobs_failed = st.at("jobs_failed").get<std::uint64_t>();

@@ -233,6 +233,34 @@ std::string render_metrics(const Snapshot& s, const MetricsContext& context) {
   w.family("gpumgr_queue_depth", "gauge", "Requests waiting in the queue.");
   w.sample("gpumgr_queue_depth", {}, static_cast<std::uint64_t>(s.queue.size()));
 
+  // Per user: its use against its quota (a limit only where one applies) and its fair-share
+  // use.
+  const auto uid_labels = [](const UserUsage& u) { return Labels{{"uid", std::to_string(u.uid)}}; };
+  w.family("gpumgr_user_leased_bytes", "gauge",
+           "VRAM a user's leases hold (each lease's size times its devices), in bytes.");
+  for (const auto& u : s.users) w.sample("gpumgr_user_leased_bytes", uid_labels(u), u.leased_bytes);
+  w.family("gpumgr_user_jobs", "gauge", "A user's active leases.");
+  for (const auto& u : s.users) w.sample("gpumgr_user_jobs", uid_labels(u), u.jobs);
+  w.family("gpumgr_user_waiting", "gauge", "A user's waiting requests.");
+  for (const auto& u : s.users) w.sample("gpumgr_user_waiting", uid_labels(u), u.waiting);
+  w.family("gpumgr_user_quota_vram_bytes", "gauge",
+           "The tightest max_vram quota that applies to a user, in bytes; no sample: no limit.");
+  for (const auto& u : s.users) {
+    if (u.max_vram_bytes)
+      w.sample("gpumgr_user_quota_vram_bytes", uid_labels(u), *u.max_vram_bytes);
+  }
+  w.family("gpumgr_user_quota_jobs", "gauge",
+           "The tightest max_jobs quota that applies to a user; no sample: no limit.");
+  for (const auto& u : s.users) {
+    if (u.max_jobs) w.sample("gpumgr_user_quota_jobs", uid_labels(u), *u.max_jobs);
+  }
+  w.family("gpumgr_user_fair_share_gib_seconds", "gauge",
+           "A user's recent use, as fair share weighs it: GiB-seconds leased, decayed with the "
+           "fair-share half-life.");
+  for (const auto& u : s.users) {
+    w.sample("gpumgr_user_fair_share_gib_seconds", uid_labels(u), u.fair_share_gib_s);
+  }
+
   // Per lease and device. A lease whose use cannot be attributed there (the backend lists no
   // processes) has no used/peak sample for that device: absent, never a made-up 0.
   const auto lease_device_labels = [](const LeaseInfo& l, int device) {

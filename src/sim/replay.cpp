@@ -47,7 +47,8 @@ std::string policy_name(PlacementPolicy placement, QueuePolicy queue) {
 StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
                            const std::vector<std::uint64_t>& device_sizes, double memory_limit,
                            PlacementPolicy placement, QueuePolicy queue, int max_concurrent_jobs,
-                           double reserve_after_holds, bool duration_backfill) {
+                           double reserve_after_holds, bool duration_backfill, bool fair_share,
+                           double fair_share_half_life_s) {
   if (device_sizes.empty()) return InvalidArgument("a simulation needs at least one device");
   if (!(memory_limit > 0 && memory_limit <= 1)) {
     return InvalidArgument("memory_limit must be in (0, 1], got " + std::to_string(memory_limit));
@@ -55,6 +56,10 @@ StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
   if (!(reserve_after_holds >= 0) || !std::isfinite(reserve_after_holds)) {
     return InvalidArgument("reserve_after_holds must be a number >= 0, got " +
                            std::to_string(reserve_after_holds));
+  }
+  if (!(fair_share_half_life_s > 0) || !std::isfinite(fair_share_half_life_s)) {
+    return InvalidArgument("fair_share_half_life must be a number of seconds > 0, got " +
+                           std::to_string(fair_share_half_life_s));
   }
   if (max_concurrent_jobs < 1) {
     return InvalidArgument("max_concurrent_jobs must be at least 1, got " +
@@ -67,6 +72,8 @@ StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
   config.queue = queue;
   config.reserve_after_holds = reserve_after_holds;
   config.duration_backfill = duration_backfill;
+  config.fair_share = fair_share;
+  config.fair_share_half_life = to_ns(fair_share_half_life_s);
   core::Scheduler scheduler(config, device_sizes.size());
   std::vector<std::uint64_t> capacities;
   for (std::size_t d = 0; d < device_sizes.size(); ++d) {
@@ -93,6 +100,12 @@ StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
     if (!index_of.emplace(jobs[i].job_id, i).second) {
       return InvalidArgument("job id '" + jobs[i].job_id + "' appears twice in the trace");
     }
+  }
+  // Users as uids, in order of first appearance (the anonymous user "" is one too).
+  std::unordered_map<std::string, std::uint32_t> uid_of;
+  std::vector<std::uint32_t> uid(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    uid[i] = uid_of.emplace(jobs[i].user, static_cast<std::uint32_t>(uid_of.size())).first->second;
   }
   std::vector<std::size_t> order(n);
   std::iota(order.begin(), order.end(), 0);
@@ -150,8 +163,8 @@ StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
         held[i] += now - start[i];
         if (jobs[i].preemptible) {
           ++report.preemptions;
-          StatusOr<std::vector<core::Grant>> grants =
-              scheduler.enqueue(request_of(jobs[i]), core::Holder{}, now, std::nullopt, arrival[i]);
+          StatusOr<std::vector<core::Grant>> grants = scheduler.enqueue(
+              request_of(jobs[i]), core::Holder{0, uid[i]}, now, std::nullopt, arrival[i]);
           if (!grants.ok()) return grants.status();
           record(*grants, now);
         } else {
@@ -187,7 +200,7 @@ StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
     while (next < n && arrival[order[next]] == now) {
       const TraceJob& job = jobs[order[next]];
       StatusOr<std::vector<core::Grant>> grants =
-          scheduler.enqueue(request_of(job), core::Holder{}, now, std::nullopt);
+          scheduler.enqueue(request_of(job), core::Holder{0, uid[order[next]]}, now, std::nullopt);
       if (!grants.ok()) {
         return Status(grants.status().code(),
                       "job '" + job.job_id + "': " + grants.status().message());
@@ -246,6 +259,29 @@ StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
     report.p50_wait_s = percentile(waits, 0.50);
     report.p99_wait_s = percentile(waits, 0.99);
     report.max_wait_s = waits.back();
+  }
+  // Per user.
+  report.users.resize(uid_of.size());
+  for (const auto& [name, u] : uid_of) report.users[u].name = name;
+  for (std::size_t i = 0; i < n; ++i) {
+    SimReport::User& u = report.users[uid[i]];
+    const double wait = to_s(start[i] - arrival[i]);
+    const double length = std::max(rounded[i].duration_s, kSlowdownMinDurationS);
+    ++u.jobs;
+    u.mean_wait_s += wait;
+    u.max_wait_s = std::max(u.max_wait_s, wait);
+    u.mean_slowdown += (wait + length) / length;
+  }
+  double slowdowns = 0, sum_squares = 0;
+  for (SimReport::User& u : report.users) {
+    u.mean_wait_s /= static_cast<double>(u.jobs);
+    u.mean_slowdown /= static_cast<double>(u.jobs);
+    slowdowns += u.mean_slowdown;
+    sum_squares += u.mean_slowdown * u.mean_slowdown;
+  }
+  if (!report.users.empty() && sum_squares > 0) {
+    report.jain_fairness =
+        slowdowns * slowdowns / (static_cast<double>(report.users.size()) * sum_squares);
   }
   const double total_capacity =
       std::accumulate(capacities.begin(), capacities.end(), 0.0,

@@ -51,8 +51,26 @@ struct SimReport {
   // at once; a preempted job starts over from its beginning (its start is the last grant).
   std::uint64_t preemptions = 0;
   std::uint64_t residents_unloaded = 0;
+  // Per user of the trace's `user` column (one entry, named "", without the column), in
+  // order of first appearance: waits, and mean slowdown (wait + duration) / duration, with
+  // durations below 1 s counted as 1 s (a bounded slowdown: a 1 ms job that waits 1 s is
+  // not a 1000-fold slowdown).
+  struct User {
+    std::string name;
+    std::size_t jobs = 0;
+    double mean_wait_s = 0;
+    double max_wait_s = 0;
+    double mean_slowdown = 0;
+  };
+  std::vector<User> users;
+  // Jain's fairness index of the users' mean slowdowns: (sum x)^2 / (n sum x^2), 1 when every
+  // user is slowed alike, 1/n when one user takes all the slowdown; 1 for one user.
+  double jain_fairness = 1;
   std::vector<SimJob> timeline;
 };
+
+// The bounded slowdown's floor on a job's duration, in seconds (SimReport::User).
+inline constexpr double kSlowdownMinDurationS = 1;
 
 // The name a report gives a policy pair: "fifo" or "greedy" for that queue with best-fit
 // placement (what `--policy fifo` and `--policy greedy` mean), the placement's name for
@@ -66,11 +84,14 @@ std::string policy_name(PlacementPolicy placement, QueuePolicy queue);
 // capacity), named by its job id. `reserve_after_holds` and `duration_backfill` are
 // SchedulerConfig's (the backfill queue's aging, and backfill by the expected holds the
 // scheduler learns per job kind from the trace's `kind` column; the library's defaults
-// unless given).
+// unless given). Each user of the trace is a uid of its own (fair share orders them by use
+// within a priority, with `fair_share_half_life_s`, > 0).
 StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
                            const std::vector<std::uint64_t>& device_sizes, double memory_limit,
                            PlacementPolicy placement, QueuePolicy queue, int max_concurrent_jobs,
                            double reserve_after_holds = core::SchedulerConfig{}.reserve_after_holds,
-                           bool duration_backfill = core::SchedulerConfig{}.duration_backfill);
+                           bool duration_backfill = core::SchedulerConfig{}.duration_backfill,
+                           bool fair_share = core::SchedulerConfig{}.fair_share,
+                           double fair_share_half_life_s = 3600);
 
 }  // namespace gpumgr::sim

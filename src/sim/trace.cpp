@@ -82,11 +82,12 @@ enum Column {
   kKind,
   kPreemptible,
   kResident,
+  kUser,
   kColumnCount
 };
 constexpr std::array<const char*, kColumnCount> kColumnNames = {
-    "arrival_s", "vram_mib", "duration_s",  "gpus",    "priority",
-    "job_id",    "kind",     "preemptible", "resident"};
+    "arrival_s", "vram_mib", "duration_s",  "gpus",     "priority",
+    "job_id",    "kind",     "preemptible", "resident", "user"};
 constexpr int kRequiredColumns = 3;  // the first three of kColumnNames
 
 struct Cell {
@@ -243,6 +244,15 @@ StatusOr<std::vector<TraceJob>> parse_trace(std::istream& in) {
       if (job.preemptible) {
         return InvalidArgument(at_line(line_no) +
                                "a job is either preemptible or resident, not both");
+      }
+    }
+    if (index[kUser] && !fields[*index[kUser]].empty()) {
+      job.user = fields[*index[kUser]];
+      // A user's name is checked as a kind is: it is printed in the per-user report.
+      if (Status s = core::check_kind(job.user); !s.ok()) {
+        std::string why = s.message();
+        if (why.rfind("job kind", 0) == 0) why = "user" + why.substr(8);
+        return InvalidArgument(at_line(line_no) + "user: " + why);
       }
     }
     const auto [it, inserted] = id_lines.emplace(job.job_id, line_no);

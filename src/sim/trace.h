@@ -1,8 +1,8 @@
 // Job traces for `gpumgr simulate`: the CSV format of docs/simulate.md, parsed into jobs.
 //
 // A trace is CSV with a header line. Columns `arrival_s,vram_mib,duration_s` are required;
-// `gpus,priority,job_id,kind,preemptible,resident` are optional (defaults 1, 0, the 1-based
-// data row number, no kind, 0 and none). Columns
+// `gpus,priority,job_id,kind,preemptible,resident,user` are optional (defaults 1, 0, the
+// 1-based data row number, no kind, 0, none and one anonymous user). Columns
 // may come in any order and unknown columns are ignored, so that converters can keep extra
 // fields. Every error names the line (the header is line 1) and, where there is one, the column.
 //
@@ -31,13 +31,14 @@ struct TraceJob {
   // (its work is lost); a resident holds its memory for its duration unless revoked first.
   bool preemptible = false;
   std::string resident;  // LeaseRequest::resident; empty: not resident
+  std::string user;  // who submits it (fair share, per-user report); empty: the one anonymous user
 };
 
 // Parses a whole trace. Rejects: a missing or duplicated header column, rows with a field
 // count different from the header's, numbers that do not parse, NaN or infinite values,
 // negative arrival or duration, vram 0 (or rounding to 0 bytes) or beyond 2^53 bytes,
-// gpus < 1, non-integer gpus or priority, duplicate job ids, a kind with control characters
-// or longer than 256 bytes. Blank lines are skipped.
+// gpus < 1, non-integer gpus or priority, duplicate job ids, a kind or a user with control
+// characters or longer than 256 bytes. Blank lines are skipped.
 // Fields may be quoted ("a,b"); a quoted field may not span lines.
 StatusOr<std::vector<TraceJob>> parse_trace(std::istream& in);
 

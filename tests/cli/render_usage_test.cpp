@@ -366,5 +366,30 @@ TEST(RenderUsageTest, WideCharactersArePaddedByColumns) {
   EXPECT_EQ(row.substr(0, want.size()), want);
 }
 
+TEST(RenderUsers, EachUsersUseAgainstItsQuotaAndWhatAWaiterWaitsFor) {
+  Snapshot s;
+  WaiterInfo w;
+  w.job_id = "train-2";
+  w.bytes = 2 * kGiB;
+  w.uid = 1000;
+  w.quota_wait = "uid 1000 holds 6 GiB of its 8 GiB (quota.user.1000.max_vram)\x1b[2J";
+  s.queue = {w};
+  s.users = {UserUsage{1000, 6 * kGiB, 2, 1, 8 * kGiB, 3, 5400.4},
+             UserUsage{1001, 512 * kMiB, 1, 0, std::nullopt, std::nullopt, 0.25}};
+  const std::string text = render_status(s, {});
+  EXPECT_EQ(line_starting(text, "      waits for its quota: "),
+            "      waits for its quota: uid 1000 holds 6 GiB of its 8 GiB "
+            "(quota.user.1000.max_vram)\\x1b[2J")
+      << text;
+  EXPECT_NE(text.find("USERS (2)"), std::string::npos) << text;
+  const std::string a = line_starting(text, "  1000 ");
+  EXPECT_EQ(a, "  1000    6 GiB / 8 GiB           2 / 3                1    5400 GiB-s") << text;
+  const std::string b = line_starting(text, "  1001 ");
+  EXPECT_EQ(b, "  1001    512 MiB / -             1 / -                0     0.2 GiB-s") << text;
+  // No users (an older daemon): no section.
+  s.users.clear();
+  EXPECT_EQ(render_status(s, {}).find("USERS"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace gpumgr::cli

@@ -76,6 +76,8 @@ Snapshot sample_snapshot() {
   split.usage = {{0, 3 * kGiB, 3 * kGiB + kGiB / 2}, {1, std::nullopt, std::nullopt}};
   s.leases = {over, split};
   s.queue.resize(3);
+  s.users = {UserUsage{1000, 24 * kGiB, 2, 1, 32 * kGiB, std::nullopt, 1234.5},
+             UserUsage{1001, 0, 0, 2, std::nullopt, 4, 0}};
   s.stats.jobs_succeeded = 7;
   s.stats.jobs_failed = 1;
   s.stats.jobs_rejected = 2;
@@ -177,6 +179,28 @@ gpumgr_leases_active 2
 # HELP gpumgr_queue_depth Requests waiting in the queue.
 # TYPE gpumgr_queue_depth gauge
 gpumgr_queue_depth 3
+# HELP gpumgr_user_leased_bytes VRAM a user's leases hold (each lease's size times its devices), in bytes.
+# TYPE gpumgr_user_leased_bytes gauge
+gpumgr_user_leased_bytes{uid="1000"} 25769803776
+gpumgr_user_leased_bytes{uid="1001"} 0
+# HELP gpumgr_user_jobs A user's active leases.
+# TYPE gpumgr_user_jobs gauge
+gpumgr_user_jobs{uid="1000"} 2
+gpumgr_user_jobs{uid="1001"} 0
+# HELP gpumgr_user_waiting A user's waiting requests.
+# TYPE gpumgr_user_waiting gauge
+gpumgr_user_waiting{uid="1000"} 1
+gpumgr_user_waiting{uid="1001"} 2
+# HELP gpumgr_user_quota_vram_bytes The tightest max_vram quota that applies to a user, in bytes; no sample: no limit.
+# TYPE gpumgr_user_quota_vram_bytes gauge
+gpumgr_user_quota_vram_bytes{uid="1000"} 34359738368
+# HELP gpumgr_user_quota_jobs The tightest max_jobs quota that applies to a user; no sample: no limit.
+# TYPE gpumgr_user_quota_jobs gauge
+gpumgr_user_quota_jobs{uid="1001"} 4
+# HELP gpumgr_user_fair_share_gib_seconds A user's recent use, as fair share weighs it: GiB-seconds leased, decayed with the fair-share half-life.
+# TYPE gpumgr_user_fair_share_gib_seconds gauge
+gpumgr_user_fair_share_gib_seconds{uid="1000"} 1234.5
+gpumgr_user_fair_share_gib_seconds{uid="1001"} 0
 # HELP gpumgr_lease_size_bytes What a lease holds on each of its devices, in bytes.
 # TYPE gpumgr_lease_size_bytes gauge
 gpumgr_lease_size_bytes{job_id="sdxl-1",gpu="0"} 21474836480

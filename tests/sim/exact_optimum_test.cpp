@@ -23,7 +23,7 @@ using testing::exact_min_makespan;
 using testing::schedule_is_feasible;
 
 TraceJob job(std::string id, double arrival, std::uint64_t gib, double duration, int gpus = 1) {
-  return TraceJob{std::move(id), arrival, gib * kGiB, duration, gpus, 0, "", false, ""};
+  return TraceJob{std::move(id), arrival, gib * kGiB, duration, gpus, 0, "", false, "", ""};
 }
 
 TEST(ExactOptimumTest, ThreeJobsLargerThanHalfADeviceOnTwoDevices) {

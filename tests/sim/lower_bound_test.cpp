@@ -14,7 +14,7 @@ constexpr std::uint64_t M = 1000;
 
 TraceJob job(double arrival, std::uint64_t bytes, double duration, int gpus = 1) {
   static int next = 0;
-  return TraceJob{std::to_string(++next), arrival, bytes, duration, gpus, 0, "", false, ""};
+  return TraceJob{std::to_string(++next), arrival, bytes, duration, gpus, 0, "", false, "", ""};
 }
 
 TEST(LowerBoundTest, TwoJobsLargerThanHalfADeviceRunOneAfterTheOther) {

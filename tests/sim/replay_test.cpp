@@ -14,7 +14,7 @@ namespace {
 
 TraceJob job(std::string id, double arrival, std::uint64_t gib, double duration, int gpus = 1,
              int priority = 0) {
-  return TraceJob{std::move(id), arrival, gib * kGiB, duration, gpus, priority, "", false, ""};
+  return TraceJob{std::move(id), arrival, gib * kGiB, duration, gpus, priority, "", false, "", ""};
 }
 
 const SimJob& find(const SimReport& report, const std::string& id) {
@@ -220,6 +220,53 @@ TEST(ReplayTest, FractionalTimesAreKeptToTheNanosecond) {
   EXPECT_NEAR(find(*r, "B").start_s, 0.1, 1e-12);
   EXPECT_NEAR(r->makespan_s, 0.3, 1e-12);
   EXPECT_LE(r->lower_bound_s, r->makespan_s);
+}
+
+// One device of 10 GiB; three 10 GiB jobs of "heavy" at t=0 and one of "light" at t=1, each
+// holding 10 s, so one runs at a time.
+//   Fair share: at 10 heavy has used 100 GiB-s and light nothing: L starts at 10, then H2 at
+//     20, H3 at 30. Heavy waits 0, 20, 30 (slowdowns 1, 3, 4: mean 8/3); light waits 9 (1.9).
+//   Arrival order: H2 at 10, H3 at 20, L at 30. Heavy waits 0, 10, 20 (slowdowns 1, 2, 3:
+//     mean 2); light waits 29 (3.9).
+// Jain's index of the mean slowdowns: (a + b)^2 / (2 (a^2 + b^2)).
+TEST(ReplayTest, PerUserWaitsSlowdownsAndJainsIndexWithAndWithoutFairShare) {
+  auto user_job = [](std::string id, double arrival, std::string user) {
+    TraceJob j = job(std::move(id), arrival, 10, 10);
+    j.user = std::move(user);
+    return j;
+  };
+  const std::vector<TraceJob> trace = {user_job("H1", 0, "heavy"), user_job("H2", 0, "heavy"),
+                                       user_job("H3", 0, "heavy"), user_job("L", 1, "light")};
+  const std::vector<std::uint64_t> one = {10 * kGiB};
+  auto jain = [](double a, double b) { return (a + b) * (a + b) / (2 * (a * a + b * b)); };
+  for (const bool fair : {true, false}) {
+    StatusOr<SimReport> r = replay(trace, one, 1.0, PlacementPolicy::kBestFit,
+                                   QueuePolicy::kBackfill, 1 << 30, 2, true, fair);
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    ASSERT_EQ(r->users.size(), 2u);
+    const SimReport::User& heavy = r->users[0];
+    const SimReport::User& light = r->users[1];
+    EXPECT_EQ(heavy.name, "heavy");
+    EXPECT_EQ(light.name, "light");
+    EXPECT_EQ(heavy.jobs, 3u);
+    EXPECT_EQ(light.jobs, 1u);
+    EXPECT_DOUBLE_EQ(find(*r, "L").start_s, fair ? 10 : 30) << "fair share " << fair;
+    EXPECT_NEAR(heavy.mean_wait_s, fair ? 50.0 / 3 : 10, 1e-9);
+    EXPECT_DOUBLE_EQ(heavy.max_wait_s, fair ? 30 : 20);
+    EXPECT_DOUBLE_EQ(light.mean_wait_s, fair ? 9 : 29);
+    EXPECT_NEAR(heavy.mean_slowdown, fair ? 8.0 / 3 : 2, 1e-9);
+    EXPECT_NEAR(light.mean_slowdown, fair ? 1.9 : 3.9, 1e-9);
+    EXPECT_NEAR(r->jain_fairness, fair ? jain(8.0 / 3, 1.9) : jain(2, 3.9), 1e-9);
+    EXPECT_DOUBLE_EQ(r->makespan_s, 40);
+  }
+  // Without a user column: one anonymous user, Jain's index 1.
+  StatusOr<SimReport> anon = replay(kBackfillTrace, kTwoDevices, 1.0, PlacementPolicy::kBestFit,
+                                    QueuePolicy::kBackfill, 1 << 30);
+  ASSERT_TRUE(anon.ok());
+  ASSERT_EQ(anon->users.size(), 1u);
+  EXPECT_EQ(anon->users[0].name, "");
+  EXPECT_EQ(anon->users[0].jobs, 4u);
+  EXPECT_DOUBLE_EQ(anon->jain_fairness, 1);
 }
 
 }  // namespace

@@ -98,6 +98,21 @@ TEST(TraceTest, AKindColumnIsKeptAndAnEmptyCellIsNoKind) {
             "line 2: kind: job kind is 257 characters long; the limit is 256");
 }
 
+TEST(TraceTest, AUserColumnIsKeptAndCheckedAndAnEmptyCellIsTheAnonymousUser) {
+  StatusOr<std::vector<TraceJob>> jobs = parse(
+      "user,arrival_s,vram_mib,duration_s\n"
+      "alice,0,100,1\n"
+      ",1,100,1\n");
+  ASSERT_TRUE(jobs.ok()) << jobs.status().to_string();
+  ASSERT_EQ(jobs->size(), 2u);
+  EXPECT_EQ((*jobs)[0].user, "alice");
+  EXPECT_EQ((*jobs)[1].user, "");
+  EXPECT_EQ(error_of("arrival_s,vram_mib,duration_s,user\n0,100,1,a\x1b[2Jb\n"),
+            "line 2: user: user must not contain control characters");
+  EXPECT_EQ(error_of("arrival_s,vram_mib,duration_s,user\n0,100,1," + std::string(257, 'u') + "\n"),
+            "line 2: user: user is 257 characters long; the limit is 256");
+}
+
 TEST(TraceTest, HeaderOnlyIsAnEmptyTrace) {
   StatusOr<std::vector<TraceJob>> jobs = parse("arrival_s,vram_mib,duration_s\n");
   ASSERT_TRUE(jobs.ok());

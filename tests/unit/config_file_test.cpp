@@ -48,6 +48,10 @@ hello_timeout = 9
 max_connections_per_uid = 17
 kill_orphans = true
 kill_orphans_grace = 2
+
+[scheduling]
+fair_share = false
+fair_share_half_life = "30m"
 )";
 
 StatusOr<ConfigFile> parse(const std::string& text) {
@@ -87,6 +91,8 @@ TEST(ConfigFile, EveryKeyIsReadIntoItsSetting) {
   EXPECT_EQ(s.max_connections_per_uid, 17);
   EXPECT_TRUE(s.kill_orphans);
   EXPECT_EQ(s.kill_orphans_grace_s, 2);
+  EXPECT_FALSE(s.fair_share);
+  EXPECT_EQ(s.fair_share_half_life_s, 1800);
   // Every field was present, each at its own line.
   EXPECT_EQ(r->present.count(), kFieldCount);
   for (const FieldInfo& f : all_fields()) {
@@ -105,6 +111,34 @@ TEST(ConfigFile, EveryKeyIsReadIntoItsSetting) {
   EXPECT_EQ(c.overuse.grace_s, 3.5);
   EXPECT_EQ(c.overuse.tolerance_percent, 20);
   EXPECT_EQ(c.revoke_grace_s, 45);
+  EXPECT_FALSE(c.fair_share);
+  EXPECT_EQ(c.fair_share_half_life_s, 1800);
+}
+
+TEST(ConfigFile, AHalfLifeIsSecondsOrADurationWithAUnit) {
+  for (const auto& [text, seconds] : std::vector<std::pair<std::string, double>>{{"7200", 7200},
+                                                                                 {"1.5", 1.5},
+                                                                                 {"\"90s\"", 90},
+                                                                                 {"\"30m\"", 1800},
+                                                                                 {"\"1h\"", 3600},
+                                                                                 {"\"1.5h\"", 5400},
+                                                                                 {"\"2d\"", 172800},
+                                                                                 {"\"45\"", 45}}) {
+    auto r = parse("[scheduling]\nfair_share_half_life = " + text + "\n");
+    ASSERT_TRUE(r.ok()) << text << ": " << r.status().to_string();
+    EXPECT_EQ(r->settings.fair_share_half_life_s, seconds) << text;
+  }
+  EXPECT_EQ(error_of("[scheduling]\nfair_share_half_life = \"an hour\"\n"),
+            "/etc/gpumgr/gpumgr.toml:2:24: scheduling.fair_share_half_life: 'an hour' is not a "
+            "duration: a number of seconds, or one with a unit (\"90s\", \"30m\", \"1h\", "
+            "\"2d\")");
+  EXPECT_EQ(error_of("[scheduling]\nfair_share_half_life = true\n"),
+            "/etc/gpumgr/gpumgr.toml:2:24: scheduling.fair_share_half_life must be a duration "
+            "(seconds, or a string such as \"1h\"), not a boolean");
+  const std::string zero = error_of("[scheduling]\nfair_share_half_life = \"0s\"\n");
+  EXPECT_NE(zero.find("scheduling.fair_share_half_life must be between 1 second and 365 days"),
+            std::string::npos)
+      << zero;
 }
 
 TEST(ConfigFile, TheEveryKeyFileNamesEveryField) {
@@ -183,11 +217,11 @@ TEST(ConfigFile, AnUnknownKeyIsAnErrorNamingItAndItsLine) {
   EXPECT_EQ(error_of("\nmemory_limit = 0.5\n"),
             "/etc/gpumgr/gpumgr.toml:2:1: unknown key 'memory_limit' outside a table (put it in "
             "[limits]); the tables are [daemon], [http], [devices], [limits], [overuse], "
-            "[clients], [quota.*]");
+            "[clients], [scheduling], [quota.*]");
   // An unknown table.
   EXPECT_EQ(error_of("[limit]\nmemory_limit = 0.5\n"),
             "/etc/gpumgr/gpumgr.toml:1:2: unknown table [limit]; the tables are [daemon], "
-            "[http], [devices], [limits], [overuse], [clients], [quota.*]");
+            "[http], [devices], [limits], [overuse], [clients], [scheduling], [quota.*]");
   // A table inside a known table is no key of it.
   const std::string nested = error_of("[limits.gpu0]\nmemory_limit = 0.5\n");
   EXPECT_NE(nested.find("unknown key 'limits.gpu0'"), std::string::npos) << nested;
@@ -408,10 +442,11 @@ TEST(ConfigFile, AReloadAppliesReloadableKeysAndKeepsRestartOnlyOnes) {
 TEST(ConfigFile, WhichKeysReload) {
   // docs/config.md's table: these and only these apply on a reload.
   FieldSet reloadable;
-  for (Field f : {Field::kQuiet, Field::kPollInterval, Field::kMemoryLimit,
-                  Field::kMaxConcurrentJobs, Field::kRevokeGrace, Field::kOnOveruse,
-                  Field::kOveruseGrace, Field::kOveruseTolerance, Field::kHelloTimeout,
-                  Field::kMaxConnectionsPerUid, Field::kKillOrphans, Field::kKillOrphansGrace}) {
+  for (Field f :
+       {Field::kQuiet, Field::kPollInterval, Field::kMemoryLimit, Field::kMaxConcurrentJobs,
+        Field::kRevokeGrace, Field::kOnOveruse, Field::kOveruseGrace, Field::kOveruseTolerance,
+        Field::kHelloTimeout, Field::kMaxConnectionsPerUid, Field::kKillOrphans,
+        Field::kKillOrphansGrace, Field::kFairShare, Field::kFairShareHalfLife}) {
     reloadable.set(index_of(f));
   }
   for (const FieldInfo& f : all_fields()) {

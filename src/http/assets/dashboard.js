@@ -377,6 +377,27 @@
       tr.lastChild.title = w.command || "";
       return tr;
     });
+    // Each user's use against its quota ("–": no limit) and its fair-share use.
+    const userRows = (s.users || []).map((u) => {
+      const tr = el("tr");
+      for (const [text, cls] of [
+        [String(u.uid), "num"],
+        [bytes(u.leased_bytes) + " / " + (u.max_vram_bytes == null ? "–" : bytes(u.max_vram_bytes)), "num"],
+        [String(u.jobs) + " / " + (u.max_jobs == null ? "–" : String(u.max_jobs)), "num"],
+        [String(u.waiting), "num"],
+        [u.fair_share_gib_s.toFixed(u.fair_share_gib_s < 10 ? 1 : 0) + " GiB·s", "num"],
+      ]) {
+        tr.append(el("td", cls, text));
+      }
+      const full = u.max_vram_bytes != null && u.leased_bytes >= u.max_vram_bytes;
+      const busy = u.max_jobs != null && u.jobs >= u.max_jobs;
+      tr.classList.toggle("at-quota", full || busy);
+      return tr;
+    });
+    $("users").tBodies[0].replaceChildren(...userRows);
+    $("users").classList.toggle("is-empty", userRows.length === 0);
+    $("users-empty").hidden = userRows.length > 0;
+    $("user-count").textContent = String(userRows.length);
     $("leases").tBodies[0].replaceChildren(...leaseRows);
     $("queue").tBodies[0].replaceChildren(...queueRows);
     $("leases").classList.toggle("is-empty", leaseRows.length === 0);
