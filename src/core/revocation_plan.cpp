@@ -239,6 +239,10 @@ void Scheduler::plan_revocations() {
     if (config_.queue == QueuePolicy::kFifo && !is_head) break;
     const LeaseRequest& r = w.request;
     if (claimants.count(r.job_id) != 0) continue;  // its revocations are pending
+    // A waiter that its own quota keeps waiting would not start on the room either.
+    if (!quotas_.allows(w.holder.uid, lease_total(r.bytes, static_cast<std::size_t>(r.gpus)))) {
+      continue;
+    }
     // A waiter that fits somewhere now waits for the queue's rules, not for a revocation.
     const bool fits_now = !place(r, all_devices_).empty();
     if (fits_now && slots >= 1) continue;

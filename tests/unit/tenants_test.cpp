@@ -113,6 +113,25 @@ TEST(QuotaWait, AWaiterBeyondItsUsersVramWaitsForItsOwnLeaseWhileOthersStart) {
   EXPECT_EQ(s.quotas().usage(10).jobs, 1u);
 }
 
+TEST(QuotaWait, AWaiterItsQuotaHoldsRevokesNothingForRoomItCouldNotUse) {
+  Scheduler s = make({10});
+  LeaseRequest batch = req("batch", 8);
+  batch.preemptible = true;
+  start(s, batch, user(20));
+  s.set_quotas(user_quota(10, 8), {});
+  start(s, req("own", 2), user(10));
+  // An urgent 7 GiB of uid 10 fits nowhere; revoking the batch job would make room on the
+  // device, but uid 10's own 2 GiB leave only 6 of its 8 GiB: it waits for its own lease.
+  EXPECT_EQ(enqueue(s, req("urgent", 7, 5), user(10), kSecond), Strings{});
+  EXPECT_TRUE(s.take_revocations().empty());
+  // Once its own lease ends its quota allows it, and the batch job is revoked for it.
+  EXPECT_EQ(release(s, "own", 2 * kSecond), Strings{});
+  const auto revoked = s.take_revocations();
+  ASSERT_EQ(revoked.size(), 1u);
+  EXPECT_EQ(revoked[0].job_id, "batch");
+  EXPECT_EQ(revoked[0].for_job, "urgent");
+}
+
 TEST(QuotaWait, TryStartBeyondTheQuotaIsRefusedForNowNamingTheQuota) {
   Scheduler s = make({80});
   s.set_quotas(user_quota(10, 8), {});
