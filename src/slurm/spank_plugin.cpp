@@ -30,6 +30,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -240,7 +241,11 @@ void serve_task_once(TaskSlot* slot) {
   }
   // Whichever of them has room first; the task's processes are the lease's holder, so that
   // their memory is its use (the connection, and so the lease's life, stays slurmstepd's).
-  lease.allowed_devices = usable;
+  if (usable.size() == 1) {
+    lease.device = usable.front();
+  } else {
+    lease.allowed_devices = usable;
+  }
   lease.holder_pid = static_cast<std::uint32_t>(slot->pid);
   gpumgr::WaitOptions wait;
   wait.cancel = slot->token;
@@ -248,6 +253,15 @@ void serve_task_once(TaskSlot* slot) {
   if (!granted.ok()) {
     return fail("no lease for job '" + lease.job_id + "' from the daemon at " + slot->socket +
                 ": " + granted.status().to_string());
+  }
+  for (const int d : granted->devices) {
+    if (std::find(usable.begin(), usable.end(), d) != usable.end()) continue;
+    // A daemon older than this plugin does not know allowed_devices: never outside Slurm's
+    // allocation.
+    (void)slot->ledger->release(lease.job_id, gpumgr::JobOutcome::kFailed);
+    return fail("the daemon at " + slot->socket + " leased GPU " + std::to_string(d) +
+                ", which Slurm did not give this task (" + (*request)["devices"] +
+                "): the daemon is older than this plugin; restart it (systemctl restart gpumgr)");
   }
   {
     std::lock_guard<std::mutex> lock(slot->mu);
