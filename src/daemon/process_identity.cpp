@@ -1,7 +1,6 @@
 #include "daemon/process_identity.h"
 
 #include <charconv>
-#include <cstdlib>
 #include <string_view>
 #include <vector>
 
@@ -35,20 +34,36 @@ std::optional<ProcessStat> read_process_stat(std::uint32_t pid) {
   return st;
 }
 
+std::optional<std::array<std::uint32_t, 4>> read_process_uids(std::uint32_t pid) {
+  const auto text = read_small_file("/proc/" + std::to_string(pid) + "/status", 64 * 1024);
+  if (!text) return std::nullopt;
+  const auto at = text->find("\nUid:");
+  if (at == std::string::npos) return std::nullopt;
+  std::string_view line(*text);
+  line.remove_prefix(at + 5);
+  line = line.substr(0, line.find('\n'));
+  std::array<std::uint32_t, 4> uids{};
+  std::size_t seen = 0;
+  while (!line.empty()) {
+    while (!line.empty() && (line.front() == ' ' || line.front() == '\t')) line.remove_prefix(1);
+    if (line.empty()) break;
+    if (seen == uids.size()) return std::nullopt;
+    const auto [ptr, ec] = std::from_chars(line.data(), line.data() + line.size(), uids[seen]);
+    if (ec != std::errc()) return std::nullopt;
+    line.remove_prefix(static_cast<std::size_t>(ptr - line.data()));
+    ++seen;
+  }
+  if (seen != uids.size()) return std::nullopt;
+  return uids;
+}
+
 Status check_descendant(std::uint32_t pid, std::uint32_t ancestor, std::uint32_t uid) {
   const std::string who = "holder_pid " + std::to_string(pid);
   if (uid != 0) {
-    // "Uid:\treal\teffective\tsaved\tfs": the real and effective ids must both be the client's.
-    const auto status = read_small_file("/proc/" + std::to_string(pid) + "/status", 16384);
-    const auto at = status ? status->find("\nUid:") : std::string::npos;
-    if (at == std::string::npos) {
-      return Status(ErrorCode::kPermissionDenied, who + " is not a running process");
-    }
-    std::uint32_t real = 0, effective = 0;
-    const char* p = status->c_str() + at + 5;
-    char* end = nullptr;
-    real = static_cast<std::uint32_t>(std::strtoul(p, &end, 10));
-    effective = static_cast<std::uint32_t>(std::strtoul(end, nullptr, 10));
+    // The real and effective ids must both be the client's.
+    const auto uids = read_process_uids(pid);
+    if (!uids) return Status(ErrorCode::kPermissionDenied, who + " is not a running process");
+    const std::uint32_t real = (*uids)[0], effective = (*uids)[1];
     if (real != uid || effective != uid) {
       return Status(ErrorCode::kPermissionDenied,
                     who + " runs as uid " + std::to_string(real == uid ? effective : real) +

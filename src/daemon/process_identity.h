@@ -5,6 +5,7 @@
 // Every function may be called from any thread; each reads /proc afresh.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -28,6 +29,10 @@ struct ProcessStat {
 
 // /proc/PID/stat, read now; empty when the process is gone or unreadable.
 std::optional<ProcessStat> read_process_stat(std::uint32_t pid);
+
+// The uids of process `pid` from /proc/PID/status (real, effective, saved, filesystem);
+// empty when it is gone or unreadable.
+std::optional<std::array<std::uint32_t, 4>> read_process_uids(std::uint32_t pid);
 
 // Whether `pid` is `ancestor` or descends from it (following /proc's parent links, at most
 // 256 generations) and runs as `uid` (real and effective; any uid when `uid` is 0, root), so

@@ -58,24 +58,9 @@ std::chrono::steady_clock::duration seconds(double s) {
 // Whether every uid of the process (real, effective, saved, filesystem) is `uid`: a setuid
 // program that a holder started is not the holder's to have killed.
 bool process_uid_is(std::uint32_t pid, std::uint32_t uid) {
-  const auto text = read_small_file("/proc/" + std::to_string(pid) + "/status", 64 * 1024);
-  if (!text) return false;
-  const auto at = text->find("\nUid:");
-  if (at == std::string::npos) return false;
-  std::string_view line(*text);
-  line.remove_prefix(at + 5);
-  line = line.substr(0, line.find('\n'));
-  int seen = 0;
-  while (!line.empty()) {
-    while (!line.empty() && (line.front() == ' ' || line.front() == '\t')) line.remove_prefix(1);
-    if (line.empty()) break;
-    std::uint32_t value = 0;
-    const auto [ptr, ec] = std::from_chars(line.data(), line.data() + line.size(), value);
-    if (ec != std::errc() || value != uid) return false;
-    line.remove_prefix(static_cast<std::size_t>(ptr - line.data()));
-    ++seen;
-  }
-  return seen == 4;
+  const auto uids = read_process_uids(pid);
+  return uids &&
+         std::all_of(uids->begin(), uids->end(), [uid](std::uint32_t u) { return u == uid; });
 }
 
 // Every process's parent, from one pass over /proc.
