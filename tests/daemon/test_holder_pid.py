@@ -4,7 +4,6 @@ two tasks of one client each see their own; the lease still lives as long as the
 connection, and it survives a daemon restart with its holder. A pid that is not the client's
 own child, grandchild, ... (or runs as another uid) is refused and changes nothing.
 """
-import json
 import os
 import signal
 import subprocess
@@ -13,51 +12,15 @@ import time
 
 import pytest
 
-from cli_helpers import Session, answers, eventually
+from cli_helpers import Daemon, Session, eventually
 
-GPUMGR = os.environ.get("GPUMGR_BIN", "gpumgr")
 GIB = 1024**3
-
-
-class Daemon:
-    def __init__(self, tmp):
-        self.socket = os.path.join(tmp, "gpumgr.sock")
-        self.procs = os.path.join(tmp, "processes.txt")
-        if not os.path.exists(self.procs):
-            open(self.procs, "w").close()
-        env = dict(os.environ, GPUMGR_SIMULATE_PROCESSES=self.procs)
-        self.proc = subprocess.Popen(
-            [GPUMGR, "serve", "--socket", self.socket, "--no-http", "--simulate", "1x24GiB",
-             "--state-dir", os.path.join(tmp, "state"), "--poll-interval", "0.05"],
-            stderr=open(os.path.join(tmp, f"serve-{time.monotonic_ns()}.log"), "w"), env=env)
-        assert eventually(lambda: answers(self.socket) or self.proc.poll() is not None)
-        assert self.proc.poll() is None
-
-    def status(self):
-        out = subprocess.run([GPUMGR, "status", "--json", "--socket", self.socket],
-                             capture_output=True, text=True, check=True)
-        return json.loads(out.stdout)
-
-    def leases(self):
-        return {l["job_id"]: l for l in self.status()["leases"]}
-
-    def script(self, lines):
-        tmp = self.procs + ".new"
-        with open(tmp, "w") as f:
-            f.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, self.procs)
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout=15)
 
 
 @pytest.fixture
 def daemon():
     with tempfile.TemporaryDirectory() as tmp:
         d = Daemon(tmp)
-        d.tmp = tmp
         try:
             yield d
         finally:

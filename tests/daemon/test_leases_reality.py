@@ -17,62 +17,11 @@ import time
 
 import pytest
 
-from cli_helpers import answers, eventually
+from cli_helpers import Daemon, eventually
 
 GPUMGR = os.environ.get("GPUMGR_BIN", "gpumgr")
 GIB = 1024**3
 MIB = 1024**2
-
-
-class Daemon:
-    def __init__(self, tmp, spec="1x24GiB", extra=()):
-        self.tmp = tmp
-        self.socket = os.path.join(tmp, "gpumgr.sock")
-        self.state = os.path.join(tmp, "state")
-        self.procs = os.path.join(tmp, "processes.txt")
-        self.log = os.path.join(tmp, f"serve-{time.monotonic_ns()}.log")
-        if not os.path.exists(self.procs):
-            open(self.procs, "w").close()
-        env = dict(os.environ, GPUMGR_SIMULATE_PROCESSES=self.procs)
-        env.pop("GPUMGR_SOCKET", None)
-        self.proc = subprocess.Popen(
-            [GPUMGR, "serve", "--socket", self.socket, "--no-http", "--simulate", spec,
-             "--state-dir", self.state, "--poll-interval", "0.05", *extra],
-            stderr=open(self.log, "w"), env=env)
-        assert eventually(lambda: answers(self.socket) or self.proc.poll() is not None)
-        assert self.proc.poll() is None, self.stderr()
-
-    def stderr(self):
-        with open(self.log) as f:
-            return f.read()
-
-    def status(self):
-        out = subprocess.run([GPUMGR, "status", "--json", "--socket", self.socket],
-                             capture_output=True, text=True, check=True)
-        return json.loads(out.stdout)
-
-    def lease(self, job):
-        for lease in self.status()["leases"]:
-            if lease["job_id"] == job:
-                return lease
-        return None
-
-    def script(self, lines):
-        """Replaces the processes file atomically (the daemon may read it at any moment)."""
-        tmp = self.procs + ".new"
-        with open(tmp, "w") as f:
-            f.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, self.procs)
-
-    def run(self, *cmd, vram="4GiB", extra=(), **kw):
-        return subprocess.Popen([GPUMGR, "run", "--socket", self.socket, "--vram", vram, *extra,
-                                 "--", *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, **kw)
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout=15)
 
 
 @pytest.fixture
