@@ -41,6 +41,17 @@ Usage:
       [--no-kinds]  (generated traces name no job kinds: no duration backfill)
       [--simulate-arg=ARG ...]  (more arguments for gpumgr simulate, e.g.
                                  --simulate-arg=--no-duration-backfill)
+      [--diagnose]  (for every cell the default misses, replays it again with the aging
+                     dial swept from 0 to greedy and says why it misses: see below)
+--diagnose: the default's aging (`--reserve-after-holds`, docs/scheduling.md) is a dial from
+"reserve at once" (0) to plain greedy (no reservation ever, the `inf` end). For each missed cell
+the cell is replayed at every value of DIAL and the miss is put in one of three classes: a
+value of the dial meets all three targets there (the dial's default is what misses); the mean
+and max targets conflict (no value meets both: the values that give greedy's mean wait let
+the longest wait exceed FIFO's, and the other way round); or mean and max are met together
+only where the makespan misses. One line per missed cell, and counts per class before the
+summary.
+
 --quick: seed 1, loads 0.9 and 1.3, 200 jobs (a smoke test). Exit status 0 when every cell
 meets the target, 1 when some miss, 2 on an error. Python standard library only.
 """
@@ -163,15 +174,61 @@ def alibaba(load):
     return spec, out
 
 
-def replay(gpumgr, spec, rows, workdir, extra):
+def replay(gpumgr, spec, rows, workdir, extra, policy="all"):
     path = os.path.join(workdir, "trace.csv")
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows(rows)
     run = subprocess.run([gpumgr, "simulate", "--trace", path, "--devices", spec, "--policy",
-                          "all", "--json"] + extra, capture_output=True, text=True)
+                          policy, "--json"] + extra, capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"gpumgr simulate failed ({run.returncode}): {run.stderr.strip()}")
-    return {r["policy"]: r for r in json.loads(run.stdout)}
+    reports = json.loads(run.stdout)
+    return {r["policy"]: r for r in (reports if isinstance(reports, list) else [reports])}
+
+
+# The aging dial of --diagnose, in mean hold times; 1e9 never reserves (plain greedy).
+DIAL = [0, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 32, 1e9]
+
+
+def dial_name(x):
+    return "inf" if x >= 1e9 else f"{x:g}"
+
+
+def targets(d, f, g):
+    """Whether report d meets the makespan, mean and max targets against fifo f, greedy g."""
+    return (d["makespan_s"] <= 1.01 * g["makespan_s"],
+            d["mean_wait_s"] <= 1.01 * g["mean_wait_s"] + 1e-9,
+            d["max_wait_s"] <= 1.01 * f["max_wait_s"] + 1e-9)
+
+
+def diagnose(sweep, f, g):
+    """(class, text) for a missed cell from its dial sweep: [(dial, report)]."""
+    ok = [(x, targets(r, f, g), r) for x, r in sweep]
+    every = [dial_name(x) for x, t, _ in ok if all(t)]
+    if every:
+        return "dial", f"met at aging {', '.join(every)}"
+    mean_ok = [(x, r) for x, t, r in ok if t[1]]
+    max_ok = [(x, r) for x, t, r in ok if t[2]]
+    both = [x for x, t, _ in ok if t[1] and t[2]]
+    if both:
+        return "makespan", ("mean and max met together only at aging "
+                            f"{', '.join(dial_name(x) for x in both)}, where the makespan misses")
+    parts = []
+    if mean_ok:
+        x, r = mean_ok[0]
+        parts.append(f"mean ok at aging {dial_name(x)} at the lowest, where max wait = "
+                     f"{r['max_wait_s'] / max(f['max_wait_s'], 1e-9):.2f} x fifo's")
+    else:
+        parts.append("no aging meets the mean target")
+    if max_ok:
+        x, r = max_ok[-1]
+        parts.append(f"max ok at aging {dial_name(x)} at the highest, where mean wait = "
+                     f"{r['mean_wait_s'] / max(g['mean_wait_s'], 1e-9):.2f} x greedy's")
+    else:
+        parts.append("no aging meets the max target")
+    parts.append(f"greedy's own max wait = {g['max_wait_s'] / max(f['max_wait_s'], 1e-9):.2f}"
+                 " x fifo's")
+    return "conflict", "; ".join(parts)
 
 
 def main():
@@ -194,6 +251,9 @@ def main():
     parser.add_argument("--reserve-after-holds", type=float, default=None,
                         help="passed to `gpumgr simulate` (the backfill queue's aging; "
                              "0 is the rule before aging)")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="for each cell the default misses, sweep the aging dial and say "
+                             "why it misses")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.loads, args.jobs = [1], [0.9, 1.3], 200
@@ -217,6 +277,7 @@ def main():
 
     def ratio(a, b):
         return (a + 1e-3) / (b + 1e-3)  # waits may be 0
+    missed = []  # (mix, load, seed, spec, rows, fifo, greedy) of missed cells, for --diagnose
     extra = ([] if args.reserve_after_holds is None else
              ["--reserve-after-holds", str(args.reserve_after_holds)]) + args.simulate_arg
     with tempfile.TemporaryDirectory() as workdir:
@@ -259,6 +320,26 @@ def main():
                     miss = [n for n, ok in (("makespan", ok_ms), ("mean", ok_mean),
                                             ("max", ok_max)) if not ok]
                     print(line + " | " + (",".join(miss) if miss else "-"), flush=True)
+                    if miss and args.diagnose:
+                        missed.append((mix, load, seed, spec, rows, f, g))
+        diagnoses = {"dial": 0, "conflict": 0, "makespan": 0}
+        for mix, load, seed, spec, rows, f, g in missed:
+            sweep = []
+            for x in DIAL:
+                dial_extra = [a for a in extra]
+                if "--reserve-after-holds" in dial_extra:
+                    k = dial_extra.index("--reserve-after-holds")
+                    del dial_extra[k:k + 2]
+                try:
+                    rep = replay(args.gpumgr, spec, rows, workdir,
+                                 dial_extra + ["--reserve-after-holds", repr(x)], args.policy)
+                except RuntimeError as e:
+                    print(f"sched_matrix: {mix} load {load} seed {seed}: {e}", file=sys.stderr)
+                    return 2
+                sweep.append((x, rep[args.policy]))
+            kind, text = diagnose(sweep, f, g)
+            diagnoses[kind] += 1
+            print(f"why {mix:8} {load:4.1f} {seed:4d}: {kind}: {text}", flush=True)
     for mix, (n, ms, mean, mx, lmean, lmax) in per_mix.items():
         print(f"{mix:8} {n:2d} cells: makespan ok {ms:2d}, mean ok {mean:2d}, max ok {mx:2d}; "
               f"geomean mean wait / greedy's {math.exp(lmean / n):.3f}, max wait / fifo's "
@@ -266,6 +347,12 @@ def main():
     gm = {k: math.exp(v / max(cells, 1)) for k, v in logs.items()}
     print(f"geometric means over the cells: makespan / greedy's {gm['makespan']:.3f}, mean "
           f"wait / greedy's {gm['mean']:.3f}, max wait / fifo's {gm['max']:.3f}")
+    if args.diagnose:
+        print(f"diagnosis of the {len(missed)} missed cells (aging swept over "
+              f"{', '.join(dial_name(x) for x in DIAL)}): met at another aging "
+              f"{diagnoses['dial']}; mean and max targets conflict (no aging meets both) "
+              f"{diagnoses['conflict']}; mean and max met together only where the makespan "
+              f"misses {diagnoses['makespan']}")
     print(f"summary: {args.policy} meets the target in {met['all']} of {cells} cells "
           f"(makespan within 1% of greedy or better: {met['makespan']}; mean wait within 1% "
           f"of greedy or better: {met['mean']}; max wait within 1% of fifo or better: "
