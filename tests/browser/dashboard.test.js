@@ -3,8 +3,9 @@
 // and the test checks that a lease it takes shows up in the leases table and in the memory
 // bar within 2 seconds, that its holder's use shows against the lease (overuse in its own
 // colour, in the lease's bar and the device's), that unknown use is labelled, that kinds and
-// estimates show, that the page fetches nothing from elsewhere, that it fits a phone's width,
-// and takes the screenshot the README shows.
+// estimates show, that a resident lease shows as revocable and then as being revoked (with its
+// countdown and the revocation counted), that the page fetches nothing from elsewhere, that
+// it fits a phone's width, and takes the screenshot the README shows.
 //
 //   node dashboard.test.js FIXTURE SCREENSHOT.png
 //
@@ -195,6 +196,45 @@ async function main() {
     // And leaves the table when released.
     await fixture.command("release browser-job");
     await within(2000, "the released lease to leave the table", async () => (await row.count()) === 0);
+
+    // A resident model on the 80 GiB card, then a waiter that fits only there: the queue takes
+    // the resident back. Its row says what it is and, while it is revoked, how long its holder
+    // has left; the summary counts the revocation.
+    await fixture.command("resident-acquire sdxl-resident sdxl-base 40960 2 python serve.py --model sdxl");
+    const resident = page.locator('#leases tbody tr[data-job-id="sdxl-resident"]');
+    await within(3000, "the resident's row", async () =>
+      (await resident.count()) === 1 &&
+      (await resident.getAttribute("data-revocable")) === "resident" &&
+      (await resident.locator(".badge.revocable").textContent()) === "resident sdxl-base" &&
+      (await resident.locator(".badge.revoking").count()) === 0);
+    if ((await row.count()) !== 0 || (await page.locator("#leases .badge.revocable").count()) !== 1) {
+      fail("a plain lease shows a revocable badge");
+    }
+    await fixture.command("wait needs-the-card 30720 0 python render.py --scene big");
+    const revoking = await within(3000, "the resident to be revoked", async () => {
+      if (!(await resident.getAttribute("class")).split(" ").includes("revoking")) return null;
+      const b = resident.locator(".badge.revoking");
+      return (await b.count()) === 1 ? await b.textContent() : null;
+    });
+    // The in-process ledger's grace is 30 s: a few seconds of it are gone at most.
+    const left = /^REVOKING (\d+\.\d)s$/.exec(revoking);
+    if (!left || !(Number(left[1]) > 20 && Number(left[1]) <= 30)) {
+      fail("the revoking badge says " + revoking);
+    }
+    const why = await resident.locator(".badge.revoking").getAttribute("title");
+    if (!why.startsWith("taken back for needs-the-card; ")) fail("the revoking badge's title is " + why);
+    await within(3000, "the summary to count the revocation", async () =>
+      (await page.locator("#sum-revoked").textContent()) === "1 1 unloaded · 1 now");
+    // Its holder lets go: the waiter starts on the card, and the count stays.
+    await fixture.command("release sdxl-resident");
+    const taker = page.locator('#leases tbody tr[data-job-id="needs-the-card"]');
+    await within(5000, "the waiter to start in the resident's place", async () =>
+      (await taker.count()) === 1 && (await resident.count()) === 0 &&
+      (await cell(taker, "dev-list")) === "2");
+    await within(3000, "the summary to keep the count", async () =>
+      (await page.locator("#sum-revoked").textContent()) === "1 1 unloaded");
+    await fixture.command("release needs-the-card");
+    await within(5000, "the waiter's lease to leave", async () => (await taker.count()) === 0);
 
     // A busy host for the picture: leases on every device, one sized by its kind's default,
     // one over its lease, one whose use is unknown; outside use; a queue.

@@ -8,6 +8,11 @@
 // Prints "port N" once listening, then answers each command line with one line, "ok ..." or
 // "error ...":
 //   acquire JOB MIB [DEVICE|-] [COMMAND...]  take a lease now (try_acquire)
+//   resident-acquire JOB NAME MIB [DEVICE|-] [COMMAND...]
+//                                            the same as a resident (an idle model kept
+//                                            loaded: a waiter that needs the room revokes it)
+//   preemptible-acquire JOB MIB [DEVICE|-] [COMMAND...]
+//                                            the same as a preemptible job
 //   kind-acquire JOB KIND MIB DEFAULT_MIB [DEVICE|-] [COMMAND...]
 //                                            the same with a job kind; MIB 0 asks for the
 //                                            kind's estimate (--history), DEFAULT_MIB while
@@ -157,20 +162,25 @@ int main(int argc, char** argv) {
     in >> cmd;
     if (cmd.empty()) continue;
     if (cmd == "quit") break;
-    if (cmd == "acquire" || cmd == "reject" || cmd == "kind-acquire") {
+    if (cmd == "acquire" || cmd == "reject" || cmd == "kind-acquire" || cmd == "resident-acquire" ||
+        cmd == "preemptible-acquire") {
       gpumgr::LeaseRequest request;
       std::uint64_t mib = 0;
       std::uint64_t default_mib = 0;
       std::string device = "-";
       in >> request.job_id;
       if (cmd == "kind-acquire") in >> request.kind;
+      if (cmd == "resident-acquire") in >> request.resident;
+      request.preemptible = cmd == "preemptible-acquire";
       in >> mib;
       if (cmd == "kind-acquire") in >> default_mib;
       const bool ok = static_cast<bool>(in);
       if (cmd != "reject" && !(in >> device)) device = "-";  // optional
       if (!ok) {
         reply("error usage: " + cmd + " JOB " +
-              (cmd == "kind-acquire" ? "KIND MIB DEFAULT_MIB" : "MIB") +
+              (cmd == "kind-acquire"       ? "KIND MIB DEFAULT_MIB"
+               : cmd == "resident-acquire" ? "NAME MIB"
+                                           : "MIB") +
               (cmd != "reject" ? " [DEVICE|-] [COMMAND...]" : ""));
         continue;
       }

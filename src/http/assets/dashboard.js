@@ -344,10 +344,31 @@
     return box;
   }
 
+  // The job's id and, on a revocable lease, its kind (a resident's model name) and, while it
+  // is being revoked, how long its holder has left to release before it is killed.
+  function jobCell(l) {
+    if (!l.revocable) return l.job_id;
+    const box = el("div", "job-box");
+    box.append(el("span", "job-id", l.job_id));
+    const resident = l.revocable === "resident";
+    const tag = el("span", "badge revocable", resident ? "resident " + (l.resident || "") : l.revocable);
+    tag.title = resident
+        ? "an idle model kept loaded: a waiter that needs the memory takes it back, least recently used first"
+        : "a preemptible job: a waiter of higher priority that needs the memory takes it back";
+    box.append(tag);
+    if (l.revoking) {
+      const left = el("span", "badge revoking", "REVOKING " + duration(l.revoke_in_s));
+      left.title = (l.revoked_for ? "taken back for " + l.revoked_for : "revoked on request") +
+          "; its holder is killed unless it releases within " + duration(l.revoke_in_s);
+      box.append(left);
+    }
+    return box;
+  }
+
   function renderTables(s) {
     const leaseRows = s.leases.map((l) => {
       const tr = row(l.job_id, [
-        [l.job_id, "job"],
+        [jobCell(l), "job"],
         [l.kind || "–", "kind wide"],
         ["pid " + l.pid + " · uid " + l.uid, "holder"],
         [sizeCell(l), "num size"],
@@ -360,6 +381,8 @@
       tr.dataset.bytes = String(l.bytes);
       tr.dataset.devices = l.devices.join(",");
       tr.classList.toggle("overused", !!l.overused);
+      tr.classList.toggle("revoking", !!l.revoking);
+      tr.dataset.revocable = l.revocable || "";
       tr.lastChild.title = l.command || "";
       return tr;
     });
@@ -445,6 +468,15 @@
     const terminated = st.overuse_terminations || 0;
     setValue("sum-overuse", String(overused),
              `${st.overuse_events || 0} event(s)` + (terminated ? `, ${terminated} terminated` : ""));
+    // Older daemons send no revocation counters.
+    const preempted = st.revocations_preempted || 0;
+    const unloaded = st.revocations_resident || 0;
+    const kills = st.revocation_kills || 0;
+    const revoking = s.leases.filter((l) => l.revoking).length;
+    const parts = [[preempted, "preempted"], [unloaded, "unloaded"], [kills, "killed at grace"],
+                   [revoking, "now"]].filter(([n]) => n > 0);
+    setValue("sum-revoked", String(preempted + unloaded),
+             parts.map(([n, what]) => `${n} ${what}`).join(" · "));
     setValue("sum-wait", st.wait_seconds.count ? duration(st.wait_seconds.mean) : "–",
              st.wait_seconds.count ? "max " + duration(st.wait_seconds.max) : "");
   }
