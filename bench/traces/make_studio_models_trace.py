@@ -18,7 +18,7 @@ process (the first at 0) whose rate makes the expected offered load of unloading
 job,
     E[(weights + working memory) x (load + hold time)] x rate / (devices x capacity),
 equal --load (default 0.6), where capacity = floor(memory-limit x device memory). Loads are
-then about half of that busy time; kept resident, the same jobs offer far less.
+about 40% of that busy time; the jobs' working memory alone offers a fifth of it.
 
 The default pool is 4 devices of 40 GiB (--devices 4x40GiB): 32 GiB of capacity each under
 the default memory limit 0.8, room for the three models together (29 GiB) with 3 GiB to
