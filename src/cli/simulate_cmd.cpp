@@ -1,9 +1,10 @@
 // gpumgr simulate --trace FILE --devices SPEC [--policy NAME] [--memory-limit F]
-//                 [--max-concurrent-jobs N] [--json]
+//                 [--max-concurrent-jobs N] [--residency unload|resident|both] [--json]
 // Replays a job trace on simulated devices through the library's own scheduler on a virtual
 // clock and reports the makespan against a lower bound, waits and utilisation
 // (docs/simulate.md). Runs on the main thread; a replay of thousands of jobs takes
 // milliseconds, so nothing here is asynchronous.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -86,10 +87,20 @@ nlohmann::json to_json(const sim::SimReport& r) {
         {"exclusive_s", r.lower_bound.exclusive_s},
         {"binding", std::string(r.lower_bound.binding())}}},
   };
-  // Only for traces with revocable jobs: other reports stay as they were.
-  if (r.preemptions + r.residents_unloaded > 0) {
+  // Only for traces with revocable jobs or models: other reports stay as they were.
+  if (r.preemptions + r.residents_unloaded > 0 || !r.residency.empty()) {
     j["preemptions"] = r.preemptions;
     j["residents_unloaded"] = r.residents_unloaded;
+  }
+  if (!r.residency.empty()) {
+    j["residency"] = r.residency;
+    j["mean_turnaround_s"] = r.mean_turnaround_s;
+    j["models"] = {{"jobs", r.models.jobs},
+                   {"loads", r.models.loads},
+                   {"loads_avoided", r.models.loads_avoided},
+                   {"load_s", r.models.load_s},
+                   {"residents_unloaded", r.models.unloaded},
+                   {"dropped", r.models.dropped}};
   }
   return j;
 }
@@ -100,32 +111,43 @@ std::string fmt(const char* format, double value) {
   return buf;
 }
 
+// A report's row label: its policy, and its residency for a trace with models.
+std::string label(const sim::SimReport& r) {
+  return r.residency.empty() ? r.policy : r.policy + " " + r.residency;
+}
+
 // Per user, when the trace names users: each policy's waits and slowdowns, and Jain's index.
 void print_users(const std::vector<sim::SimReport>& reports) {
   if (reports.empty() || reports.front().users.size() < 2) return;
-  std::printf("\n%-16s %-10s %6s %10s %10s %9s\n", "user", "policy", "jobs", "mean wait",
+  int width = 10;
+  for (const sim::SimReport& r : reports)
+    width = std::max(width, static_cast<int>(label(r).size()));
+  std::printf("\n%-16s %-*s %6s %10s %10s %9s\n", "user", width, "policy", "jobs", "mean wait",
               "max wait", "slowdown");
   for (std::size_t k = 0; k < reports.front().users.size(); ++k) {
     for (const sim::SimReport& r : reports) {
       const auto& u = r.users[k];
       // Names come from the trace: printed as safe text.
-      std::printf("%-16s %-10s %6zu %10s %10s %9.2f\n", terminal_safe(u.name).c_str(),
-                  r.policy.c_str(), u.jobs, fmt("%.1fs", u.mean_wait_s).c_str(),
+      std::printf("%-16s %-*s %6zu %10s %10s %9.2f\n", terminal_safe(u.name).c_str(), width,
+                  label(r).c_str(), u.jobs, fmt("%.1fs", u.mean_wait_s).c_str(),
                   fmt("%.1fs", u.max_wait_s).c_str(), u.mean_slowdown);
     }
   }
   std::printf("Jain's fairness index of the users' mean slowdowns:");
   for (const sim::SimReport& r : reports)
-    std::printf(" %s %.3f", r.policy.c_str(), r.jain_fairness);
+    std::printf(" %s %.3f", label(r).c_str(), r.jain_fairness);
   std::printf("\n");
 }
 
 void print_table(const std::vector<sim::SimReport>& reports) {
-  std::printf("%-10s %12s %12s %-9s %7s %10s %10s %10s %10s %6s\n", "policy", "makespan",
+  int width = 10;
+  for (const sim::SimReport& r : reports)
+    width = std::max(width, static_cast<int>(label(r).size()));
+  std::printf("%-*s %12s %12s %-9s %7s %10s %10s %10s %10s %6s\n", width, "policy", "makespan",
               "lower bound", "(binding)", "ratio", "mean wait", "p50 wait", "p99 wait", "max wait",
               "util");
   for (const sim::SimReport& r : reports) {
-    std::printf("%-10s %12s %12s %-9s %7.3f %10s %10s %10s %10s %5.1f%%\n", r.policy.c_str(),
+    std::printf("%-*s %12s %12s %-9s %7.3f %10s %10s %10s %10s %5.1f%%\n", width, label(r).c_str(),
                 fmt("%.1fs", r.makespan_s).c_str(), fmt("%.1fs", r.lower_bound_s).c_str(),
                 std::string(r.lower_bound.binding()).c_str(), r.makespan_over_lb,
                 fmt("%.1fs", r.mean_wait_s).c_str(), fmt("%.1fs", r.p50_wait_s).c_str(),
@@ -133,11 +155,35 @@ void print_table(const std::vector<sim::SimReport>& reports) {
                 100 * r.utilization);
   }
   for (const sim::SimReport& r : reports) {
-    if (r.preemptions + r.residents_unloaded == 0) continue;
+    // Models' copies revoked are in the models table.
+    if (r.preemptions + r.residents_unloaded - r.models.unloaded == 0) continue;
     std::printf("%s: %llu preemption(s) (work started over), %llu resident(s) unloaded\n",
-                r.policy.c_str(), static_cast<unsigned long long>(r.preemptions),
+                label(r).c_str(), static_cast<unsigned long long>(r.preemptions),
                 static_cast<unsigned long long>(r.residents_unloaded));
   }
+}
+
+// For a trace with models: what loading them cost under each residency.
+void print_models(const std::vector<sim::SimReport>& reports) {
+  if (reports.empty() || reports.front().residency.empty()) return;
+  int width = 10;
+  for (const sim::SimReport& r : reports)
+    width = std::max(width, static_cast<int>(label(r).size()));
+  std::printf("\n%-*s %10s %8s %8s %10s %9s %8s %11s\n", width, "policy", "model jobs", "loads",
+              "avoided", "loading", "unloaded", "dropped", "turnaround");
+  for (const sim::SimReport& r : reports) {
+    std::printf("%-*s %10llu %8llu %8llu %10s %9llu %8llu %11s\n", width, label(r).c_str(),
+                static_cast<unsigned long long>(r.models.jobs),
+                static_cast<unsigned long long>(r.models.loads),
+                static_cast<unsigned long long>(r.models.loads_avoided),
+                fmt("%.1fs", r.models.load_s).c_str(),
+                static_cast<unsigned long long>(r.models.unloaded),
+                static_cast<unsigned long long>(r.models.dropped),
+                fmt("%.1fs", r.mean_turnaround_s).c_str());
+  }
+  std::printf(
+      "(loading: seconds spent loading models; unloaded: resident models revoked for a job; "
+      "dropped: not kept at a job's end; turnaround: mean arrival-to-end)\n");
 }
 
 }  // namespace
@@ -153,13 +199,15 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
     bool no_duration_backfill = false;
     bool no_fair_share = false;
     double fair_share_half_life_s = 3600;
+    std::string residency;  // empty: both for a trace with models
     bool json = false;
   };
   auto opts = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand(
       "simulate", "Replay a job trace on simulated devices and judge the scheduling policies");
   sub->add_option("--trace", opts->trace,
-                  "CSV trace: arrival_s,vram_mib,duration_s[,gpus,priority,job_id,kind,user]")
+                  "CSV trace: arrival_s,vram_mib,duration_s[,gpus,priority,job_id,kind,user,"
+                  "preemptible,resident,model,model_vram_mib,load_s]")
       ->required();
   sub->add_option("--devices", opts->devices,
                   "Simulated devices, e.g. 4x40GiB or 24GiB,80GiB (default: --simulate, then "
@@ -183,6 +231,9 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
                 "recent use (the trace's user column)");
   sub->add_option("--fair-share-half-life", opts->fair_share_half_life_s,
                   "Seconds over which a user's use counts half as much (default 3600)");
+  sub->add_option("--residency", opts->residency,
+                  "For a trace with models (model column): unload (load the model for every "
+                  "job), resident (keep models loaded between jobs) or both (the default)");
   sub->add_flag("--json", opts->json,
                 "Print JSON: an object per policy (an array of them with --policy all)");
   sub->footer(
@@ -232,25 +283,54 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
               return exit_code(jobs.status());
             }
 
+            bool has_models = false;
+            for (const sim::TraceJob& j : *jobs) has_models = has_models || !j.model.empty();
+            std::vector<sim::Residency> residencies;
+            if (opts->residency == "unload" || opts->residency == "both" ||
+                (opts->residency.empty() && has_models)) {
+              residencies.push_back(sim::Residency::kUnload);
+            }
+            if (opts->residency == "resident" || opts->residency == "both" ||
+                (opts->residency.empty() && has_models)) {
+              residencies.push_back(sim::Residency::kResident);
+            }
+            if (!opts->residency.empty() && residencies.empty()) {
+              std::fprintf(stderr,
+                           "gpumgr simulate: unknown residency '%s': use unload, resident or "
+                           "both\n",
+                           opts->residency.c_str());
+              return kExitUsage;
+            }
+            if (!opts->residency.empty() && !has_models) {
+              std::fprintf(stderr,
+                           "gpumgr simulate: --residency: %s names no model (no job has a "
+                           "`model` cell)\n",
+                           opts->trace.c_str());
+              return kExitUsage;
+            }
+            if (residencies.empty()) residencies.push_back(sim::Residency::kUnload);
+
             std::vector<sim::SimReport> reports;
             const int limit = opts->max_concurrent_jobs;
             const double aging = opts->reserve_after_holds;
             const double mem = opts->memory_limit;
             const bool by = !opts->no_duration_backfill;  // duration backfill
             for (const PolicyChoice& p : chosen) {
-              StatusOr<sim::SimReport> report =
-                  sim::replay(*jobs, *sizes, mem, p.placement, p.queue, limit, aging, by,
-                              !opts->no_fair_share, opts->fair_share_half_life_s);
-              if (!report.ok()) {
-                std::fprintf(stderr, "gpumgr simulate: %s\n", report.status().message().c_str());
-                return exit_code(report.status());
+              for (const sim::Residency residency : residencies) {
+                StatusOr<sim::SimReport> report =
+                    sim::replay(*jobs, *sizes, mem, p.placement, p.queue, limit, aging, by,
+                                !opts->no_fair_share, opts->fair_share_half_life_s, residency);
+                if (!report.ok()) {
+                  std::fprintf(stderr, "gpumgr simulate: %s\n", report.status().message().c_str());
+                  return exit_code(report.status());
+                }
+                report->timeline.clear();  // not reported; frees memory between policies
+                reports.push_back(std::move(report).value());
               }
-              report->timeline.clear();  // not reported; frees memory between policies
-              reports.push_back(std::move(report).value());
             }
 
             if (opts->json) {
-              if (opts->policy != "all") {
+              if (reports.size() == 1 && opts->policy != "all") {
                 std::cout << to_json(reports.front()).dump(2) << "\n";
               } else {
                 nlohmann::json all = nlohmann::json::array();
@@ -277,6 +357,7 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
                     : ("at most " + std::to_string(opts->max_concurrent_jobs) + " concurrent jobs")
                           .c_str());
             print_table(reports);
+            print_models(reports);
             print_users(reports);
             return kExitOk;
           }};

@@ -19,6 +19,7 @@
 #include "gpumgr/ledger.h"
 #include "gpumgr/status.h"
 #include "sim/lower_bound.h"
+#include "sim/residency.h"
 #include "sim/trace.h"
 
 namespace gpumgr::sim {
@@ -28,8 +29,9 @@ struct SimJob {
   std::string job_id;
   double arrival_s = 0;
   double start_s = 0;  // when the lease was granted
-  double end_s = 0;    // start + duration
+  double end_s = 0;    // start + duration (+ the model's load time when it loaded it)
   std::vector<int> devices;
+  bool loaded_model = false;  // it loaded its model (trace `model` column)
 };
 
 struct SimReport {
@@ -66,6 +68,12 @@ struct SimReport {
   // Jain's fairness index of the users' mean slowdowns: (sum x)^2 / (n sum x^2), 1 when every
   // user is slowed alike, 1/n when one user takes all the slowdown; 1 for one user.
   double jain_fairness = 1;
+  // Jobs on models (the trace's `model` column; residency.h): how they were run, "unload" or
+  // "resident", empty for a trace without them; what the models cost; and the mean time from
+  // a job's arrival to its end, which the loads lengthen where waits do not show them.
+  std::string residency;
+  ModelFigures models;
+  double mean_turnaround_s = 0;
   std::vector<SimJob> timeline;
 };
 
@@ -85,13 +93,17 @@ std::string policy_name(PlacementPolicy placement, QueuePolicy queue);
 // SchedulerConfig's (the backfill queue's aging, and backfill by the expected holds the
 // scheduler learns per job kind from the trace's `kind` column; the library's defaults
 // unless given). Each user of the trace is a uid of its own (fair share orders them by use
-// within a priority, with `fair_share_half_life_s`, > 0).
+// within a priority, with `fair_share_half_life_s`, > 0). Jobs on models are run as
+// `residency` says (residency.h); the lower bound is computed on the leases of unload mode
+// (weights + working memory for load + duration) and on working memory and durations alone
+// in resident mode, where a job may run on a model already loaded.
 StatusOr<SimReport> replay(const std::vector<TraceJob>& jobs,
                            const std::vector<std::uint64_t>& device_sizes, double memory_limit,
                            PlacementPolicy placement, QueuePolicy queue, int max_concurrent_jobs,
                            double reserve_after_holds = core::SchedulerConfig{}.reserve_after_holds,
                            bool duration_backfill = core::SchedulerConfig{}.duration_backfill,
                            bool fair_share = core::SchedulerConfig{}.fair_share,
-                           double fair_share_half_life_s = 3600);
+                           double fair_share_half_life_s = 3600,
+                           Residency residency = Residency::kUnload);
 
 }  // namespace gpumgr::sim

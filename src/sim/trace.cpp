@@ -83,11 +83,14 @@ enum Column {
   kPreemptible,
   kResident,
   kUser,
+  kModel,
+  kModelVram,
+  kLoad,
   kColumnCount
 };
 constexpr std::array<const char*, kColumnCount> kColumnNames = {
-    "arrival_s", "vram_mib", "duration_s",  "gpus",     "priority",
-    "job_id",    "kind",     "preemptible", "resident", "user"};
+    "arrival_s",   "vram_mib", "duration_s", "gpus",  "priority",       "job_id", "kind",
+    "preemptible", "resident", "user",       "model", "model_vram_mib", "load_s"};
 constexpr int kRequiredColumns = 3;  // the first three of kColumnNames
 
 struct Cell {
@@ -130,6 +133,21 @@ StatusOr<int> parse_int(const Cell& cell) {
   }
   if (ec == std::errc::result_out_of_range) return InvalidArgument(cell.error("is out of range"));
   return value;
+}
+
+// A model's name is printed in reports and becomes part of a resident's name: checked as
+// resident names are, with room left for the "@<device>" suffix.
+Status check_model_name(std::string_view name) {
+  if (name.size() > kMaxModelNameLength) {
+    return InvalidArgument("model name is " + std::to_string(name.size()) +
+                           " characters long; the limit is " + std::to_string(kMaxModelNameLength));
+  }
+  if (Status s = core::check_resident_name(name); !s.ok()) {
+    std::string why = s.message();
+    if (why.rfind("resident name", 0) == 0) why = "model name" + why.substr(13);
+    return InvalidArgument(why);
+  }
+  return Status::Ok();
 }
 
 // Lease sizes beyond 2^53 bytes (8 PiB) are surely mistakes, and beyond it a double no longer
@@ -178,6 +196,14 @@ StatusOr<std::vector<TraceJob>> parse_trace(std::istream& in) {
 
   std::vector<TraceJob> jobs;
   std::unordered_map<std::string, std::size_t> id_lines;  // job id -> line that used it
+  // Each model's figures and the line that first gave them: every job on it must agree.
+  struct ModelSeen {
+    std::size_t line;
+    std::uint64_t bytes;
+    double load_s;
+    std::string vram_text, load_text;
+  };
+  std::unordered_map<std::string, ModelSeen> models;
   while (std::getline(in, line)) {
     ++line_no;
     if (trim(line).empty()) continue;
@@ -253,6 +279,60 @@ StatusOr<std::vector<TraceJob>> parse_trace(std::istream& in) {
         std::string why = s.message();
         if (why.rfind("job kind", 0) == 0) why = "user" + why.substr(8);
         return InvalidArgument(at_line(line_no) + "user: " + why);
+      }
+    }
+    auto given = [&](Column c) { return index[c] && !fields[*index[c]].empty(); };
+    if (given(kModel)) {
+      job.model = fields[*index[kModel]];
+      if (Status s = check_model_name(job.model); !s.ok()) {
+        return InvalidArgument(at_line(line_no) + "model: " + s.message());
+      }
+      if (job.preemptible || !job.resident.empty()) {
+        return InvalidArgument(at_line(line_no) + "a job on a model is neither preemptible nor " +
+                               "resident: the replay keeps its model resident itself");
+      }
+      if (job.gpus != 1) {
+        return InvalidArgument(at_line(line_no) + "a job on a model takes one GPU, not " +
+                               std::to_string(job.gpus));
+      }
+      for (const Column c : {kModelVram, kLoad}) {
+        if (!given(c)) {
+          return InvalidArgument(at_line(line_no) + kColumnNames[c] + ": a job on model '" +
+                                 job.model + "' needs its " + kColumnNames[c]);
+        }
+      }
+      StatusOr<double> model_vram = parse_non_negative(cell(kModelVram));
+      if (!model_vram.ok()) return model_vram.status();
+      const double model_bytes = std::round(*model_vram * static_cast<double>(kMiB));
+      if (model_bytes < 1) return InvalidArgument(cell(kModelVram).error("must be positive"));
+      if (model_bytes + bytes > kMaxVramBytes) {
+        return InvalidArgument(cell(kModelVram).error("is too large"));
+      }
+      job.model_bytes = static_cast<std::uint64_t>(model_bytes);
+      StatusOr<double> load = parse_non_negative(cell(kLoad));
+      if (!load.ok()) return load.status();
+      job.load_s = *load;
+      const auto [seen, first] =
+          models.emplace(job.model, ModelSeen{line_no, job.model_bytes, job.load_s,
+                                              fields[*index[kModelVram]], fields[*index[kLoad]]});
+      if (!first && seen->second.bytes != job.model_bytes) {
+        return InvalidArgument(cell(kModelVram)
+                                   .error("differs from the " + seen->second.vram_text +
+                                          " that line " + std::to_string(seen->second.line) +
+                                          " gives model '" + job.model + "'"));
+      }
+      if (!first && seen->second.load_s != job.load_s) {
+        return InvalidArgument(cell(kLoad).error("differs from the " + seen->second.load_text +
+                                                 " that line " + std::to_string(seen->second.line) +
+                                                 " gives model '" + job.model + "'"));
+      }
+    } else {
+      for (const Column c : {kModelVram, kLoad}) {
+        if (given(c)) {
+          return InvalidArgument(at_line(line_no) + kColumnNames[c] +
+                                 ": a job without a model (model column) has no " +
+                                 kColumnNames[c]);
+        }
       }
     }
     const auto [it, inserted] = id_lines.emplace(job.job_id, line_no);

@@ -23,7 +23,13 @@ using testing::exact_min_makespan;
 using testing::schedule_is_feasible;
 
 TraceJob job(std::string id, double arrival, std::uint64_t gib, double duration, int gpus = 1) {
-  return TraceJob{std::move(id), arrival, gib * kGiB, duration, gpus, 0, "", false, "", ""};
+  TraceJob j;
+  j.job_id = std::move(id);
+  j.arrival_s = arrival;
+  j.vram_bytes = gib * kGiB;
+  j.duration_s = duration;
+  j.gpus = gpus;
+  return j;
 }
 
 TEST(ExactOptimumTest, ThreeJobsLargerThanHalfADeviceOnTwoDevices) {

@@ -14,7 +14,13 @@ constexpr std::uint64_t M = 1000;
 
 TraceJob job(double arrival, std::uint64_t bytes, double duration, int gpus = 1) {
   static int next = 0;
-  return TraceJob{std::to_string(++next), arrival, bytes, duration, gpus, 0, "", false, "", ""};
+  TraceJob j;
+  j.job_id = std::to_string(++next);
+  j.arrival_s = arrival;
+  j.vram_bytes = bytes;
+  j.duration_s = duration;
+  j.gpus = gpus;
+  return j;
 }
 
 TEST(LowerBoundTest, TwoJobsLargerThanHalfADeviceRunOneAfterTheOther) {

@@ -14,7 +14,14 @@ namespace {
 
 TraceJob job(std::string id, double arrival, std::uint64_t gib, double duration, int gpus = 1,
              int priority = 0) {
-  return TraceJob{std::move(id), arrival, gib * kGiB, duration, gpus, priority, "", false, "", ""};
+  TraceJob j;
+  j.job_id = std::move(id);
+  j.arrival_s = arrival;
+  j.vram_bytes = gib * kGiB;
+  j.duration_s = duration;
+  j.gpus = gpus;
+  j.priority = priority;
+  return j;
 }
 
 const SimJob& find(const SimReport& report, const std::string& id) {

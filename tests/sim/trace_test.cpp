@@ -113,6 +113,61 @@ TEST(TraceTest, AUserColumnIsKeptAndCheckedAndAnEmptyCellIsTheAnonymousUser) {
             "line 2: user: user is 257 characters long; the limit is 256");
 }
 
+TEST(TraceTest, ModelColumnsAreReadAndAnEmptyModelIsNone) {
+  StatusOr<std::vector<TraceJob>> jobs = parse(
+      "arrival_s,vram_mib,duration_s,model,model_vram_mib,load_s\n"
+      "0,2048,5,sdxl,7168,12.5\n"
+      "1,100,1,,,\n"
+      "2,1024,3,sdxl,7168,12.5\n");
+  ASSERT_TRUE(jobs.ok()) << jobs.status().to_string();
+  ASSERT_EQ(jobs->size(), 3u);
+  EXPECT_EQ((*jobs)[0].model, "sdxl");
+  EXPECT_EQ((*jobs)[0].vram_bytes, 2 * kGiB);  // the working memory alone
+  EXPECT_EQ((*jobs)[0].model_bytes, 7 * kGiB);
+  EXPECT_DOUBLE_EQ((*jobs)[0].load_s, 12.5);
+  EXPECT_EQ((*jobs)[1].model, "");
+  EXPECT_EQ((*jobs)[1].model_bytes, 0u);
+  EXPECT_DOUBLE_EQ((*jobs)[1].load_s, 0);
+  EXPECT_EQ((*jobs)[2].model_bytes, 7 * kGiB);
+}
+
+TEST(TraceTest, BadModelsAreNamedWithTheirLine) {
+  const std::string header = "arrival_s,vram_mib,duration_s,model,model_vram_mib,load_s\n";
+  const std::pair<std::string, std::string> bad[] = {
+      {header + "0,1,1,\"a\x1b[2Jb\",1,1\n",
+       "line 2: model: model name must not contain control characters"},
+      {header + "0,1,1," + std::string(241, 'm') + ",1,1\n",
+       "line 2: model: model name is 241 characters long; the limit is 240"},
+      {header + "0,1,1,m,-1,1\n", "line 2: model_vram_mib: '-1' is negative"},
+      {header + "0,1,1,m,big,1\n", "line 2: model_vram_mib: 'big' is not a number"},
+      {header + "0,1,1,m,0,1\n", "line 2: model_vram_mib: '0' must be positive"},
+      {header + "0,1,1,m,1e300,1\n", "line 2: model_vram_mib: '1e300' is too large"},
+      {header + "0,1,1,m,1,-2\n", "line 2: load_s: '-2' is negative"},
+      {header + "0,1,1,m,1,nan\n", "line 2: load_s: 'nan' is not a finite number"},
+      {header + "0,1,1,,,5\n",
+       "line 2: load_s: a job without a model (model column) has no load_s"},
+      {header + "0,1,1,,64,\n",
+       "line 2: model_vram_mib: a job without a model (model column) has no model_vram_mib"},
+      {header + "0,1,1,m,,1\n",
+       "line 2: model_vram_mib: a job on model 'm' needs its "
+       "model_vram_mib"},
+      {header + "0,1,1,m,1,\n", "line 2: load_s: a job on model 'm' needs its load_s"},
+      {header + "0,1,1,m,7168,1\n0,1,1,n,1,1\n0,1,1,m,8000,1\n",
+       "line 4: model_vram_mib: '8000' differs from the 7168 that line 2 gives model 'm'"},
+      {header + "0,1,1,m,7168,12\n0,1,1,m,7168,12.5\n",
+       "line 3: load_s: '12.5' differs from the 12 that line 2 gives model 'm'"},
+      {"arrival_s,vram_mib,duration_s,model,model_vram_mib,load_s,preemptible\n0,1,1,m,1,1,1\n",
+       "line 2: a job on a model is neither preemptible nor resident: the replay keeps its "
+       "model resident itself"},
+      {"arrival_s,vram_mib,duration_s,model,model_vram_mib,load_s,resident\n0,1,1,m,1,1,r\n",
+       "line 2: a job on a model is neither preemptible nor resident: the replay keeps its "
+       "model resident itself"},
+      {"arrival_s,vram_mib,duration_s,model,model_vram_mib,load_s,gpus\n0,1,1,m,1,1,2\n",
+       "line 2: a job on a model takes one GPU, not 2"},
+  };
+  for (const auto& [text, message] : bad) EXPECT_EQ(error_of(text), message) << text;
+}
+
 TEST(TraceTest, HeaderOnlyIsAnEmptyTrace) {
   StatusOr<std::vector<TraceJob>> jobs = parse("arrival_s,vram_mib,duration_s\n");
   ASSERT_TRUE(jobs.ok());
