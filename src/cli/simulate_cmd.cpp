@@ -1,13 +1,17 @@
 // gpumgr simulate --trace FILE --devices SPEC [--policy NAME] [--memory-limit F]
-//                 [--max-concurrent-jobs N] [--residency unload|resident|both] [--json]
+//                 [--max-concurrent-jobs N] [--residency unload|resident|both]
+//                 [--timeline FILE] [--json]
 // Replays a job trace on simulated devices through the library's own scheduler on a virtual
 // clock and reports the makespan against a lower bound, waits and utilisation
 // (docs/simulate.md). Runs on the main thread; a replay of thousands of jobs takes
 // milliseconds, so nothing here is asynchronous.
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -19,6 +23,7 @@
 #include "gpumgr/backends.h"
 #include "gpumgr/units.h"
 #include "sim/replay.h"
+#include "sim/timeline_csv.h"
 #include "sim/trace.h"
 #include "util/terminal_text.h"
 
@@ -200,6 +205,7 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
     bool no_fair_share = false;
     double fair_share_half_life_s = 3600;
     std::string residency;  // empty: both for a trace with models
+    std::string timeline;
     bool json = false;
   };
   auto opts = std::make_shared<Options>();
@@ -234,6 +240,9 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
   sub->add_option("--residency", opts->residency,
                   "For a trace with models (model column): unload (load the model for every "
                   "job), resident (keep models loaded between jobs) or both (the default)");
+  sub->add_option("--timeline", opts->timeline,
+                  "Also write every job's arrival, start and end under each policy to this "
+                  "CSV file (docs/simulate.md)");
   sub->add_flag("--json", opts->json,
                 "Print JSON: an object per policy (an array of them with --policy all)");
   sub->footer(
@@ -310,6 +319,17 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
             }
             if (residencies.empty()) residencies.push_back(sim::Residency::kUnload);
 
+            std::ofstream timeline;
+            if (!opts->timeline.empty()) {
+              timeline.open(opts->timeline, std::ios::out | std::ios::trunc);
+              if (!timeline) {
+                std::fprintf(stderr, "gpumgr simulate: --timeline: cannot write '%s': %s\n",
+                             terminal_safe(opts->timeline).c_str(), std::strerror(errno));
+                return kExitUsage;
+              }
+              sim::write_timeline_header(timeline);
+            }
+
             std::vector<sim::SimReport> reports;
             const int limit = opts->max_concurrent_jobs;
             const double aging = opts->reserve_after_holds;
@@ -324,11 +344,26 @@ Command setup_simulate(CLI::App& app, const GlobalOptions& global) {
                   std::fprintf(stderr, "gpumgr simulate: %s\n", report.status().message().c_str());
                   return exit_code(report.status());
                 }
-                report->timeline.clear();  // not reported; frees memory between policies
+                if (timeline.is_open() && !sim::write_timeline_rows(timeline, *jobs, *report)) {
+                  std::fprintf(stderr,
+                               "gpumgr simulate: internal error: the %s replay's "
+                               "timeline does not match the trace\n",
+                               report->policy.c_str());
+                  return kExitError;
+                }
+                report->timeline.clear();  // written or not wanted; frees memory
                 reports.push_back(std::move(report).value());
               }
             }
 
+            if (timeline.is_open()) {
+              timeline.close();
+              if (!timeline) {
+                std::fprintf(stderr, "gpumgr simulate: --timeline: writing '%s' failed\n",
+                             terminal_safe(opts->timeline).c_str());
+                return kExitError;
+              }
+            }
             if (opts->json) {
               if (reports.size() == 1 && opts->policy != "all") {
                 std::cout << to_json(reports.front()).dump(2) << "\n";
