@@ -159,8 +159,8 @@ StatusOr<std::vector<int>> Scheduler::beside_devices(const LeaseRequest& request
     }
   }
   if (confined.empty()) {
-    return InvalidArgument("allowed " + devices_text(request.allowed_devices) + " exclude " +
-                           devices_text(model.devices) + " of resident '" + name + "'");
+    return InvalidArgument(where + ", outside the allowed " +
+                           devices_text(request.allowed_devices));
   }
   if (confined.size() < static_cast<std::size_t>(request.gpus)) {
     return InvalidArgument("a job on " + std::to_string(request.gpus) +

@@ -146,8 +146,8 @@ TEST(BesideResident, BadRequestsAreErrorsThatChangeNothing) {
   {
     LeaseRequest r = beside("a", 1, "m");
     r.allowed_devices = {0, 2};
-    cases.push_back(
-        {r, ErrorCode::kInvalidArgument, "allowed devices 0,2 exclude device 1 of resident 'm'"});
+    cases.push_back({r, ErrorCode::kInvalidArgument,
+                     "resident 'm' is on device 1, outside the allowed devices 0,2"});
   }
   {
     LeaseRequest r = beside("a", 1, "m");
