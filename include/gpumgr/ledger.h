@@ -166,8 +166,10 @@ struct WaiterInfo {
   int gpus = 1;
   int priority = 0;
   int device = -1;
-  std::vector<int> allowed_devices;  // LeaseRequest::allowed_devices
-  int position = 0;                  // 0 is the head
+  // LeaseRequest::allowed_devices; beside a resident, the resident's devices it waits on.
+  std::vector<int> allowed_devices;
+  std::string beside_resident;  // LeaseRequest::beside_resident
+  int position = 0;             // 0 is the head
   std::uint32_t pid = 0;
   std::uint32_t uid = 0;
   std::string command;
