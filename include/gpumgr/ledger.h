@@ -83,6 +83,12 @@ struct LeaseRequest {
   // Residents are revoked before preemptible jobs, the least recently used first, for
   // waiters of at least their priority. A lease is preemptible or resident, not both.
   std::string resident;
+  // The resident this job runs beside (its name; empty: none): a serving worker's request
+  // for working memory next to the model it keeps loaded. The resident must be active and
+  // not being revoked; the lease goes only on the resident's devices (within `device` or
+  // `allowed_devices` if given), that resident is never revoked for it, and its grant
+  // counts as a use of the resident (touch). Not on a request that is itself resident.
+  std::string beside_resident;
   // Seconds from revocation to the kill of the holder; empty: the ledger's default
   // (`gpumgr serve --revoke-grace`). Finite, in [0, 86400].
   std::optional<double> revoke_grace_s;
@@ -160,8 +166,10 @@ struct WaiterInfo {
   int gpus = 1;
   int priority = 0;
   int device = -1;
-  std::vector<int> allowed_devices;  // LeaseRequest::allowed_devices
-  int position = 0;                  // 0 is the head
+  // LeaseRequest::allowed_devices; beside a resident, the resident's devices it waits on.
+  std::vector<int> allowed_devices;
+  std::string beside_resident;  // LeaseRequest::beside_resident
+  int position = 0;             // 0 is the head
   std::uint32_t pid = 0;
   std::uint32_t uid = 0;
   std::string command;

@@ -39,6 +39,19 @@ def check_resident_name(name: Any) -> str:
     return name
 
 
+def beside_name(resident: Any) -> str:
+    """The name of the resident a job runs beside (managed_generation's ``resident``): a
+    ResidentModel, its name, or None (none: "")."""
+    if resident is None:
+        return ""
+    if isinstance(resident, ResidentModel):
+        return resident.name
+    if not isinstance(resident, str):
+        raise TypeError("resident must be a ResidentModel, a resident's name or None, got "
+                        f"{resident!r} ({type(resident).__name__})")
+    return check_resident_name(resident)
+
+
 def check_grace(value: Any, name: str = "revoke_grace") -> Optional[float]:
     if value is None:
         return None

@@ -492,7 +492,9 @@ class GPUManager:
                            default_memory_mb: Optional[int] = None,
                            enforce: Optional[bool] = None, preemptible: bool = False,
                            on_preempt: Optional[Callable[[dict[str, Any]], Any]] = None,
-                           revoke_grace: Optional[float] = None) -> ContextManager[Lease]:
+                           revoke_grace: Optional[float] = None,
+                           resident: Optional[ResidentModel | str] = None
+                           ) -> ContextManager[Lease]:
         """A context manager that waits for a lease of ``required_memory_mb`` MiB, yields it
         (``lease.device`` is the torch device string), and releases it on exit whatever
         happens. A block that raises counts the job as failed; a torch CUDA out-of-memory
@@ -517,11 +519,17 @@ class GPUManager:
                 the lease is released as the block ends. The block should end within the
                 grace (``revoke_grace`` seconds, else the ledger's): past it, the in-process
                 ledger releases the lease, and the daemon kills this process.
+            resident: the resident model (a ResidentModel, or its name) the job runs beside:
+                the lease goes on the model's device only, the model is never revoked for
+                this job while it waits (other residents there may be), and its grant counts
+                as a ``use()`` of the model. The model must be resident now.
 
         Raises (on entering the block):
             QueueTimeoutError: the timeout passed first.
             GPUCapacityError: the job is larger than every device's capacity.
-            DuplicateJobError, TypeError, ValueError: bad arguments.
+            DuplicateJobError, TypeError, ValueError: bad arguments; ValueError also when
+                ``resident`` names no resident now (``no resident 'NAME' to run beside``).
+            GPUManagerError: ``resident`` is being revoked (code ``failed_precondition``).
             JobCancelledError: cancel(job_id) was called while it waited.
             GPUManagerError: ``required_memory_mb=None`` and the kind has no estimate yet
                 (too few runs) and no ``default_memory_mb``.
@@ -543,12 +551,14 @@ class GPUManager:
         if (on_preempt is not None or revoke_grace is not None) and not preemptible:
             raise ValueError("on_preempt and revoke_grace need preemptible=True")
         grace = _revocable.check_grace(revoke_grace)
+        beside = _revocable.beside_name(resident)
         if not self._torch_hooked:
             self._hook_torch()
         if not preemptible:
-            return self._core.generation(job_id, nbytes, wait, priority, kind, default_bytes, cap)
+            return self._core.generation(job_id, nbytes, wait, priority, kind, default_bytes, cap,
+                                         False, None, beside)
         generation = self._core.generation(job_id, nbytes, wait, priority, kind, default_bytes,
-                                           cap, True, grace)
+                                           cap, True, grace, beside)
         self._revocations.add_generation(job_id, generation, on_preempt)
         return generation
 

@@ -530,6 +530,8 @@ py::dict snapshot_dict(const Snapshot& s) {
     q["gpus"] = w.gpus;
     q["priority"] = w.priority;
     q["device"] = w.device;
+    q["allowed_devices"] = w.allowed_devices;
+    q["beside_resident"] = str_or_none(w.beside_resident);
     q["position"] = w.position;
     q["pid"] = w.pid;
     q["uid"] = w.uid;
@@ -1056,10 +1058,12 @@ PYBIND11_MODULE(_core, mod) {
           "try_acquire",
           [](PyManager& m, std::string job_id, std::uint64_t bytes, int gpus, int priority,
              int device, std::string command, std::string kind, std::uint64_t default_bytes,
-             bool cap, std::string resident, bool preemptible, std::optional<double> revoke_grace) {
+             bool cap, std::string resident, bool preemptible, std::optional<double> revoke_grace,
+             std::string beside_resident) {
             LeaseRequest r = make_request(std::move(job_id), bytes, gpus, priority, device,
                                           std::move(command), std::move(kind), default_bytes);
             r.resident = std::move(resident);
+            r.beside_resident = std::move(beside_resident);
             r.preemptible = preemptible;
             r.revoke_grace_s = revoke_grace;
             StatusOr<Lease> lease = Status(ErrorCode::kInternal, "");
@@ -1073,9 +1077,11 @@ PYBIND11_MODULE(_core, mod) {
           py::arg("device") = -1, py::arg("command") = "", py::arg("kind") = "",
           py::arg("default_bytes") = 0, py::arg("cap") = false, py::arg("resident") = "",
           py::arg("preemptible") = false, py::arg("revoke_grace") = py::none(),
+          py::arg("beside_resident") = "",
           "bytes = 0 with a kind asks for the kind's learned estimate (else default_bytes). "
           "cap: count the lease toward this process's torch memory cap. resident, "
-          "preemptible, revoke_grace: a revocable lease (docs/scheduling.md).")
+          "preemptible, revoke_grace: a revocable lease; beside_resident: the resident the "
+          "job runs beside (docs/scheduling.md).")
       .def(
           "acquire",
           [](PyManager& m, std::string job_id, std::uint64_t bytes, std::optional<double> timeout,
@@ -1135,7 +1141,7 @@ PYBIND11_MODULE(_core, mod) {
           [](py::object self, std::string job_id, std::uint64_t bytes,
              std::optional<double> timeout, int priority, std::string kind,
              std::uint64_t default_bytes, bool cap, bool preemptible,
-             std::optional<double> revoke_grace) {
+             std::optional<double> revoke_grace, std::string beside_resident) {
             if (timeout && (std::isnan(*timeout) || *timeout < 0)) {
               throw py::value_error("timeout must be a non-negative number of seconds or None");
             }
@@ -1143,12 +1149,14 @@ PYBIND11_MODULE(_core, mod) {
                                           std::move(kind), default_bytes);
             r.preemptible = preemptible;
             r.revoke_grace_s = revoke_grace;
+            r.beside_resident = std::move(beside_resident);
             return PyGeneration(std::move(self), std::move(r), timeout, cap);
           },
           py::arg("job_id"), py::arg("bytes"), py::arg("timeout") = py::none(),
           py::arg("priority") = 0, py::arg("kind") = "", py::arg("default_bytes") = 0,
           py::arg("cap") = false, py::arg("preemptible") = false,
-          py::arg("revoke_grace") = py::none())
+          py::arg("revoke_grace") = py::none(), py::arg("beside_resident") = "",
+          "beside_resident: the name of the resident the job runs beside (docs/scheduling.md).")
       .def("set_revoke_callback", &PyManager::set_revoke_callback, py::arg("callback"),
            "callback(notice) runs when a revocable lease of this process is revoked.")
       .def(

@@ -4,6 +4,9 @@
 // SIGUSR2 to it, releases the lease when it ends and exits with CMD's exit code (128+N when
 // signal N killed it).
 //
+// --beside NAME: the lease runs beside resident NAME (docs/scheduling.md, "A job beside a
+// resident"): on its devices, never revoking it.
+//
 // --preemptible / --resident NAME: the lease is revocable (docs/scheduling.md, "Revocable
 // leases"). When the daemon revokes it, CMD gets --preempt-signal (SIGTERM), and the lease is
 // released when CMD exits; a CMD that outlives the grace is killed by the daemon, with this
@@ -52,6 +55,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "core/scheduler.h"
 #include "daemon/protocol.h"
 #include "gpumgr/ledger.h"
 #include "gpumgr/units.h"
@@ -330,6 +334,7 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
     std::string socket;
     bool preemptible = false;
     std::string resident;
+    std::string beside;
     std::string preempt_signal = "TERM";
     double revoke_grace = -1;
     std::vector<std::string> command;
@@ -358,6 +363,9 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
   sub->add_option("--resident", opts->resident,
                   "Hold the lease as a resident model of this name (an idle model kept loaded "
                   "while nobody needs its memory; revoked before preemptible jobs)");
+  sub->add_option("--beside", opts->beside,
+                  "Run beside the resident model of this name: the lease goes on its device(s), "
+                  "and that model is never revoked for this job while it waits");
   sub->add_option("--preempt-signal", opts->preempt_signal,
                   "The signal CMD gets when the lease is revoked (name or number)")
       ->capture_default_str();
@@ -450,6 +458,19 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
                 return kExitUsage;
               }
             }
+            // The daemon checks the rest (that such a resident exists, where it is).
+            const Status beside = core::check_resident_name(opts->beside);
+            if (sub->count("--beside") > 0 && !beside.ok()) {
+              std::fprintf(stderr, "gpumgr run: --beside: %s\n",
+                           terminal_safe(beside.message()).c_str());
+              return kExitUsage;
+            }
+            if (sub->count("--beside") > 0 && sub->count("--resident") > 0) {
+              std::fprintf(stderr,
+                           "gpumgr run: --beside and --resident exclude each other: a lease "
+                           "is a resident or runs beside one\n");
+              return kExitUsage;
+            }
             if (sub->count("--revoke-grace") > 0 &&
                 (!revocable || !(opts->revoke_grace >= 0 && opts->revoke_grace <= 86400))) {
               std::fprintf(stderr, "gpumgr run: --revoke-grace: %s\n",
@@ -473,6 +494,7 @@ Command setup_run(CLI::App& app, const GlobalOptions& /*global*/) {
             request.priority = opts->priority;
             request.preemptible = opts->preemptible;
             request.resident = opts->resident;
+            request.beside_resident = opts->beside;
             if (sub->count("--revoke-grace") > 0) request.revoke_grace_s = opts->revoke_grace;
             request.command = join(opts->command, " ");
             if (request.command.size() > daemon::kMaxCommandBytes) {

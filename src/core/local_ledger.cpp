@@ -1031,6 +1031,7 @@ StatusOr<Snapshot> LocalLedger::snapshot() {
     info.priority = w->request.priority;
     info.device = w->request.device;
     info.allowed_devices = w->request.allowed_devices;
+    info.beside_resident = w->request.beside_resident;
     info.position = position++;
     info.pid = w->holder.pid;
     info.uid = w->holder.uid;

@@ -65,6 +65,15 @@ Cost cost_of(const std::vector<const Candidate*>& set) {
 bool on_device(const ActiveLease& lease, int device) {
   return std::find(lease.devices.begin(), lease.devices.end(), device) != lease.devices.end();
 }
+
+// "device 1" or "devices 0,2".
+std::string devices_text(const std::vector<int>& devices) {
+  std::string out = devices.size() == 1 ? "device " : "devices ";
+  for (std::size_t i = 0; i < devices.size(); ++i) {
+    out += (i == 0 ? "" : ",") + std::to_string(devices[i]);
+  }
+  return out;
+}
 }  // namespace
 
 std::string_view revoke_cause_name(RevokeCause cause) {
@@ -108,6 +117,77 @@ Status Scheduler::check_revocable(const LeaseRequest& request) const {
                   "resident '" + request.resident + "' already exists (job '" + holder + "')");
   }
   return Status::Ok();
+}
+
+StatusOr<std::vector<int>> Scheduler::beside_devices(const LeaseRequest& request) const {
+  const std::string& name = request.beside_resident;
+  if (Status s = check_resident_name(name); !s.ok()) {
+    return InvalidArgument("beside: " + s.message());
+  }
+  if (!request.resident.empty()) {
+    return InvalidArgument("resident '" + request.resident + "' cannot run beside resident '" +
+                           name + "': a lease is either a resident or beside one");
+  }
+  const auto holder = residents_.find(name);
+  if (holder == residents_.end()) {
+    for (const auto& [key, w] : queue_) {
+      if (w.request.resident == name) {
+        return NotFound("no resident '" + name + "' to run beside: job '" + w.request.job_id +
+                        "' waits to load it");
+      }
+    }
+    return NotFound("no resident '" + name + "' to run beside");
+  }
+  const ActiveLease& model = active_.find(holder->second)->second;
+  if (model.revoking) {
+    return Status(ErrorCode::kFailedPrecondition,
+                  "resident '" + name + "' is being revoked: a job cannot run beside it");
+  }
+  const std::string where = "resident '" + name + "' is on " + devices_text(model.devices);
+  if (request.device >= 0) {
+    if (!on_device(model, request.device)) {
+      return InvalidArgument("job pinned to device " + std::to_string(request.device) + ", but " +
+                             where);
+    }
+    return std::vector<int>{};
+  }
+  std::vector<int> confined;
+  for (const int d : model.devices) {
+    const auto& only = request.allowed_devices;
+    if (only.empty() || std::find(only.begin(), only.end(), d) != only.end()) {
+      confined.push_back(d);
+    }
+  }
+  if (confined.empty()) {
+    return InvalidArgument(where + ", outside the allowed " +
+                           devices_text(request.allowed_devices));
+  }
+  if (confined.size() < static_cast<std::size_t>(request.gpus)) {
+    return InvalidArgument("a job on " + std::to_string(request.gpus) +
+                           " GPUs cannot run beside resident '" + name + "', which is on " +
+                           devices_text(model.devices) +
+                           (confined.size() < model.devices.size()
+                                ? " (" + std::to_string(confined.size()) + " of them allowed)"
+                                : ""));
+  }
+  return confined;
+}
+
+StatusOr<const ActiveEntry*> Scheduler::try_start_beside(const LeaseRequest& request, Holder holder,
+                                                         TimeNs now) {
+  auto confined = beside_devices(request);
+  if (!confined.ok()) return confined.status();
+  if (request.device >= 0) return start_now(request, holder, now);
+  LeaseRequest within = request;
+  within.allowed_devices = std::move(confined).value();
+  return start_now(within, holder, now);
+}
+
+void Scheduler::use_beside(std::string_view name, TimeNs now) {
+  const auto holder = residents_.find(name);
+  if (holder == residents_.end()) return;  // it went while the job waited
+  ActiveLease& model = active_.find(holder->second)->second;
+  if (!model.revoking) model.last_used = std::max(model.last_used, now);
 }
 
 void Scheduler::note_revocable(const ActiveEntry& entry, int delta) {
@@ -256,6 +336,8 @@ void Scheduler::plan_revocations() {
     std::vector<Candidate> candidates = orphans;
     for (const ActiveEntry* e : revocable) {
       const ActiveLease& l = e->second;
+      // Never the model the waiter runs beside: it would start without it.
+      if (!r.beside_resident.empty() && l.resident == r.beside_resident) continue;
       const bool eligible =
           l.revocable == Revocable::kResident ? l.priority <= r.priority : l.priority < r.priority;
       if (eligible) candidates.push_back(Candidate{e, false});

@@ -136,6 +136,11 @@ Status check_names(const LeaseRequest& request) {
 Status Scheduler::check_fields(const LeaseRequest& request) const {
   if (Status s = check_names(request); !s.ok()) return s;
   if (Status s = check_revocable(request); !s.ok()) return s;
+  if (!request.beside_resident.empty()) {  // rare: a serving worker's job beside its model
+    auto confined = beside_devices(request);
+    if (!confined.ok()) return confined.status();
+    return check_shape(request.bytes, request.gpus, request.device, *confined);
+  }
   return check_shape(request.bytes, request.gpus, request.device, request.allowed_devices);
 }
 
@@ -384,6 +389,7 @@ ActiveEntry& Scheduler::grant(ActiveEntry& entry, const LeaseRequest& request, H
   lease.revoking = false;
   lease.revoked_for.clear();
   note_revocable(entry, 1);
+  if (!request.beside_resident.empty()) use_beside(request.beside_resident, now);
   charge(lease, now);
   return entry;
 }
@@ -463,6 +469,12 @@ void Scheduler::update_reservation() {
 }
 
 StatusOr<const ActiveEntry*> Scheduler::try_start(const LeaseRequest& request, Holder holder,
+                                                  TimeNs now) {
+  if (!request.beside_resident.empty()) return try_start_beside(request, holder, now);
+  return start_now(request, holder, now);
+}
+
+StatusOr<const ActiveEntry*> Scheduler::start_now(const LeaseRequest& request, Holder holder,
                                                   TimeNs now) {
   // The look-up for a duplicate job id is the insertion at the end (one hash, not two); the
   // paths that fail before it look it up themselves, so that a duplicate is reported first.
@@ -547,8 +559,12 @@ StatusOr<std::vector<Grant>> Scheduler::enqueue(const LeaseRequest& request, Hol
   const int kind_id = intern_kind(request.kind);
   Waiter waiter{request,  holder,  std::min(now, requested_at.value_or(now)),
                 deadline, key.seq, kind_id};
+  if (!request.beside_resident.empty()) {
+    // It waits confined to the resident's devices, there even if the resident goes.
+    waiter.request.allowed_devices = beside_devices(request).value();
+  }
   Level& level = fit_[key.neg_priority];
-  const ClassKey cls{request.gpus, request.device, kind_id, request.allowed_devices};
+  const ClassKey cls{request.gpus, request.device, kind_id, waiter.request.allowed_devices};
   level.classes[cls].push_back(key.seq, request.bytes);
   UserBucket& bucket = level.users[holder.uid];
   if (bucket.indexed) bucket.classes[cls].push_back(key.seq, request.bytes);

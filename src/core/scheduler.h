@@ -236,6 +236,7 @@ class Scheduler {
   // kResourceExhausted otherwise. Runs check() first. The new lease is returned as the
   // scheduler holds it (valid until the scheduler next changes), so that the caller reads it
   // without another lookup or a copy of its device list.
+  // A request beside a resident goes only on the resident's devices (beside_devices()).
   StatusOr<const ActiveEntry*> try_start(const LeaseRequest& request, Holder holder, TimeNs now);
 
   // Queues a request (after check()); it starts at once if the queue allows. The grants of
@@ -429,6 +430,8 @@ class Scheduler {
   // Adds an active entry for `job_id`, reusing a released one where one is spare (see
   // spare_entries_); nullptr when the job id is already active. grant() fills it in.
   ActiveEntry* insert_active(std::string_view job_id);
+  // try_start() of a request already confined to its resident's devices (or beside none).
+  StatusOr<const ActiveEntry*> start_now(const LeaseRequest& request, Holder holder, TimeNs now);
   // Fills in a new entry whose devices are already set, and charges them.
   ActiveEntry& grant(ActiveEntry& entry, const LeaseRequest& request, Holder holder,
                      TimeNs requested_at, TimeNs now);
@@ -502,6 +505,17 @@ class Scheduler {
   Status check_revocable(const LeaseRequest& request) const;
   // Keeps the revocable counts and resident names when a lease is granted or released.
   void note_revocable(const ActiveEntry& entry, int delta);
+  // A request beside a resident (LeaseRequest::beside_resident): the allowed devices it is
+  // confined to, the resident's devices within its own allowed devices (empty when it is
+  // pinned to one of them: the pin confines it). kInvalidArgument for a bad name, a request
+  // that is itself resident, or a pin or allowed devices away from the resident; kNotFound
+  // for no such resident, kFailedPrecondition for one being revoked.
+  StatusOr<std::vector<int>> beside_devices(const LeaseRequest& request) const;
+  // try_start() of a request beside a resident: confined to its devices.
+  StatusOr<const ActiveEntry*> try_start_beside(const LeaseRequest& request, Holder holder,
+                                                TimeNs now);
+  // A lease beside resident `name` was granted now: the resident was used (as touch()).
+  void use_beside(std::string_view name, TimeNs now);
 
   SchedulerConfig config_;
   std::vector<DeviceState> devices_;

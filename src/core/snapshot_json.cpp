@@ -124,6 +124,7 @@ WaiterInfo waiter_from_json(const json& j) {
   if (const auto it = j.find("allowed_devices"); it != j.end()) {
     w.allowed_devices = it->get<std::vector<int>>();
   }
+  w.beside_resident = j.value("beside_resident", std::string());
   w.position = j.at("position").get<int>();
   w.pid = j.at("pid").get<std::uint32_t>();
   w.uid = j.at("uid").get<std::uint32_t>();
@@ -287,6 +288,7 @@ json to_json(const WaiterInfo& w) {
             {"waited_s", w.waited_s},
             {"quota_wait", w.quota_wait}};
   if (!w.allowed_devices.empty()) j["allowed_devices"] = w.allowed_devices;
+  if (!w.beside_resident.empty()) j["beside_resident"] = w.beside_resident;
   return j;
 }
 

@@ -214,6 +214,12 @@ Status decode_fields(const json& j, Request& r) {
         return InvalidArgument("field 'resident' must not be empty");
       }
       r.lease.resident = std::move(resident).value();
+      auto beside = get_string(j, "beside_resident", false, kMaxJobIdBytes);
+      if (!beside.ok()) return beside.status();
+      if (j.contains("beside_resident") && !j.at("beside_resident").is_null() && beside->empty()) {
+        return InvalidArgument("field 'beside_resident' must not be empty");
+      }
+      r.lease.beside_resident = std::move(beside).value();
       if (const auto it = j.find("revoke_grace_s"); it != j.end() && !it->is_null()) {
         if (!it->is_number()) {
           return InvalidArgument("field 'revoke_grace_s' must be a number of seconds, got " +
@@ -373,6 +379,7 @@ std::string encode_request(const Request& r) {
       if (r.lease.holder_pid != 0) j["holder_pid"] = r.lease.holder_pid;
       if (r.lease.preemptible) j["preemptible"] = true;
       if (!r.lease.resident.empty()) j["resident"] = r.lease.resident;
+      if (!r.lease.beside_resident.empty()) j["beside_resident"] = r.lease.beside_resident;
       if (r.lease.revoke_grace_s) j["revoke_grace_s"] = *r.lease.revoke_grace_s;
       if (r.op == Op::kAcquire) {
         j["wait"] = r.wait;

@@ -40,7 +40,8 @@ constexpr const char* kSchemaSql =
     " allowed_devices TEXT NOT NULL DEFAULT '',"  // "0,2": LeaseRequest::allowed_devices
     " preemptible INTEGER NOT NULL DEFAULT 0,"    // revocable leases
     " resident TEXT NOT NULL DEFAULT '',"
-    " revoke_grace REAL"  // seconds; NULL: the daemon's --revoke-grace
+    " revoke_grace REAL,"                        // seconds; NULL: the daemon's --revoke-grace
+    " beside_resident TEXT NOT NULL DEFAULT ''"  // LeaseRequest::beside_resident
     ");";
 
 // upgrades[i] takes version i + 1 to i + 2.
@@ -52,6 +53,8 @@ constexpr const char* kUpgrades[] = {
     "ALTER TABLE jobs ADD COLUMN preemptible INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE jobs ADD COLUMN resident TEXT NOT NULL DEFAULT '';"
     "ALTER TABLE jobs ADD COLUMN revoke_grace REAL;",
+    // Version 3 had no requests beside a resident.
+    "ALTER TABLE jobs ADD COLUMN beside_resident TEXT NOT NULL DEFAULT '';",
 };
 
 // PRAGMA application_id "gpmj".
@@ -59,19 +62,19 @@ constexpr DatabaseSpec kJournalFile{
     "lease journal",
     "not a gpumgr lease journal",
     0x67706d6a,
-    3,
+    4,
     kSchemaSql,
     "SELECT seq, job_id, leased, bytes, gpus, priority, device, command, kind, default_bytes, "
     "devices, token, estimate, pid, uid, start_ticks, boot_id, requested_at, granted_at, "
-    "deadline, holder_pid, allowed_devices, preemptible, resident, revoke_grace FROM jobs "
-    "LIMIT 0",
+    "deadline, holder_pid, allowed_devices, preemptible, resident, revoke_grace, "
+    "beside_resident FROM jobs LIMIT 0",
     kUpgrades};
 
 constexpr const char* kInsertSql =
     "INSERT INTO jobs (job_id, leased, bytes, gpus, priority, device, command, kind, "
     "default_bytes, devices, token, estimate, pid, uid, start_ticks, boot_id, requested_at, "
-    "granted_at, deadline, holder_pid, allowed_devices, preemptible, resident, revoke_grace) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    "granted_at, deadline, holder_pid, allowed_devices, preemptible, resident, revoke_grace, "
+    "beside_resident) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 
 void bind_text(sqlite3_stmt* st, int column, const std::string& text) {
   sqlite3_bind_text(st, column, text.data(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
@@ -159,6 +162,7 @@ void bind_row(sqlite3_stmt* st, const JournalRow& row) {
   } else {
     sqlite3_bind_null(st, 24);
   }
+  bind_text(st, 25, r.beside_resident);
 }
 
 }  // namespace
@@ -205,8 +209,8 @@ StatusOr<JournalContents> LeaseJournal::load() {
                          "SELECT job_id, leased, bytes, gpus, priority, device, command, kind, "
                          "default_bytes, devices, token, estimate, pid, uid, start_ticks, "
                          "boot_id, requested_at, granted_at, deadline, holder_pid, "
-                         "allowed_devices, preemptible, resident, revoke_grace FROM jobs "
-                         "ORDER BY seq",
+                         "allowed_devices, preemptible, resident, revoke_grace, "
+                         "beside_resident FROM jobs ORDER BY seq",
                          -1, st.out(), nullptr) != SQLITE_OK) {
     return Unavailable(database_error(db_, kJournalFile, path_, "reading it"));
   }
@@ -234,6 +238,7 @@ StatusOr<JournalContents> LeaseJournal::load() {
     r.preemptible = sqlite3_column_int(s, 21) != 0;
     r.resident = column_text(s, 22);
     if (sqlite3_column_type(s, 23) != SQLITE_NULL) r.revoke_grace_s = sqlite3_column_double(s, 23);
+    r.beside_resident = column_text(s, 24);
     ProcessIdentity holder;
     holder.pid = static_cast<std::uint32_t>(sqlite3_column_int64(s, 12));
     holder.uid = static_cast<std::uint32_t>(sqlite3_column_int64(s, 13));

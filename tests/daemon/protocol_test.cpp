@@ -96,6 +96,10 @@ TEST(Protocol, RejectsBadRequestsNamingTheProblem) {
       {R"({"id":11,"op":"acquire","job_id":"j","bytes":1,"preemptible":1})", "'preemptible'", 11},
       {R"({"id":11,"op":"acquire","job_id":"j","bytes":1,"resident":""})", "'resident'", 11},
       {R"({"id":11,"op":"acquire","job_id":"j","bytes":1,"resident":3})", "'resident'", 11},
+      {R"({"id":12,"op":"acquire","job_id":"j","bytes":1,"beside_resident":""})",
+       "'beside_resident'", 12},
+      {R"({"id":12,"op":"acquire","job_id":"j","bytes":1,"beside_resident":[1]})",
+       "'beside_resident'", 12},
       {R"({"id":11,"op":"acquire","job_id":"j","bytes":1,"revoke_grace_s":-1})", "'revoke_grace_s'",
        11},
       {R"({"id":11,"op":"acquire","job_id":"j","bytes":1,"revoke_grace_s":"5"})",
@@ -161,12 +165,16 @@ TEST(Protocol, RevocableFieldsAndOperationsRoundTrip) {
   EXPECT_FALSE(back->lease.preemptible);
   ASSERT_TRUE(back->lease.revoke_grace_s.has_value());
   EXPECT_DOUBLE_EQ(*back->lease.revoke_grace_s, 2.5);
+  EXPECT_EQ(back->lease.beside_resident, "");
   r.lease.resident.clear();
+  r.lease.beside_resident = "llama";
   r.lease.preemptible = true;
   r.lease.revoke_grace_s.reset();
   back = decode_request(encode_request(r));
   ASSERT_TRUE(back.ok());
   EXPECT_TRUE(back->lease.preemptible);
+  EXPECT_EQ(back->lease.beside_resident, "llama");
+  EXPECT_EQ(encode_request(r).find("\"beside_resident\":\"llama\"") != std::string::npos, true);
   EXPECT_FALSE(back->lease.revoke_grace_s.has_value());
   for (const Op op : {Op::kRevoke, Op::kTouch}) {
     Request j;

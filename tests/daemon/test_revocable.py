@@ -208,6 +208,46 @@ def test_bad_revocable_arguments_are_refused_by_name(tmp):
         assert d.stop() == 0
 
 
+def test_a_run_beside_its_resident_waits_and_never_revokes_it(tmp, strays):
+    # 10 GiB: the resident "llama" (5 GiB) and another job (4 GiB). A 2 GiB job beside
+    # "llama" cannot fit; only "llama" could make room, so it waits and "llama" stays.
+    d = Daemon(tmp)
+    try:
+        model = run(d, "model", "5GiB", "sleep", "60", extra=("--resident", "llama"))
+        strays.append(model.pid)
+        assert eventually(lambda: d.lease("model") is not None)
+        other = run(d, "other", "4GiB", "sleep", "60")
+        strays.append(other.pid)
+        assert eventually(lambda: d.lease("other") is not None)
+        beside = run(d, "beside", "2GiB", "true", extra=("--beside", "llama"))
+        strays.append(beside.pid)
+        assert eventually(lambda: [w for w in d.status()["queue"] if w["job_id"] == "beside"])
+        waiter = next(w for w in d.status()["queue"] if w["job_id"] == "beside")
+        assert waiter["beside_resident"] == "llama"
+        assert waiter["allowed_devices"] == [0]
+        assert not d.lease("model")["revoking"]
+        assert d.status()["stats"]["revocations_resident"] == 0
+        other.send_signal(signal.SIGTERM)
+        other.wait(timeout=30)
+        assert beside.wait(timeout=30) == 0, beside.stderr.read()
+        assert model.poll() is None and not d.lease("model")["revoking"]
+        # Bad names are usage errors; a name that is no resident is refused by the daemon.
+        for extra, code, words in [
+                (("--beside", ""), 2, "must not be empty"),
+                (("--beside", "a\x1bb"), 2, "control characters"),
+                (("--beside", "llama", "--resident", "x"), 2, "exclude each other"),
+                (("--beside", "nobody"), 1, "no resident 'nobody' to run beside")]:
+            p = run(d, "bad", "1GiB", "true", extra=extra)
+            assert p.wait(timeout=30) == code, extra
+            err = p.stderr.read()
+            assert words in err, (extra, err)
+            assert "\x1b" not in err
+        model.send_signal(signal.SIGTERM)
+        model.wait(timeout=30)
+    finally:
+        assert d.stop() == 0
+
+
 def python_module_dir():
     """The build's gpu_manager package (next to GPUMGR_BIN's build tree), or None."""
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(

@@ -204,6 +204,31 @@ def test_bad_resident_arguments(two_gpus):
     assert state(two_gpus) == before
 
 
+BAD_BESIDE = [
+    ("gone", ValueError, "no resident 'gone' to run beside"),
+    ("", ValueError, "resident name must not be empty"),
+    ("llama\x1b[2J", ValueError, "must not contain control characters"),
+    (7, TypeError, "resident must be a ResidentModel, a resident's name or None"),
+]
+
+
+@pytest.mark.parametrize("resident,error,message", BAD_BESIDE)
+def test_bad_resident_to_run_beside(two_gpus, resident, error, message):
+    model = two_gpus.keep_resident("llama", 1000)
+    before = state(two_gpus)
+    with pytest.raises(error, match=message):
+        with two_gpus.managed_generation("bad", 1000, timeout=0, resident=resident):
+            pass
+    assert state(two_gpus) == before
+    # A model released already is no resident to run beside either.
+    model.release()
+    before = state(two_gpus)
+    with pytest.raises(ValueError, match="no resident 'llama' to run beside"):
+        with two_gpus.managed_generation("bad", 1000, timeout=0, resident=model):
+            pass
+    assert state(two_gpus) == before
+
+
 def test_keep_resident_twice_with_one_name(two_gpus):
     model = two_gpus.keep_resident("llama", 1000)
     before = state(two_gpus)

@@ -146,3 +146,66 @@ def test_an_unload_that_hangs_loses_the_lease_at_the_grace(one_gpu):
         release.set()
     wait_until(lambda: model.revoked, "the resident to be marked revoked")
     assert one_gpu.snapshot()["leases"] == []
+
+
+@pytest.fixture
+def two_small_gpus(simulate):
+    """Two simulated 10 GiB devices, all of each leasable."""
+    simulate("2x10GiB")
+    return GPUManager(max_concurrent_jobs=4, memory_limit=1.0)
+
+
+def test_a_job_beside_its_model_waits_for_room_and_never_unloads_it(two_small_gpus):
+    # A serving worker keeps "llama" on device 0; another job holds the rest of device 0. The
+    # worker's request beside the model waits there (device 1, empty, is not where the model
+    # is), and the model it is about to run on is never revoked for it.
+    mgr = two_small_gpus
+    unloaded = threading.Event()
+    model = mgr.keep_resident("llama", 4000, unload=unloaded.set)
+    snap = mgr.snapshot()
+    assert next(l for l in snap["leases"] if l["job_id"] == model.job_id)["devices"] == [0]
+    assert mgr.allocate_job("other", 6000)  # best fit: the rest of device 0
+    assert next(l for l in mgr.snapshot()["leases"] if l["job_id"] == "other")["devices"] == [0]
+    granted = []
+
+    def serve():
+        with mgr.managed_generation("request-1", 2000, timeout=30, resident=model):
+            granted.append(next(l["devices"] for l in mgr.snapshot()["leases"]
+                                if l["job_id"] == "request-1"))
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    wait_until(lambda: [w for w in mgr.snapshot()["queue"] if w["job_id"] == "request-1"],
+               "the request beside the model to wait")
+    waiter = next(w for w in mgr.snapshot()["queue"] if w["job_id"] == "request-1")
+    assert waiter["beside_resident"] == "llama"
+    assert waiter["allowed_devices"] == [0]
+    # A revocation is decided in the pass that queued the request: the snapshot shows it.
+    snap = mgr.snapshot()
+    assert not next(l for l in snap["leases"] if l["job_id"] == model.job_id)["revoking"]
+    assert snap["stats"]["revocations_resident"] == 0
+    assert not unloaded.is_set() and not model.revoked
+    assert granted == []
+    assert mgr.cleanup_after_job("other")
+    worker.join(30)
+    assert granted == [[0]]
+    assert not unloaded.is_set() and not model.revoked
+    assert mgr.snapshot()["stats"]["revocations_resident"] == 0
+    model.use()  # still resident
+    model.release()
+
+
+def test_a_job_beside_its_model_has_another_resident_unloaded_instead(one_gpu):
+    # Least recently used first would pick "llama" (the older); the job runs beside it, so
+    # "other" goes.
+    gone = []
+    llama = one_gpu.keep_resident("llama", 4000, unload=lambda: gone.append("llama"))
+    other = one_gpu.keep_resident("other", 4000, unload=lambda: gone.append("other"))
+    other.use()
+    with one_gpu.managed_generation("request-1", 4000, timeout=30, resident="llama"):
+        assert gone == ["other"]
+        assert not llama.revoked and other.revoked
+    # Its grant was a use of "llama": the next job that needs room takes another resident
+    # first, were there one; with none, "llama" goes for a job not beside it.
+    with one_gpu.managed_generation("request-2", 8000, timeout=30):
+        assert gone == ["other", "llama"]

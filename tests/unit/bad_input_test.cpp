@@ -354,6 +354,68 @@ TEST(BadInputTest, EveryBadInputIsRefusedWithANamedProblemAndChangesNothing) {
          return status_of(m.try_acquire(r));
        },
        ErrorCode::kInvalidArgument, "either preemptible or resident"},
+      // A job beside a resident ("llama" is on device 0, "gone" is being revoked)
+      {"beside no resident",
+       [](Manager& m) {
+         LeaseRequest r = request("b", kGiB);
+         r.beside_resident = "nobody";
+         return status_of(m.try_acquire(r));
+       },
+       ErrorCode::kNotFound, "no resident 'nobody' to run beside"},
+      {"beside no resident, blocking",
+       [](Manager& m) {
+         LeaseRequest r = request("b", kGiB);
+         r.beside_resident = "nobody";
+         return status_of(m.acquire(r, WaitOptions::for_seconds(5)));
+       },
+       ErrorCode::kNotFound, "no resident 'nobody' to run beside"},
+      {"beside a resident being revoked",
+       [](Manager& m) {
+         LeaseRequest r = request("b", kGiB);
+         r.beside_resident = "gone";
+         return status_of(m.acquire(r, WaitOptions::for_seconds(5)));
+       },
+       ErrorCode::kFailedPrecondition, "resident 'gone' is being revoked"},
+      {"beside name with control characters",
+       [](Manager& m) {
+         LeaseRequest r = request("b", kGiB);
+         r.beside_resident = "llama\x1b[2J";
+         return status_of(m.try_acquire(r));
+       },
+       ErrorCode::kInvalidArgument, "beside: resident name must not contain control characters"},
+      {"a resident beside a resident",
+       [](Manager& m) {
+         LeaseRequest r = request("b", kGiB);
+         r.resident = "new";
+         r.beside_resident = "llama";
+         return status_of(m.try_acquire(r));
+       },
+       ErrorCode::kInvalidArgument, "resident 'new' cannot run beside resident 'llama'"},
+      {"beside, pinned elsewhere",
+       [](Manager& m) {
+         LeaseRequest r = request("b", kGiB);
+         r.beside_resident = "llama";
+         r.device = 1;
+         return status_of(m.acquire(r, WaitOptions::for_seconds(5)));
+       },
+       ErrorCode::kInvalidArgument, "job pinned to device 1, but resident 'llama' is on device 0"},
+      {"beside, allowed devices elsewhere",
+       [](Manager& m) {
+         LeaseRequest r = request("b", kGiB);
+         r.beside_resident = "llama";
+         r.allowed_devices = {1};
+         return status_of(m.try_acquire(r));
+       },
+       ErrorCode::kInvalidArgument,
+       "resident 'llama' is on device 0, outside the allowed device 1"},
+      {"beside, more GPUs than the resident has",
+       [](Manager& m) {
+         LeaseRequest r = request("b", kGiB);
+         r.beside_resident = "llama";
+         r.gpus = 2;
+         return status_of(m.try_acquire(r));
+       },
+       ErrorCode::kInvalidArgument, "a job on 2 GPUs cannot run beside resident 'llama'"},
       {"revoke grace NaN",
        [nan](Manager& m) {
          LeaseRequest r = request("g", kGiB);

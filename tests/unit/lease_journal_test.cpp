@@ -146,11 +146,18 @@ TEST_P(JournalUpgrade, AnOlderFileIsUpgradedInPlace) {
         " requested_at, granted_at, deadline) VALUES ('old-lease', 1, 1024, 1, 2, -1, 'x', '',"
         " 0, '1', 'tok', '', 55, 1000, 99, 'boot', 1, 2, NULL);"
         "PRAGMA application_id=1735421290;";
-    if (GetParam() == 2) {
+    if (GetParam() >= 2) {
       sql +=
           "ALTER TABLE jobs ADD COLUMN holder_pid INTEGER NOT NULL DEFAULT 0;"
           "ALTER TABLE jobs ADD COLUMN allowed_devices TEXT NOT NULL DEFAULT '';"
           "UPDATE jobs SET holder_pid = 56;";
+    }
+    if (GetParam() >= 3) {
+      sql +=
+          "ALTER TABLE jobs ADD COLUMN preemptible INTEGER NOT NULL DEFAULT 0;"
+          "ALTER TABLE jobs ADD COLUMN resident TEXT NOT NULL DEFAULT '';"
+          "ALTER TABLE jobs ADD COLUMN revoke_grace REAL;"
+          "UPDATE jobs SET resident = 'llama';";
     }
     sql += "PRAGMA user_version=" + std::to_string(GetParam()) + ";";
     ASSERT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK)
@@ -170,23 +177,30 @@ TEST_P(JournalUpgrade, AnOlderFileIsUpgradedInPlace) {
   EXPECT_EQ(c->leases[0].devices, std::vector<int>{1});
   EXPECT_EQ(c->leases[0].holder.pid, 55u);
   EXPECT_EQ(c->leases[0].request.priority, 2);
-  EXPECT_EQ(c->leases[0].request.holder_pid, GetParam() == 2 ? 56u : 0u);
+  EXPECT_EQ(c->leases[0].request.holder_pid, GetParam() >= 2 ? 56u : 0u);
   EXPECT_TRUE(c->leases[0].request.allowed_devices.empty());
   EXPECT_FALSE(c->leases[0].request.preemptible);
-  EXPECT_EQ(c->leases[0].request.resident, "");
+  EXPECT_EQ(c->leases[0].request.resident, GetParam() >= 3 ? "llama" : "");
   EXPECT_FALSE(c->leases[0].request.revoke_grace_s.has_value());
+  EXPECT_EQ(c->leases[0].request.beside_resident, "");
   ASSERT_EQ(c->waiters.size(), 1u);
   // The new columns are written from now on.
   JournaledLease p = lease("new-lease", {0}, kGiB);
   p.request.preemptible = true;
   p.request.revoke_grace_s = 2.5;
   ASSERT_TRUE(j->put_lease(p).ok());
+  JournaledWaiter beside = waiter("beside-waiter", kGiB);
+  beside.request.beside_resident = "llama";
+  ASSERT_TRUE(j->put_waiter(beside).ok());
   auto again = j->load();
   ASSERT_TRUE(again.ok());
   ASSERT_EQ(again->leases.size(), 2u);
   EXPECT_TRUE(again->leases[1].request.preemptible);
   EXPECT_EQ(again->leases[1].request.revoke_grace_s, 2.5);
   EXPECT_EQ(again->leases[1].request.holder_pid, 78u);
+  ASSERT_EQ(again->waiters.size(), 2u);
+  EXPECT_EQ(again->waiters[1].request.beside_resident, "llama");
+  EXPECT_EQ(again->waiters[0].request.beside_resident, "");
   j.reset();
 
   // A file from a newer gpumgr cannot be read: moved aside, never misread.
@@ -198,11 +212,11 @@ TEST_P(JournalUpgrade, AnOlderFileIsUpgradedInPlace) {
   }
   auto newer = open_ok(path, &note);
   ASSERT_NE(newer, nullptr);
-  EXPECT_NE(note.find("schema version 9, this gpumgr reads version 3"), std::string::npos) << note;
+  EXPECT_NE(note.find("schema version 9, this gpumgr reads version 4"), std::string::npos) << note;
   EXPECT_EQ(newer->size().value(), 0u);
 }
 
-INSTANTIATE_TEST_SUITE_P(FromEveryOlderVersion, JournalUpgrade, ::testing::Values(1, 2));
+INSTANTIATE_TEST_SUITE_P(FromEveryOlderVersion, JournalUpgrade, ::testing::Values(1, 2, 3));
 
 TEST(LeaseJournalTest, AGrantedWaiterBecomesALeaseAndLeasesKeepGrantOrder) {
   TempDir dir("gpumgr-journal");
