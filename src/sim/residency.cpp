@@ -16,6 +16,11 @@ bool not_now(const Status& s) {
   return s.code() == ErrorCode::kResourceExhausted || s.code() == ErrorCode::kAlreadyExists;
 }
 
+// The resident name of model `model`'s copy on `device` (LeaseRequest::resident).
+std::string resident_name(const std::string& model, int device) {
+  return model + "@" + std::to_string(device);
+}
+
 }  // namespace
 
 std::string_view residency_name(Residency residency) {
@@ -82,8 +87,15 @@ StatusOr<ModelResidency::Ask> ModelResidency::ask(std::size_t i, LeaseRequest re
     if (!warm.empty()) request.allowed_devices = cold;
   } else if (!warm.empty()) {
     request.bytes = job.vram_bytes;
-    request.allowed_devices = warm;
     jobs_use_[i] = Use::kWaitWarm;
+    if (warm.size() == 1) {
+      // As a serving worker's request names its model: never revoked for this waiter.
+      request.beside_resident = resident_name(job.model, warm.front());
+    } else {
+      // A request names one resident; with several copies the waiter takes whichever has
+      // room first, and may have one of them revoked for it.
+      request.allowed_devices = warm;
+    }
   }
   // (No device can hold it at all: the scheduler refuses the request, naming the job.)
   ask.request = std::move(request);
@@ -256,7 +268,7 @@ Status ModelResidency::keep(std::size_t i, TimeNs now) {
     return Status::Ok();
   }
   LeaseRequest request;
-  request.resident = job.model + "@" + std::to_string(device);
+  request.resident = resident_name(job.model, device);
   request.job_id = free_id("resident:" + request.resident);
   request.bytes = job.model_bytes;
   request.device = device;

@@ -11,10 +11,11 @@
 //   A later job on the model that can start at once beside a resident copy runs there with its
 //   working memory for its duration alone, a load avoided (the copy is touched: most recently
 //   used). Otherwise it loads the model on a device that has no copy, or, when every device
-//   able to hold it has one, waits for working memory beside one of them. A job's working
-//   lease and the copy it runs on are two leases: the scheduler may revoke a copy that a job is
-//   using, and then, as a serving worker does, the copy is unloaded (released) when the last
-//   job on it ends.
+//   able to hold it has one, waits for working memory beside one of them (beside the only
+//   copy, its request names it, LeaseRequest::beside_resident, so that copy is never revoked
+//   for it). A job's working lease and the copy it runs on are two leases: the scheduler may
+//   revoke a copy that a job is using, and then, as a serving worker does, the copy is
+//   unloaded (released) when the last job on it ends.
 //
 // Not thread-safe: the replay that owns it calls it, with the scheduler it was given.
 #pragma once
