@@ -78,6 +78,12 @@ async function within(ms, what, check) {
   }
 }
 
+// An element's classes: none when it has no class attribute (a table row that is neither new
+// nor flagged has none, and a check that polls may catch it between two states).
+async function classes(locator) {
+  return ((await locator.getAttribute("class")) || "").split(" ");
+}
+
 async function main() {
   const [fixturePath, screenshot] = process.argv.slice(2);
   if (!fixturePath || !screenshot) fail("usage: node dashboard.test.js FIXTURE SCREENSHOT.png");
@@ -152,7 +158,7 @@ async function main() {
     await within(5000, "the lease's bar to show 9 GiB, 3 GiB of it over", async () =>
       (await use.getAttribute("data-used-bytes")) === String(9 * GiB) &&
       (await use.locator(".seg.over").getAttribute("data-over-bytes")) === String(3 * GiB) &&
-      (await row.getAttribute("class")).split(" ").includes("overused"));
+      (await classes(row)).includes("overused"));
     if ((await use.locator(".lbar-text").textContent()) !== "9 GiB of 6 GiB") {
       fail("the lease's use reads " + (await use.locator(".lbar-text").textContent()));
     }
@@ -212,7 +218,7 @@ async function main() {
     }
     await fixture.command("wait needs-the-card 30720 0 python render.py --scene big");
     const revoking = await within(3000, "the resident to be revoked", async () => {
-      if (!(await resident.getAttribute("class")).split(" ").includes("revoking")) return null;
+      if (!(await classes(resident)).includes("revoking")) return null;
       const b = resident.locator(".badge.revoking");
       return (await b.count()) === 1 ? await b.textContent() : null;
     });
@@ -277,7 +283,7 @@ async function main() {
     // llama's use is unknown: said so, not drawn as 0.
     const llama = page.locator('#leases tbody tr[data-job-id="llama3-70b-serve"] .lbar-row');
     await within(3000, "llama's use to be unknown", async () =>
-      (await llama.getAttribute("class")).split(" ").includes("unknown") &&
+      (await classes(llama)).includes("unknown") &&
       (await llama.locator(".lbar-text").textContent()) === "unknown" &&
       (await llama.locator(".seg").count()) === 0);
 
