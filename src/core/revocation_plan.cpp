@@ -25,21 +25,30 @@ struct Candidate {
   bool already_revoking = false;  // revoked for a waiter that left: it frees memory anyway
 };
 
-// The order in which candidates are taken: leases already being revoked (free), then
-// residents, least recently used first, then preemptible jobs, lowest priority first and
-// the most recently granted first within a priority (the least work lost).
+// The order in which candidates are taken: leases already being revoked (free), then idle
+// residents, least recently used first, then residents that jobs run beside now (unloading
+// one cuts those jobs short), least recently used first, then preemptible jobs, lowest
+// priority first and the most recently granted first within a priority (the least work lost).
 auto preference(const Candidate& c) {
   const ActiveLease& l = c.entry->second;
-  const int group = c.already_revoking ? 0 : (l.revocable == Revocable::kResident ? 1 : 2);
-  const TimeNs when = group == 1 ? l.last_used : (group == 2 ? -l.granted_at : 0);
-  return std::make_tuple(group, group == 2 ? l.priority : 0, when, l.lease_id);
+  enum Group { kFree, kIdleResident, kBusyResident, kPreemptible };
+  const Group group = c.already_revoking                    ? kFree
+                      : l.revocable != Revocable::kResident ? kPreemptible
+                      : l.users > 0                         ? kBusyResident
+                                                            : kIdleResident;
+  const TimeNs when = group == kIdleResident || group == kBusyResident ? l.last_used
+                      : group == kPreemptible                          ? -l.granted_at
+                                                                       : 0;
+  return std::make_tuple(group, group == kPreemptible ? l.priority : 0, when, l.lease_id);
 }
 
-// What revoking a set costs, compared lexicographically: the preemptible jobs it kills,
-// the residents it unloads, how recently the most recently used of them was used, and the
-// bytes it takes back. Leases already being revoked cost nothing.
+// What revoking a set costs, compared lexicographically: the preemptible jobs it kills, the
+// residents in use it unloads, all the residents it unloads, how recently the most recently
+// used of them was used, and the bytes it takes back. Leases already being revoked cost
+// nothing.
 struct Cost {
   int preempted = 0;
+  int busy_residents = 0;
   int residents = 0;
   TimeNs newest_use = std::numeric_limits<TimeNs>::min();
   std::uint64_t bytes = 0;
@@ -53,6 +62,7 @@ Cost cost_of(const std::vector<const Candidate*>& set) {
     const ActiveLease& l = c->entry->second;
     if (l.revocable == Revocable::kResident) {
       ++cost.residents;
+      if (l.users > 0) ++cost.busy_residents;
       cost.newest_use = std::max(cost.newest_use, l.last_used);
     } else {
       ++cost.preempted;
@@ -183,11 +193,21 @@ StatusOr<const ActiveEntry*> Scheduler::try_start_beside(const LeaseRequest& req
   return start_now(within, holder, now);
 }
 
-void Scheduler::use_beside(std::string_view name, TimeNs now) {
+void Scheduler::use_beside(ActiveLease& lease, std::string_view name, TimeNs now) {
   const auto holder = residents_.find(name);
   if (holder == residents_.end()) return;  // it went while the job waited
   ActiveLease& model = active_.find(holder->second)->second;
   if (!model.revoking) model.last_used = std::max(model.last_used, now);
+  ++model.users;
+  lease.beside_lease_id = model.lease_id;
+}
+
+void Scheduler::leave_beside(const ActiveLease& lease) {
+  if (lease.beside_lease_id == 0) return;
+  const auto holder = residents_.find(lease.beside);
+  if (holder == residents_.end()) return;  // the model went first
+  ActiveLease& model = active_.find(holder->second)->second;
+  if (model.lease_id == lease.beside_lease_id && model.users > 0) --model.users;
 }
 
 void Scheduler::note_revocable(const ActiveEntry& entry, int delta) {

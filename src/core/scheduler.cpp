@@ -385,11 +385,14 @@ ActiveEntry& Scheduler::grant(ActiveEntry& entry, const LeaseRequest& request, H
                                               : Revocable::kNo;
   lease.resident.assign(request.resident);
   lease.last_used = now;
+  lease.users = 0;
+  lease.beside.assign(request.beside_resident);
+  lease.beside_lease_id = 0;
   lease.revoke_grace_s = request.revoke_grace_s;
   lease.revoking = false;
   lease.revoked_for.clear();
   note_revocable(entry, 1);
-  if (!request.beside_resident.empty()) use_beside(request.beside_resident, now);
+  if (!request.beside_resident.empty()) use_beside(lease, request.beside_resident, now);
   charge(lease, now);
   return entry;
 }
@@ -641,6 +644,7 @@ StatusOr<Released> Scheduler::release(std::string_view job_id, TimeNs now,
   discharge(lease, now);
   observe_hold(lease.kind_id, static_cast<double>(elapsed_ns(lease.granted_at, now)));
   note_revocable(*it, -1);
+  if (!lease.beside.empty()) leave_beside(lease);
   // The entry is kept, device list and all, for a later grant; once kMaxSpare are kept, it
   // replaces one of them (each in turn).
   ActiveMap::node_type* kept;

@@ -188,6 +188,13 @@ struct ActiveLease {
   // Residents: when the model was last used (touch()); the grant time until then. Least
   // recently used residents are revoked first.
   TimeNs last_used = 0;
+  // Residents: the leases running beside it now (LeaseRequest::beside_resident). A resident in
+  // use goes after every idle one.
+  int users = 0;
+  // A lease beside a resident: the resident's name, and its lease id (0 when it was gone by
+  // the grant), so that a later resident of the same name is not counted as its model.
+  std::string beside;
+  std::uint64_t beside_lease_id = 0;
   std::optional<double> revoke_grace_s;  // LeaseRequest::revoke_grace_s
   bool revoking = false;                 // revoked, not yet released
   std::string revoked_for;               // the waiter it was revoked for (it may have left since)
@@ -514,8 +521,11 @@ class Scheduler {
   // try_start() of a request beside a resident: confined to its devices.
   StatusOr<const ActiveEntry*> try_start_beside(const LeaseRequest& request, Holder holder,
                                                 TimeNs now);
-  // A lease beside resident `name` was granted now: the resident was used (as touch()).
-  void use_beside(std::string_view name, TimeNs now);
+  // Lease `lease`, beside resident `name`, was granted now: the resident was used (as
+  // touch()) and has one more user.
+  void use_beside(ActiveLease& lease, std::string_view name, TimeNs now);
+  // Lease `lease` ends: the resident it ran beside, if still there, has one user fewer.
+  void leave_beside(const ActiveLease& lease);
 
   SchedulerConfig config_;
   std::vector<DeviceState> devices_;

@@ -185,5 +185,71 @@ TEST(BesideResident, AResidentBeingRevokedCannotBeJoined) {
   EXPECT_NE(st.message().find("resident 'm' is being revoked"), std::string::npos);
 }
 
+int users(const Scheduler& s, std::string_view job) {
+  const ActiveEntry* e = s.find_active(job);
+  return e == nullptr ? -1 : e->second.users;
+}
+
+TEST(BesideResident, AnIdleResidentGoesBeforeOneInUseWhateverTheirLastUse) {
+  // Two 16 GiB devices. "m" on device 0 is the least recently used resident, but a job runs
+  // beside it; "n" on device 1 was used later and is idle. A waiter of 10 GiB fits on
+  // either device once its resident goes: "n" goes, since unloading "m" would cut its job
+  // short. Least recently used alone would take "m".
+  Scheduler s = make({16, 16});
+  start(s, resident("m", 8, 0), 1 * kSecond);
+  start(s, resident("n", 8, 1), 2 * kSecond);
+  start(s, beside("on-m", 2, "m"), 3 * kSecond);
+  ASSERT_TRUE(s.touch("resident-n", 5 * kSecond).ok());  // "m" last used at 3 s
+  EXPECT_EQ(users(s, "resident-m"), 1);
+  EXPECT_EQ(users(s, "resident-n"), 0);
+  ASSERT_TRUE(s.enqueue(req("big", 10), Holder{2, 2}, 6 * kSecond, std::nullopt).ok());
+  EXPECT_EQ(revoked(s), std::vector<std::string>{"resident-n"});
+}
+
+TEST(BesideResident, OnOneDeviceTooTheIdleResidentGoesFirst) {
+  // One 16 GiB device: "m" (6 GiB, the least recently used, a 2 GiB job beside it) and "n"
+  // (6 GiB, idle); 2 GiB free. A 6 GiB waiter needs one of them gone: "n".
+  Scheduler s = make({16});
+  start(s, resident("m", 6, 0), 1 * kSecond);
+  start(s, resident("n", 6, 0), 2 * kSecond);
+  start(s, beside("on-m", 2, "m"), 1 * kSecond);  // granted at 1 s: "m" stays the older use
+  ASSERT_LT(last_used(s, "resident-m"), last_used(s, "resident-n"));
+  ASSERT_TRUE(s.enqueue(req("w", 6), Holder{2, 2}, 3 * kSecond, std::nullopt).ok());
+  EXPECT_EQ(revoked(s), std::vector<std::string>{"resident-n"});
+}
+
+TEST(BesideResident, AResidentInUseStillGivesWayWhenOnlyItCanMakeRoom) {
+  Scheduler s = make({16});
+  start(s, resident("m", 8, 0), 1 * kSecond);
+  start(s, beside("on-m", 2, "m"), 2 * kSecond);
+  ASSERT_TRUE(s.enqueue(req("big", 12), Holder{2, 2}, 3 * kSecond, std::nullopt).ok());
+  EXPECT_EQ(revoked(s), std::vector<std::string>{"resident-m"});
+}
+
+TEST(BesideResident, TheUseEndsWithTheJobAndFollowsTheModelNotItsName) {
+  Scheduler s = make({16});
+  start(s, resident("m", 4, 0), 1 * kSecond);
+  start(s, beside("a", 2, "m"), 2 * kSecond);
+  start(s, beside("b", 2, "m"), 3 * kSecond);
+  EXPECT_EQ(users(s, "resident-m"), 2);
+  ASSERT_TRUE(s.release("a", 4 * kSecond).ok());
+  EXPECT_EQ(users(s, "resident-m"), 1);
+  // "m" is unloaded while "b" runs and loaded again under the same name: "b" ran beside the
+  // old copy, so its end does not make the new one idle early, nor count below zero.
+  ASSERT_TRUE(s.release("resident-m", 5 * kSecond).ok());
+  LeaseRequest again = resident("m", 4, 0);
+  again.job_id = "resident-m-again";
+  start(s, again, 6 * kSecond);
+  start(s, beside("c", 2, "m"), 7 * kSecond);
+  ASSERT_TRUE(s.release("b", 8 * kSecond).ok());
+  EXPECT_EQ(users(s, "resident-m-again"), 1);
+  ASSERT_TRUE(s.release("c", 9 * kSecond).ok());
+  EXPECT_EQ(users(s, "resident-m-again"), 0);
+  // A granted entry is reused for later leases: a new resident starts with no users.
+  ASSERT_TRUE(s.release("resident-m-again", 10 * kSecond).ok());
+  start(s, resident("m", 4, 0), 11 * kSecond);
+  EXPECT_EQ(users(s, "resident-m"), 0);
+}
+
 }  // namespace
 }  // namespace gpumgr::core
