@@ -136,6 +136,10 @@ struct LeaseInfo {
   // empty; the resident's name.
   std::string revocable;
   std::string resident;
+  // A resident: how many leases run beside it now (a resident in use goes after idle ones).
+  int in_use_by = 0;
+  // A lease beside a resident (LeaseRequest::beside_resident): the resident's name.
+  std::string beside_resident;
   // Being revoked: the holder was told; after revoke_in_s more seconds its processes are
   // killed and the lease released. `revoked_for`: the waiter it makes room for (empty for an
   // explicit revoke).

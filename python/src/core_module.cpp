@@ -477,6 +477,8 @@ py::dict lease_info_dict(const LeaseInfo& l) {
   d["enforcement"] = l.enforcement;
   d["revocable"] = str_or_none(l.revocable);
   d["resident"] = str_or_none(l.resident);
+  d["in_use_by"] = l.in_use_by;
+  d["beside_resident"] = str_or_none(l.beside_resident);
   d["revoking"] = l.revoking;
   d["revoke_in_s"] = l.revoke_in_s;
   d["revoked_for"] = str_or_none(l.revoked_for);

@@ -295,7 +295,14 @@ std::string render_unbounded(const Snapshot& s, const RenderOptions& o) {
         out << "      " << paint(line, kBoldRed, o.color) << "\n";
       } else if (!l.revocable.empty()) {
         out << "      revocable: "
-            << (l.resident.empty() ? l.revocable : "resident '" + safe(l.resident) + "'") << "\n";
+            << (l.resident.empty() ? l.revocable : "resident '" + safe(l.resident) + "'");
+        if (l.in_use_by > 0) {
+          out << ", in use by " << l.in_use_by << (l.in_use_by == 1 ? " job" : " jobs");
+        }
+        out << "\n";
+      }
+      if (!l.beside_resident.empty()) {
+        out << "      beside resident '" << safe(l.beside_resident) << "'\n";
       }
     }
     if (limit_rows(s.leases.size()) < s.leases.size()) {

@@ -467,6 +467,8 @@ void LocalLedger::fill_lease_info_locked(const ActiveEntry& entry, LeaseInfo& in
   }
   info.revocable.assign(revocable_name(lease.revocable));
   info.resident.assign(lease.resident);
+  info.in_use_by = lease.users;
+  info.beside_resident.assign(lease.beside);
   info.revoking = lease.revoking;
   info.revoked_for.assign(lease.revoked_for);
   info.revoke_in_s = 0;

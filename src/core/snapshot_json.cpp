@@ -189,6 +189,8 @@ LeaseInfo lease_from_json_unchecked(const json& j) {
   l.enforcement = j.value("enforcement", std::string());
   l.revocable = j.value("revocable", std::string());
   l.resident = j.value("resident", std::string());
+  l.in_use_by = j.value("in_use_by", 0);
+  l.beside_resident = j.value("beside_resident", std::string());
   l.revoking = j.value("revoking", false);
   l.revoke_in_s = j.value("revoke_in_s", 0.0);
   l.revoked_for = j.value("revoked_for", std::string());
@@ -228,13 +230,17 @@ json to_json(const LeaseInfo& l) {
   // Revocable leases only: a plain lease's JSON stays as it was.
   if (!l.revocable.empty()) {
     j["revocable"] = l.revocable;
-    if (!l.resident.empty()) j["resident"] = l.resident;
+    if (!l.resident.empty()) {
+      j["resident"] = l.resident;
+      j["in_use_by"] = l.in_use_by;
+    }
     j["revoking"] = l.revoking;
     if (l.revoking) {
       j["revoke_in_s"] = l.revoke_in_s;
       j["revoked_for"] = l.revoked_for;
     }
   }
+  if (!l.beside_resident.empty()) j["beside_resident"] = l.beside_resident;
   return j;
 }
 

@@ -614,6 +614,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     record.request.kind = lease.kind;
     record.request.preemptible = lease.revocable == "preemptible";
     record.request.resident = lease.resident;
+    record.request.beside_resident = lease.beside_resident;  // its model is in use after a restart
     if (!lease.revocable.empty()) record.request.revoke_grace_s = lease.revoke_grace_s;
     record.devices = lease.devices;
     record.estimate = lease.estimate;

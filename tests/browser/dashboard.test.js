@@ -3,9 +3,10 @@
 // and the test checks that a lease it takes shows up in the leases table and in the memory
 // bar within 2 seconds, that its holder's use shows against the lease (overuse in its own
 // colour, in the lease's bar and the device's), that unknown use is labelled, that kinds and
-// estimates show, that a resident lease shows as revocable and then as being revoked (with its
-// countdown and the revocation counted), that the page fetches nothing from elsewhere, that
-// it fits a phone's width, and takes the screenshot the README shows.
+// estimates show, that a resident lease shows as revocable, as in use while a request runs
+// beside it (whose row names it), and then as being revoked (with its countdown and the
+// revocation counted), that the page fetches nothing from elsewhere, that it fits a phone's
+// width, and takes the screenshot the README shows.
 //
 //   node dashboard.test.js FIXTURE SCREENSHOT.png
 //
@@ -216,6 +217,19 @@ async function main() {
     if ((await row.count()) !== 0 || (await page.locator("#leases .badge.revocable").count()) !== 1) {
       fail("a plain lease shows a revocable badge");
     }
+    // A request served on the model: its row names the model, and the model's row says it is
+    // in use until the request ends.
+    await fixture.command("beside-acquire sdxl-request-1 sdxl-base 2048 - python serve.py --request 1");
+    const request = page.locator('#leases tbody tr[data-job-id="sdxl-request-1"]');
+    await within(3000, "the request's row and the model in use", async () =>
+      (await request.count()) === 1 &&
+      (await cell(request, "dev-list")) === "2" &&
+      (await request.locator(".badge.beside").textContent()) === "beside sdxl-base" &&
+      (await request.locator(".badge.revocable").count()) === 0 &&
+      (await resident.locator(".badge.in-use").textContent()) === "in use · 1 job");
+    await fixture.command("release sdxl-request-1");
+    await within(3000, "the model to be idle again", async () =>
+      (await request.count()) === 0 && (await resident.locator(".badge.in-use").count()) === 0);
     await fixture.command("wait needs-the-card 30720 0 python render.py --scene big");
     const revoking = await within(3000, "the resident to be revoked", async () => {
       if (!(await classes(resident)).includes("revoking")) return null;

@@ -285,6 +285,25 @@ TEST(RenderUsageTest, ContinuationLinesStillFitTheHeight) {
 
 // Client-chosen text: job ids, kinds, commands. The daemon refuses control characters in job
 // ids and kinds, but commands are any bytes, and an older or hostile daemon may send anything.
+TEST(RenderUsageTest, AResidentSaysHowManyJobsUseItAndAJobBesideItNamesIt) {
+  Snapshot s = sample();
+  s.leases[1].revocable = "resident";
+  s.leases[1].resident = "llama";
+  s.leases[1].in_use_by = 2;
+  s.leases[2].beside_resident = "llama";
+  std::string text = render_status(s, {});
+  EXPECT_NE(text.find("\n      revocable: resident 'llama', in use by 2 jobs\n"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("\n      beside resident 'llama'\n"), std::string::npos) << text;
+  s.leases[1].in_use_by = 1;
+  text = render_status(s, {});
+  EXPECT_NE(text.find("\n      revocable: resident 'llama', in use by 1 job\n"), std::string::npos)
+      << text;
+  s.leases[1].in_use_by = 0;  // idle: nothing said of use
+  text = render_status(s, {});
+  EXPECT_NE(text.find("\n      revocable: resident 'llama'\n"), std::string::npos) << text;
+}
+
 Snapshot hostile() {
   Snapshot s = sample();
   s.source = "daemon at /tmp/\x1b[31mred.sock";
@@ -299,6 +318,7 @@ Snapshot hostile() {
   s.leases[0].enforcement = "terminating \x1b[5m";
   s.leases[2].estimate = "learned\x1b[8m";
   s.leases[1].command = "name\xff\xfe\x7f";
+  s.leases[2].beside_resident = "m\x1b[2J";
   WaiterInfo w;
   w.job_id = "queued\x1b(0";
   w.command = "tab\there\x1b[?1049h";
@@ -329,6 +349,7 @@ TEST(RenderUsageTest, NoClientTextReachesTheTerminalRaw) {
     EXPECT_NE(text.find(R"(tab\there\x1b[?1049h)"), std::string::npos) << text;
     EXPECT_NE(text.find(R"(terminating \x1b[5m)"), std::string::npos) << text;
     EXPECT_NE(text.find(R"(size learned\x1b[8m)"), std::string::npos) << text;
+    EXPECT_NE(text.find(R"(beside resident 'm\x1b[2J')"), std::string::npos) << text;
     EXPECT_NE(text.find(R"(daemon at /tmp/\x1b[31mred.sock)"), std::string::npos) << text;
   }
 }

@@ -248,6 +248,40 @@ def test_a_run_beside_its_resident_waits_and_never_revokes_it(tmp, strays):
         assert d.stop() == 0
 
 
+def test_a_resident_with_a_run_beside_it_is_in_use_across_a_restart(tmp, strays):
+    # "llama" (5 GiB) with a 2 GiB run beside it: status says the model is in use by one job
+    # and the job names it; the daemon restarts and both leases come back with that link;
+    # when the job ends, the model is idle again.
+    d = Daemon(tmp)
+    try:
+        model = run(d, "model", "5GiB", "sleep", "60", extra=("--resident", "llama"))
+        strays.append(model.pid)
+        assert eventually(lambda: d.lease("model") is not None)
+        job = run(d, "job", "2GiB", "sleep", "60", extra=("--beside", "llama"))
+        strays.append(job.pid)
+        assert eventually(lambda: d.lease("job") is not None)
+        assert d.lease("model")["in_use_by"] == 1
+        assert d.lease("job")["beside_resident"] == "llama"
+        assert "beside_resident" not in d.lease("model")
+        text = subprocess.run([GPUMGR, "status", "--socket", d.socket], capture_output=True,
+                              text=True, check=True, timeout=30).stdout
+        assert "revocable: resident 'llama', in use by 1 job\n" in text, text
+        assert "beside resident 'llama'\n" in text, text
+        assert d.stop() == 0
+        d = Daemon(tmp)
+        assert eventually(lambda: d.lease("model") is not None and d.lease("job") is not None)
+        assert d.lease("model")["in_use_by"] == 1
+        assert d.lease("job")["beside_resident"] == "llama"
+        job.send_signal(signal.SIGTERM)
+        job.wait(timeout=30)
+        assert eventually(lambda: d.lease("job") is None)
+        assert d.lease("model")["in_use_by"] == 0
+        model.send_signal(signal.SIGTERM)
+        model.wait(timeout=30)
+    finally:
+        assert d.stop() == 0
+
+
 def python_module_dir():
     """The build's gpu_manager package (next to GPUMGR_BIN's build tree), or None."""
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(

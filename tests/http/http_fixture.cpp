@@ -13,6 +13,9 @@
 //                                            loaded: a waiter that needs the room revokes it)
 //   preemptible-acquire JOB MIB [DEVICE|-] [COMMAND...]
 //                                            the same as a preemptible job
+//   beside-acquire JOB NAME MIB [DEVICE|-] [COMMAND...]
+//                                            the same beside resident NAME (a job that runs
+//                                            on that loaded model)
 //   kind-acquire JOB KIND MIB DEFAULT_MIB [DEVICE|-] [COMMAND...]
 //                                            the same with a job kind; MIB 0 asks for the
 //                                            kind's estimate (--history), DEFAULT_MIB while
@@ -163,7 +166,7 @@ int main(int argc, char** argv) {
     if (cmd.empty()) continue;
     if (cmd == "quit") break;
     if (cmd == "acquire" || cmd == "reject" || cmd == "kind-acquire" || cmd == "resident-acquire" ||
-        cmd == "preemptible-acquire") {
+        cmd == "preemptible-acquire" || cmd == "beside-acquire") {
       gpumgr::LeaseRequest request;
       std::uint64_t mib = 0;
       std::uint64_t default_mib = 0;
@@ -171,6 +174,7 @@ int main(int argc, char** argv) {
       in >> request.job_id;
       if (cmd == "kind-acquire") in >> request.kind;
       if (cmd == "resident-acquire") in >> request.resident;
+      if (cmd == "beside-acquire") in >> request.beside_resident;
       request.preemptible = cmd == "preemptible-acquire";
       in >> mib;
       if (cmd == "kind-acquire") in >> default_mib;
@@ -179,7 +183,7 @@ int main(int argc, char** argv) {
       if (!ok) {
         reply("error usage: " + cmd + " JOB " +
               (cmd == "kind-acquire"       ? "KIND MIB DEFAULT_MIB"
-               : cmd == "resident-acquire" ? "NAME MIB"
+               : cmd == "resident-acquire" || cmd == "beside-acquire" ? "NAME MIB"
                                            : "MIB") +
               (cmd != "reject" ? " [DEVICE|-] [COMMAND...]" : ""));
         continue;

@@ -168,10 +168,14 @@ def test_a_job_beside_its_model_waits_for_room_and_never_unloads_it(two_small_gp
     assert next(l for l in mgr.snapshot()["leases"] if l["job_id"] == "other")["devices"] == [0]
     granted = []
 
+    in_use = []
+
     def serve():
         with mgr.managed_generation("request-1", 2000, timeout=30, resident=model):
-            granted.append(next(l["devices"] for l in mgr.snapshot()["leases"]
-                                if l["job_id"] == "request-1"))
+            leases = {l["job_id"]: l for l in mgr.snapshot()["leases"]}
+            granted.append(leases["request-1"]["devices"])
+            in_use.append((leases[model.job_id]["in_use_by"],
+                           leases["request-1"]["beside_resident"]))
 
     worker = threading.Thread(target=serve)
     worker.start()
@@ -189,6 +193,10 @@ def test_a_job_beside_its_model_waits_for_room_and_never_unloads_it(two_small_gp
     assert mgr.cleanup_after_job("other")
     worker.join(30)
     assert granted == [[0]]
+    # While the job ran, the model was in use by it, and the job named the model.
+    assert in_use == [(1, "llama")]
+    assert next(l for l in mgr.snapshot()["leases"] if l["job_id"] == model.job_id)[
+        "in_use_by"] == 0
     assert not unloaded.is_set() and not model.revoked
     assert mgr.snapshot()["stats"]["revocations_resident"] == 0
     model.use()  # still resident

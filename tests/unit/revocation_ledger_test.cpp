@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/local_ledger.h"
+#include "core/snapshot_json.h"
 #include "gpumgr/backends.h"
 #include "gpumgr/units.h"
 #include "test_util.h"
@@ -197,6 +198,37 @@ TEST(RevocationLedger, ABadGraceIsRefusedByName) {
   EXPECT_EQ(s.code(), ErrorCode::kInvalidArgument);
   EXPECT_NE(s.message().find("revoke grace"), std::string::npos) << s.message();
   EXPECT_TRUE(f->ledger->snapshot().value().leases.empty());
+}
+
+TEST(RevocationLedger, TheSnapshotSaysWhichJobsRunBesideAResident) {
+  auto f = make(60);
+  ASSERT_TRUE(f->ledger);
+  LeaseRequest model = req("model", 4);
+  model.resident = "llama";
+  ASSERT_TRUE(f->ledger->try_acquire_as(model, Holder{kHolder, 1000}).ok());
+  LeaseRequest job = req("request-1", 2);
+  job.beside_resident = "llama";
+  ASSERT_TRUE(f->ledger->try_acquire_as(job, Holder{kHolder, 1000}).ok());
+  job.job_id = "request-2";
+  ASSERT_TRUE(f->ledger->try_acquire_as(job, Holder{kHolder, 1000}).ok());
+  ASSERT_TRUE(f->ledger->release("request-1", JobOutcome::kSucceeded).ok());
+
+  const Snapshot s = f->ledger->snapshot().value();
+  ASSERT_EQ(s.leases.size(), 2u);
+  for (const LeaseInfo& l : s.leases) {
+    SCOPED_TRACE(l.job_id);
+    const bool is_model = l.job_id == "model";
+    EXPECT_EQ(l.in_use_by, is_model ? 1 : 0);
+    EXPECT_EQ(l.beside_resident, is_model ? "" : "llama");
+    // The status JSON carries both, and a client reads them back.
+    const nlohmann::json j = to_json(l);
+    EXPECT_EQ(j.contains("in_use_by"), is_model);
+    EXPECT_EQ(j.contains("beside_resident"), !is_model);
+    const StatusOr<LeaseInfo> back = lease_from_json(j);
+    ASSERT_TRUE(back.ok()) << back.status().to_string();
+    EXPECT_EQ(back->in_use_by, l.in_use_by);
+    EXPECT_EQ(back->beside_resident, l.beside_resident);
+  }
 }
 
 }  // namespace

@@ -344,18 +344,31 @@
     return box;
   }
 
-  // The job's id and, on a revocable lease, its kind (a resident's model name) and, while it
-  // is being revoked, how long its holder has left to release before it is killed.
+  // The job's id and, on a revocable lease, its kind (a resident's model name), how many jobs
+  // run beside a resident now and, while it is being revoked, how long its holder has left to
+  // release before it is killed; on a job beside a resident, the resident's name.
   function jobCell(l) {
-    if (!l.revocable) return l.job_id;
+    if (!l.revocable && !l.beside_resident) return l.job_id;
     const box = el("div", "job-box");
     box.append(el("span", "job-id", l.job_id));
+    if (l.beside_resident) {
+      const beside = el("span", "badge beside", "beside " + l.beside_resident);
+      beside.title = "runs on resident " + l.beside_resident + ", which is never taken back to make room for it";
+      box.append(beside);
+    }
+    if (!l.revocable) return box;
     const resident = l.revocable === "resident";
     const tag = el("span", "badge revocable", resident ? "resident " + (l.resident || "") : l.revocable);
     tag.title = resident
         ? "an idle model kept loaded: a waiter that needs the memory takes it back, least recently used first"
         : "a preemptible job: a waiter of higher priority that needs the memory takes it back";
     box.append(tag);
+    if (resident && l.in_use_by > 0) {
+      const jobs = l.in_use_by === 1 ? "1 job" : l.in_use_by + " jobs";
+      const use = el("span", "badge in-use", "in use · " + jobs);
+      use.title = jobs + " beside it now: idle residents are taken back before it";
+      box.append(use);
+    }
     if (l.revoking) {
       const left = el("span", "badge revoking", "REVOKING " + duration(l.revoke_in_s));
       left.title = (l.revoked_for ? "taken back for " + l.revoked_for : "revoked on request") +
