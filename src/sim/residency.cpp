@@ -126,6 +126,8 @@ StatusOr<bool> ModelResidency::start_beside(std::size_t i, int device, const std
   beside.job_id = name;
   beside.bytes = job.vram_bytes;
   beside.device = device;
+  // Named, as a serving worker's request is: the copy is in use while the job runs.
+  beside.beside_resident = resident_name(job.model, device);
   beside.priority = job.priority;
   beside.kind = job.kind;
   StatusOr<const core::ActiveEntry*> started = scheduler_.try_start(beside, holder, now);
