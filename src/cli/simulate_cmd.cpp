@@ -105,6 +105,7 @@ nlohmann::json to_json(const sim::SimReport& r) {
                    {"loads_avoided", r.models.loads_avoided},
                    {"load_s", r.models.load_s},
                    {"residents_unloaded", r.models.unloaded},
+                   {"residents_unloaded_in_use", r.models.unloaded_in_use},
                    {"dropped", r.models.dropped}};
   }
   return j;
@@ -174,20 +175,22 @@ void print_models(const std::vector<sim::SimReport>& reports) {
   int width = 10;
   for (const sim::SimReport& r : reports)
     width = std::max(width, static_cast<int>(label(r).size()));
-  std::printf("\n%-*s %10s %8s %8s %10s %9s %8s %11s\n", width, "policy", "model jobs", "loads",
-              "avoided", "loading", "unloaded", "dropped", "turnaround");
+  std::printf("\n%-*s %10s %8s %8s %10s %9s %7s %8s %11s\n", width, "policy", "model jobs", "loads",
+              "avoided", "loading", "unloaded", "in use", "dropped", "turnaround");
   for (const sim::SimReport& r : reports) {
-    std::printf("%-*s %10llu %8llu %8llu %10s %9llu %8llu %11s\n", width, label(r).c_str(),
+    std::printf("%-*s %10llu %8llu %8llu %10s %9llu %7llu %8llu %11s\n", width, label(r).c_str(),
                 static_cast<unsigned long long>(r.models.jobs),
                 static_cast<unsigned long long>(r.models.loads),
                 static_cast<unsigned long long>(r.models.loads_avoided),
                 fmt("%.1fs", r.models.load_s).c_str(),
                 static_cast<unsigned long long>(r.models.unloaded),
+                static_cast<unsigned long long>(r.models.unloaded_in_use),
                 static_cast<unsigned long long>(r.models.dropped),
                 fmt("%.1fs", r.mean_turnaround_s).c_str());
   }
   std::printf(
       "(loading: seconds spent loading models; unloaded: resident models revoked for a job; "
+      "in use: of those, revoked while jobs ran on them; "
       "dropped: not kept at a job's end; turnaround: mean arrival-to-end)\n");
 }
 

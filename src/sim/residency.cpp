@@ -295,7 +295,10 @@ StatusOr<bool> ModelResidency::revoked(std::string_view job_id, TimeNs now) {
   Copy& copy = *copies_.at(model)[static_cast<std::size_t>(device)];
   ++figures_.unloaded;
   copy.revoking = true;
-  if (copy.users > 0) return false;  // unloaded when the jobs running on it end
+  if (copy.users > 0) {
+    ++figures_.unloaded_in_use;
+    return false;  // unloaded when the jobs running on it end
+  }
   if (Status s = release_copy(model, device, now); !s.ok()) return s;
   return true;
 }

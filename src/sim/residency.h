@@ -49,6 +49,9 @@ struct ModelFigures {
   std::uint64_t dropped = 0;
   // Resident copies revoked by the scheduler (also counted in SimReport::residents_unloaded).
   std::uint64_t unloaded = 0;
+  // Of those, copies revoked while jobs ran beside them: each went when its last job ended.
+  // In service their holders would have had to finish those jobs within the grace.
+  std::uint64_t unloaded_in_use = 0;
 };
 
 class ModelResidency {

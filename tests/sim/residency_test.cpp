@@ -220,6 +220,46 @@ TEST(ResidencyTest, AWaiterBesideTheOnlyCopyOfItsModelNeverHasItRevoked) {
   EXPECT_DOUBLE_EQ(r.makespan_s, 27);
 }
 
+// One device of 10 GiB. Models m and n: 4 GiB, 2 s to load; p: 2 GiB, 1 s.
+//   x t=0 on m and y t=0 on n, 1 GiB 1 s each: both load, 0..3; both stay resident.
+//   z t=4 on m, 1 GiB 10 s: beside m at once, 4..14 (m is in use, last used at 4).
+//   u t=4.5 on n, 1 GiB 0.5 s: beside n at once, 4.5..5 (n idle again, last used at 5).
+//   w t=6 on p, 1 GiB 1 s: needs 3 GiB, 1 is free. m is the least recently used, but z runs
+//     beside it: the idle n goes, and w loads p at once, 6..8. (Least recently used alone
+//     took m, and w waited for z: 14..16.)
+TEST(ResidencyTest, AnIdleCopyGoesBeforeACopyInUse) {
+  const SimReport r = run(parse("arrival_s,vram_mib,duration_s,job_id,model,model_vram_mib,load_s\n"
+                                "0,1024,1,x,m,4096,2\n"
+                                "0,1024,1,y,n,4096,2\n"
+                                "4,1024,10,z,m,4096,2\n"
+                                "4.5,1024,0.5,u,n,4096,2\n"
+                                "6,1024,1,w,p,2048,1\n"),
+                          Residency::kResident);
+  EXPECT_DOUBLE_EQ(find(r, "z").start_s, 4);
+  EXPECT_FALSE(find(r, "z").loaded_model);
+  EXPECT_DOUBLE_EQ(find(r, "u").start_s, 4.5);
+  EXPECT_FALSE(find(r, "u").loaded_model);
+  EXPECT_DOUBLE_EQ(find(r, "w").start_s, 6);
+  EXPECT_DOUBLE_EQ(find(r, "w").end_s, 8);
+  EXPECT_EQ(r.models.unloaded, 1u);  // n
+  EXPECT_EQ(r.models.unloaded_in_use, 0u);
+  EXPECT_DOUBLE_EQ(r.makespan_s, 14);
+}
+
+// The same device; only m is resident, and z runs beside it when w, which needs 6 GiB, comes:
+// m is revoked though in use, and goes when z ends (14); w runs 14..15.
+TEST(ResidencyTest, ACopyInUseGoesWhenItIsTheOnlyRoomAndIsCountedSo) {
+  const SimReport r = run(parse("arrival_s,vram_mib,duration_s,job_id,model,model_vram_mib,load_s\n"
+                                "0,1024,1,x,m,4096,2\n"
+                                "4,1024,10,z,m,4096,2\n"
+                                "5,6144,1,w,,,\n"),
+                          Residency::kResident);
+  EXPECT_DOUBLE_EQ(find(r, "z").start_s, 4);
+  EXPECT_DOUBLE_EQ(find(r, "w").start_s, 14);
+  EXPECT_EQ(r.models.unloaded, 1u);
+  EXPECT_EQ(r.models.unloaded_in_use, 1u);
+}
+
 TEST(ResidencyTest, JobsWithoutModelsReplayTheSameEitherWay) {
   const std::vector<TraceJob> jobs =
       parse("arrival_s,vram_mib,duration_s\n0,8192,10\n1,8192,5\n2,1024,3\n");

@@ -58,6 +58,12 @@ TimeNs last_used(const Scheduler& s, std::string_view job) {
   return e == nullptr ? -1 : e->second.last_used;
 }
 
+// The leases running beside resident lease `job` now, or -1 for no such lease.
+int users(const Scheduler& s, std::string_view job) {
+  const ActiveEntry* e = s.find_active(job);
+  return e == nullptr ? -1 : e->second.users;
+}
+
 TEST(BesideResident, NeverRevokesItsOwnModelButAnOlderOneThere) {
   // Device 0 (16 GiB): residents "m" and "n", "m" the least recently used; device 1 is
   // empty and larger, so that a job confined to nothing would go there. The worker's job
@@ -183,11 +189,6 @@ TEST(BesideResident, AResidentBeingRevokedCannotBeJoined) {
   const Status st = s.check(beside("a", 1, "m"));
   EXPECT_EQ(st.code(), ErrorCode::kFailedPrecondition);
   EXPECT_NE(st.message().find("resident 'm' is being revoked"), std::string::npos);
-}
-
-int users(const Scheduler& s, std::string_view job) {
-  const ActiveEntry* e = s.find_active(job);
-  return e == nullptr ? -1 : e->second.users;
 }
 
 TEST(BesideResident, AnIdleResidentGoesBeforeOneInUseWhateverTheirLastUse) {
