@@ -182,9 +182,9 @@ int main(int argc, char** argv) {
       if (cmd != "reject" && !(in >> device)) device = "-";  // optional
       if (!ok) {
         reply("error usage: " + cmd + " JOB " +
-              (cmd == "kind-acquire"       ? "KIND MIB DEFAULT_MIB"
+              (cmd == "kind-acquire"                                  ? "KIND MIB DEFAULT_MIB"
                : cmd == "resident-acquire" || cmd == "beside-acquire" ? "NAME MIB"
-                                           : "MIB") +
+                                                                      : "MIB") +
               (cmd != "reject" ? " [DEVICE|-] [COMMAND...]" : ""));
         continue;
       }
